@@ -1,0 +1,147 @@
+"""A small graph builder for the emitted (backward) part of an explainer.
+
+Every emitted node gets a unique, readable name under the current scope (``xc/<method>/<forward node>/...``)
+so the explainer reads well in Netron; constants are de-duplicated by value; the few operators whose
+signature changed across opsets (Reduce*, Split, Squeeze/Unsqueeze) are emitted for the model's opset.
+Shapes are emitted as constants (the batch dimension as -1) so the CUDA EP keeps everything on the GPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from typing import Iterable, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+
+class Builder:
+    def __init__(self, opset: int, prefix: str = "xc", reserved: Iterable[str] = ()):
+        self.opset = opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._taken: set[str] = set(reserved)
+        self._consts: dict[tuple, str] = {}
+        self._scope: list[str] = [prefix]
+
+    # ---------------------------------------------------------------- naming
+    @contextlib.contextmanager
+    def scope(self, *parts: str):
+        self._scope.extend(parts)
+        try:
+            yield
+        finally:
+            del self._scope[-len(parts):]
+
+    def fresh(self, hint: str) -> str:
+        base = "/".join(self._scope + [hint])
+        name, k = base, 1
+        while name in self._taken:
+            name = f"{base}_{k}"
+            k += 1
+        self._taken.add(name)
+        return name
+
+    # ------------------------------------------------------------- constants
+    def const(self, value, dtype=np.float32, hint: str = "const") -> str:
+        arr = np.ascontiguousarray(np.asarray(value, dtype=dtype))
+        key = (arr.dtype.str, arr.shape, hashlib.sha1(arr.tobytes()).hexdigest())
+        if key not in self._consts:
+            name = self.fresh(hint) if arr.size > 8 else self._const_name(arr)
+            self.initializers.append(numpy_helper.from_array(arr, name))
+            self._consts[key] = name
+        return self._consts[key]
+
+    def _const_name(self, arr: np.ndarray) -> str:
+        # small constants are shared graph-wide: name them by value, outside any scope
+        text = "_".join(f"{v:g}" if arr.dtype.kind == "f" else str(v) for v in arr.ravel())
+        base = f"xc/const/{arr.dtype.name}{list(arr.shape)}:{text}".replace(" ", "")
+        name, k = base, 1
+        while name in self._taken:
+            name = f"{base}_{k}"
+            k += 1
+        self._taken.add(name)
+        return name
+
+    def i64(self, values) -> str:
+        return self.const(values, np.int64, "shape")
+
+    def f32(self, value) -> str:
+        return self.const(value, np.float32)
+
+    # ----------------------------------------------------------------- nodes
+    def op(self, op_type: str, inputs: Sequence[str], hint: str | None = None, n_out: int = 1,
+           **attrs):
+        node_name = self.fresh(hint or op_type)
+        outs = [node_name if n_out == 1 else f"{node_name}:{i}" for i in range(n_out)]
+        for o in outs[1:]:
+            self._taken.add(o)
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=node_name, **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    # elementwise shorthands
+    def add(self, a, b, hint=None): return self.op("Add", [a, b], hint)
+    def sub(self, a, b, hint=None): return self.op("Sub", [a, b], hint)
+    def mul(self, a, b, hint=None): return self.op("Mul", [a, b], hint)
+    def div(self, a, b, hint=None): return self.op("Div", [a, b], hint)
+    def neg(self, a, hint=None): return self.op("Neg", [a], hint)
+    def relu(self, a, hint=None): return self.op("Relu", [a], hint)
+    def cast(self, a, to, hint=None): return self.op("Cast", [a], hint, to=to)
+
+    def sum(self, terms: Sequence[str], hint="sum") -> str:
+        terms = list(terms)
+        return terms[0] if len(terms) == 1 else self.op("Sum", terms, hint)
+
+    def where(self, cond, a, b, hint=None): return self.op("Where", [cond, a, b], hint)
+
+    def zeros_like(self, t: str, hint="zeros") -> str:
+        # Mul by 0 keeps the (dynamic) batch size without run-time shape arithmetic.
+        return self.mul(t, self.f32(0.0), hint)
+
+    def positive(self, a, hint="pos"): return self.relu(a, hint)
+
+    def negative(self, a, hint="neg"):
+        return self.op("Min", [a, self.f32(0.0)], hint)
+
+    def stabilize(self, z: str, eps: float, hint="stabilized") -> str:
+        """z + eps * sign(z), with sign(0) = +1 (Zennit's stabilizer)."""
+        sign = self.where(self.op("Less", [z, self.f32(0.0)]), self.f32(-eps), self.f32(eps), "eps_signed")
+        return self.add(z, sign, hint)
+
+    # opset-dependent signatures
+    def reduce(self, op_type: str, x: str, axes: Sequence[int] | None, keepdims: int = 1, hint=None) -> str:
+        if axes is None:
+            return self.op(op_type, [x], hint, keepdims=keepdims)
+        axes = [int(a) for a in axes]
+        if op_type == "ReduceSum" or self.opset >= 18:
+            return self.op(op_type, [x, self.i64(axes)], hint, keepdims=keepdims)
+        return self.op(op_type, [x], hint, axes=axes, keepdims=keepdims)
+
+    def unsqueeze(self, x: str, axes: Sequence[int], hint=None) -> str:
+        return self.op("Unsqueeze", [x, self.i64(list(axes))], hint)
+
+    def squeeze(self, x: str, axes: Sequence[int], hint=None) -> str:
+        return self.op("Squeeze", [x, self.i64(list(axes))], hint)
+
+    def reshape(self, x: str, shape: Sequence[int], hint=None) -> str:
+        return self.op("Reshape", [x, self.i64(list(shape))], hint)
+
+    def split(self, x: str, sizes: Sequence[int], axis: int, hint=None) -> list[str]:
+        outs = self.op("Split", [x, self.i64(list(sizes))], hint, n_out=len(sizes), axis=axis)
+        return outs if isinstance(outs, list) else [outs]
+
+    def slice(self, x, starts, ends, axes, steps=None, hint=None) -> str:
+        ins = [x, self.i64(starts), self.i64(ends), self.i64(axes)]
+        if steps is not None:
+            ins.append(self.i64(steps))
+        return self.op("Slice", ins, hint)
+
+    def pad(self, x: str, pads: Sequence[int], hint=None) -> str:
+        if not any(pads):
+            return x
+        return self.op("Pad", [x, self.i64(list(pads))], hint, mode="constant")
+
+    def transpose(self, x: str, perm: Sequence[int], hint=None) -> str:
+        return self.op("Transpose", [x], hint, perm=[int(p) for p in perm])

@@ -1,0 +1,157 @@
+"""THE backward engine: one reverse walk over the forward graph for every method.
+
+It visits the nodes on relevance-carrying paths in reverse topological order, asks each node's emitter
+(from the op table, possibly overridden by the method) for the nodes that map output relevance to input
+relevance, and sums relevance where a tensor has several consumers (fan-in)."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..errors import UnsupportedOperatorsError
+from ..graph import ForwardGraph
+from . import ops  # noqa: F401 - registers the emitters
+from .builder import Builder
+from .table import NON_DIFFERENTIABLE, Backward, lookup
+
+
+class NodeContext:
+    """What an emitter sees: the forward node, its tensors (as named in the emitted graph), shapes,
+    constants, the builder and the method's parameters."""
+
+    def __init__(self, engine: "Engine", node: onnx.NodeProto, live: set):
+        self.engine, self.node, self.b, self.g = engine, node, engine.b, engine.g
+        self.params = engine.params
+        self.method = engine.method  # the Method object (rule choice, fitted patterns, ...)
+        self._live = live
+
+    # names
+    @property
+    def op_type(self) -> str:
+        return self.node.op_type
+
+    def x(self, k: int = 0) -> str:
+        """The forward value of input k, as it exists in the emitted graph."""
+        name = self.node.input[k]
+        return name if self.g.is_const(name) else self.engine.fwd(name)
+
+    def y(self, k: int = 0) -> str:
+        return self.engine.fwd(self.node.output[k])
+
+    def needs(self, k: int) -> bool:
+        return k < len(self.node.input) and self.node.input[k] in self._live
+
+    # attributes, shapes, constants
+    def attr(self, name: str, default=None):
+        for a in self.node.attribute:
+            if a.name == name:
+                return helper.get_attribute_value(a)
+        return default
+
+    def in_shape(self, k: int = 0) -> tuple:
+        return self.g.shape(self.node.input[k])
+
+    def out_shape(self, k: int = 0) -> tuple:
+        return self.g.shape(self.node.output[k])
+
+    def const(self, k: int):
+        return self.g.const(self.node.input[k]) if k < len(self.node.input) else None
+
+    # common shape helpers (constants only: the batch dimension becomes -1)
+    def reshape_to(self, t: str, shape: tuple, hint="reshape") -> str:
+        dims = [-1 if d is None else int(d) for d in shape]
+        if dims.count(-1) > 1:  # more than one dynamic dim: fall back to the forward tensor's run-time shape
+            raise ValueError("reshape_to needs at most one dynamic dimension")
+        return self.b.reshape(t, dims, hint)
+
+    def unbroadcast(self, g: str, g_shape: tuple, target_shape: tuple, hint="unbroadcast") -> str:
+        """Sum g over the axes that broadcasting added or expanded, so it gets target_shape."""
+        r, tr = len(g_shape), len(target_shape)
+        lead = r - tr
+        axes = list(range(lead))
+        for i, d in enumerate(target_shape):
+            gd = g_shape[lead + i]
+            if d == 1 and gd != 1:
+                axes.append(lead + i)
+        if axes:
+            g = self.b.reduce("ReduceSum", g, axes, keepdims=1, hint=hint)
+        if lead:
+            g = self.b.squeeze(g, list(range(lead)), hint=hint + "_squeeze")
+        return g
+
+
+class Engine:
+    def __init__(self, graph: ForwardGraph, builder: Builder, overrides: Optional[dict] = None,
+                 params: Optional[dict] = None, rename: Optional[Callable[[str], str]] = None,
+                 source: Optional[str] = None, explained: Optional[str] = None, method=None):
+        self.g, self.b = graph, builder
+        self.method = method
+        self.overrides = overrides or {}
+        self.params = params or {}
+        self.fwd = rename or (lambda name: name)
+        self.source = source or graph.data_input
+        self.explained = explained or graph.explained
+
+    def spec(self, node: onnx.NodeProto) -> Optional[Backward]:
+        return lookup(node.op_type, self.overrides)
+
+    def _slots(self, node):
+        if node.op_type in NON_DIFFERENTIABLE:
+            return []
+        spec = self.spec(node)
+        return None if spec is None else spec.slots(node)
+
+    def paths(self):
+        g = self.g
+        saved = (g.data_input, g.explained)
+        g.data_input, g.explained = self.source, self.explained
+        try:
+            return g.relevance_paths(self._slots)
+        finally:
+            g.data_input, g.explained = saved
+
+    def unsupported(self) -> list[tuple[str, str]]:
+        _, nodes = self.paths()
+        return [(n.name or n.output[0], n.op_type) for n in nodes
+                if n.op_type not in NON_DIFFERENTIABLE and self.spec(n) is None]
+
+    def run(self, seed: str, where: str = "model") -> dict[str, str]:
+        """Propagate `seed` (relevance/gradient at the explained tensor) back to the source.
+        Returns {forward tensor name: emitted relevance tensor} for every live tensor reached."""
+        bad = self.unsupported()
+        if bad:
+            raise UnsupportedOperatorsError(bad, where)
+        live, nodes = self.paths()
+        pending: dict[str, list[str]] = {self.explained: [seed]}
+        total: dict[str, str] = {}
+
+        def collect(t: str) -> Optional[str]:
+            if t in total:
+                return total[t]
+            parts = pending.pop(t, None)
+            if not parts:
+                return None
+            with self.b.scope("fanin"):
+                total[t] = self.b.sum(parts, hint=_short(t))
+            return total[t]
+
+        for node in reversed(nodes):
+            gys = [collect(o) if o in live else None for o in node.output]
+            if all(gy is None for gy in gys):
+                continue
+            spec = self.spec(node)
+            ctx = NodeContext(self, node, live)
+            with self.b.scope(_short(node.name or node.output[0])):
+                gxs = spec.fn(ctx, gys)
+            for k, (name, gx) in enumerate(zip(node.input, gxs)):
+                if gx is not None and name in live:
+                    pending.setdefault(name, []).append(gx)
+        collect(self.source)
+        return total
+
+
+def _short(name: str) -> str:
+    return name.strip("/").replace(":", "_") or "node"

@@ -1,0 +1,98 @@
+"""Linear layers: Conv, Gemm, MatMul. (LRP rules override exactly these three.)"""
+from __future__ import annotations
+
+from ..table import backward
+from .common import require, spatial_params, transpose_geometry
+
+
+def conv_input_grad(ctx, g, weight):
+    """Adjoint of the node's convolution w.r.t. its input, with `weight` in place of W:
+    a ConvTranspose with the same strides/dilations/group and pads chosen to land on the input size."""
+    in_shape, out_shape = ctx.in_shape(0), ctx.out_shape(0)
+    kernel = list(ctx.g.shape(ctx.node.input[1])[2:]) if ctx.g.is_const(ctx.node.input[1]) else list(ctx.attr("kernel_shape"))
+    strides, dil, pb, pe = spatial_params(ctx, in_shape, out_shape, kernel)
+    end_pads, out_pad = [], []
+    for i in range(len(kernel)):
+        e, o = transpose_geometry(in_shape[2 + i], out_shape[2 + i], kernel[i], strides[i], dil[i], pb[i])
+        end_pads.append(e)
+        out_pad.append(o)
+    return ctx.b.op("ConvTranspose", [g, weight], "conv_transpose", strides=strides, dilations=dil,
+                    pads=list(pb) + end_pads, group=ctx.attr("group", 1),
+                    output_padding=out_pad if any(out_pad) else None)
+
+
+@backward("Conv", inputs=(0, 1))
+def conv(ctx, gy):
+    require(not ctx.needs(1), ctx, "a convolution weight computed from the input")
+    return [conv_input_grad(ctx, gy[0], ctx.x(1)), None, None]
+
+
+@backward("Gemm", inputs=(0, 1, 2))
+def gemm(ctx, gy):
+    g, b = gy[0], ctx.b
+    alpha, beta = ctx.attr("alpha", 1.0), ctx.attr("beta", 1.0)
+    ta, tb = ctx.attr("transA", 0), ctx.attr("transB", 0)
+    A, B = ctx.x(0), ctx.x(1)
+    out = [None, None, None]
+    if ctx.needs(0):
+        out[0] = (b.op("Gemm", [B, g], "dA", alpha=alpha, transA=tb, transB=1) if ta
+                  else b.op("Gemm", [g, B], "dA", alpha=alpha, transB=0 if tb else 1))
+    if ctx.needs(1):
+        out[1] = (b.op("Gemm", [g, A], "dB", alpha=alpha, transA=1, transB=ta) if tb
+                  else b.op("Gemm", [A, g], "dB", alpha=alpha, transA=0 if ta else 1))
+    if len(ctx.node.input) > 2 and ctx.needs(2):
+        gc = b.mul(g, b.f32(beta)) if beta != 1.0 else g
+        out[2] = ctx.unbroadcast(gc, ctx.out_shape(0), ctx.in_shape(2))
+    return out
+
+
+def _swap_last(b, t, rank):
+    perm = list(range(rank))
+    perm[-1], perm[-2] = perm[-2], perm[-1]
+    return b.transpose(t, perm)
+
+
+@backward("MatMul", inputs=(0, 1))
+def matmul(ctx, gy):
+    g, b = gy[0], ctx.b
+    sa, sb, so = ctx.in_shape(0), ctx.in_shape(1), ctx.out_shape(0)
+    A, B = ctx.x(0), ctx.x(1)
+    out = [None, None]
+    # promote 1-D operands the way MatMul does, then undo it on the gradients
+    ga, gb_shape = g, so
+    if len(sa) == 1:
+        g = b.unsqueeze(g, [len(so) - 1 if len(sb) > 1 else 0])
+        A = b.unsqueeze(A, [0])
+    if len(sb) == 1:
+        g = b.unsqueeze(g, [-1])
+        B = b.unsqueeze(B, [1])
+    ea = (1, sa[0]) if len(sa) == 1 else tuple(sa)
+    eb = (sb[0], 1) if len(sb) == 1 else tuple(sb)
+    rank_o = max(len(ea), len(eb))
+    eo = tuple(so) if len(sa) > 1 and len(sb) > 1 else None
+    if ctx.needs(0):
+        if len(eb) == 2 and len(ea) == 2:
+            da = b.op("Gemm", [g, B], "dA", transB=1)
+        else:
+            da = b.op("MatMul", [g, _swap_last(b, B, len(eb))], "dA")
+        da_shape = _bshape(ea, eb, rank_o, left=True)
+        da = ctx.unbroadcast(da, da_shape, ea) if da_shape != ea else da
+        if len(sa) == 1:
+            da = ctx.reshape_to(da, sa)
+        out[0] = da
+    if ctx.needs(1):
+        db = b.op("MatMul", [_swap_last(b, A, len(ea)), g], "dB")
+        db_shape = _bshape(ea, eb, rank_o, left=False)
+        db = ctx.unbroadcast(db, db_shape, eb) if db_shape != eb else db
+        if len(sb) == 1:
+            db = ctx.reshape_to(db, sb)
+        out[1] = db
+    return out
+
+
+def _bshape(ea, eb, rank, left):
+    """Shape of the raw (un-reduced) gradient of one MatMul operand: broadcast batch dims + its matrix dims."""
+    pa = (1,) * (rank - len(ea)) + tuple(ea)
+    pb = (1,) * (rank - len(eb)) + tuple(eb)
+    batch = tuple(None if (x is None or y is None) else max(x, y) for x, y in zip(pa[:-2], pb[:-2]))
+    return batch + (pa[-2:] if left else pb[-2:])

@@ -1,0 +1,169 @@
+"""Movement ops: relevance is routed by position (reshape back, inverse permutation, split, pad...)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..table import ALL, backward
+from .common import require
+
+
+@backward("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def reshape(ctx, gy):
+    return [ctx.reshape_to(gy[0], ctx.in_shape(0))]
+
+
+@backward("Transpose")
+def transpose(ctx, gy):
+    rank = len(ctx.in_shape(0))
+    perm = ctx.attr("perm", list(reversed(range(rank))))
+    inv = list(np.argsort(perm))
+    return [ctx.b.transpose(gy[0], inv)]
+
+
+@backward("Concat", inputs=ALL)
+def concat(ctx, gy):
+    rank = len(ctx.out_shape(0))
+    axis = ctx.attr("axis") % rank
+    sizes = [ctx.in_shape(k)[axis] for k in range(len(ctx.node.input))]
+    require(None not in sizes, ctx, "Concat along the batch axis")
+    parts = ctx.b.split(gy[0], sizes, axis)
+    return [p if ctx.needs(k) else None for k, p in enumerate(parts)]
+
+
+@backward("Split")
+def split(ctx, gy):
+    rank = len(ctx.in_shape(0))
+    axis = ctx.attr("axis", 0) % rank
+    parts = [g if g is not None else ctx.b.zeros_like(ctx.y(k)) for k, g in enumerate(gy)]
+    return [ctx.b.op("Concat", parts, "join", axis=axis)]
+
+
+def _slice_params(ctx):
+    rank = len(ctx.in_shape(0))
+    if ctx.attr("starts") is not None:  # opset < 10
+        starts, ends = ctx.attr("starts"), ctx.attr("ends")
+        axes = ctx.attr("axes", list(range(len(starts))))
+        steps = [1] * len(starts)
+    else:
+        vals = [ctx.const(k) for k in range(1, len(ctx.node.input))]
+        require(all(v is not None for k, v in enumerate(vals) if ctx.node.input[k + 1]), ctx, "Slice bounds computed at run time")
+        starts, ends = vals[0].tolist(), vals[1].tolist()
+        axes = vals[2].tolist() if len(vals) > 2 and ctx.node.input[3] else list(range(len(starts)))
+        steps = vals[3].tolist() if len(vals) > 3 and ctx.node.input[4] else [1] * len(starts)
+    return [(int(a) % rank, int(s), int(e), int(st)) for a, s, e, st in zip(axes, starts, ends, steps)]
+
+
+@backward("Slice", inputs=(0,))
+def slice_(ctx, gy):
+    b, g = ctx.b, gy[0]
+    in_shape = list(ctx.in_shape(0))
+    cur = list(ctx.out_shape(0))
+    for axis, start, end, step in _slice_params(ctx):
+        dim = in_shape[axis]
+        require(dim is not None, ctx, "Slice along the batch axis")
+        idx = np.arange(dim)[slice(start, end, step)]
+        if len(idx) == dim and step == 1:
+            continue
+        if step < 0:
+            g = b.slice(g, [-1], [-(2 ** 62)], [axis], [-1], "reverse")
+            idx = idx[::-1]
+            step = -step
+        n = len(idx)
+        if n == 0:
+            return [b.zeros_like(ctx.x(0))]
+        if step > 1:  # interleave step-1 zeros after each element, then trim the tail
+            g = b.unsqueeze(g, [axis + 1])
+            pads = [0] * (2 * (len(cur) + 1))
+            pads[len(cur) + 1 + axis + 1] = step - 1
+            g = b.pad(g, pads)
+            cur[axis] = n * step
+            g = ctx.reshape_to(g, tuple(cur))
+            keep = (n - 1) * step + 1
+            g = b.slice(g, [0], [keep], [axis])
+            cur[axis] = keep
+        pads = [0] * (2 * len(cur))
+        pads[axis] = int(idx[0])
+        pads[len(cur) + axis] = dim - int(idx[0]) - cur[axis]
+        g = b.pad(g, pads)
+        cur[axis] = dim
+    return [g]
+
+
+@backward("Pad", inputs=(0,))
+def pad(ctx, gy):
+    b = ctx.b
+    mode = ctx.attr("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    require(mode == "constant", ctx, f"Pad mode {mode!r}")
+    rank = len(ctx.in_shape(0))
+    pads = ctx.attr("pads")
+    if pads is None:
+        pads = ctx.const(1)
+        require(pads is not None, ctx, "pads computed at run time")
+        pads = pads.tolist()
+    axes = list(range(rank))
+    if len(ctx.node.input) > 3 and ctx.node.input[3]:
+        axes = [int(a) % rank for a in ctx.const(3).tolist()]
+    full = [0] * (2 * rank)
+    for i, a in enumerate(axes):
+        full[a], full[rank + a] = pads[i], pads[len(axes) + i]
+    g = gy[0]
+    out_shape = ctx.out_shape(0)
+    starts, ends, sl_axes = [], [], []
+    undo = [0] * (2 * rank)
+    for a in range(rank):
+        p0, p1 = full[a], full[rank + a]
+        if p0 > 0 or p1 > 0:
+            require(out_shape[a] is not None, ctx, "padding the batch axis")
+            starts.append(max(p0, 0)); ends.append(out_shape[a] - max(p1, 0)); sl_axes.append(a)
+        undo[a], undo[rank + a] = max(-p0, 0), max(-p1, 0)
+    if sl_axes:
+        g = b.slice(g, starts, ends, sl_axes, hint="unpad")
+    return [b.pad(g, undo)]
+
+
+@backward("Expand", inputs=(0,))
+def expand(ctx, gy):
+    return [ctx.unbroadcast(gy[0], ctx.out_shape(0), ctx.in_shape(0))]
+
+
+@backward("Gather", inputs=(0,))
+def gather(ctx, gy):
+    """Adjoint of gathering with constant indices: a MatMul with the one-hot matrix of the indices
+    (exact with repeated indices, constant-shaped, GPU-friendly)."""
+    b = ctx.b
+    idx = ctx.const(1)
+    require(idx is not None, ctx, "Gather with indices computed at run time")
+    in_shape = ctx.in_shape(0)
+    rank = len(in_shape)
+    axis = ctx.attr("axis", 0) % rank
+    dim = in_shape[axis]
+    require(dim is not None, ctx, "Gather along the batch axis")
+    flat = (idx.astype(np.int64).ravel() % dim)
+    onehot = np.zeros((flat.size, dim), np.float32)
+    np.add.at(onehot, (np.arange(flat.size), flat), 1.0)
+    g_shape = tuple(in_shape[:axis]) + (flat.size,) + tuple(in_shape[axis + 1:])
+    g = ctx.reshape_to(gy[0], g_shape)
+    if axis == rank - 1:
+        return [b.op("MatMul", [g, b.const(onehot, hint="onehot")], "scatter"), None]
+    perm = list(range(rank))
+    perm[axis], perm[-1] = perm[-1], perm[axis]
+    g = b.transpose(g, perm)
+    g = b.op("MatMul", [g, b.const(onehot, hint="onehot")], "scatter")
+    return [b.transpose(g, perm), None]
+
+
+@backward("Tile", inputs=(0,))
+def tile(ctx, gy):
+    b = ctx.b
+    reps = ctx.const(1)
+    require(reps is not None, ctx, "Tile repeats computed at run time")
+    in_shape = ctx.in_shape(0)
+    split_shape, axes = [], []
+    for i, (r, d) in enumerate(zip(reps.tolist(), in_shape)):
+        require(d is not None or r == 1, ctx, "tiling the batch axis")
+        split_shape += [int(r), d]
+        axes.append(2 * i)
+    g = ctx.reshape_to(gy[0], tuple(split_shape))
+    g = b.reduce("ReduceSum", g, axes, keepdims=0)
+    return [g, None]

@@ -1,0 +1,295 @@
+"""Canonicalization: small, named graph passes that run before any method sees the graph.
+
+Each pass takes a ModelProto, changes it in place, and returns a short count of what it did.
+They preserve the model's function (up to float rounding) and the names of graph inputs/outputs."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
+
+
+def _consumers(graph):
+    cons = defaultdict(list)
+    for node in graph.node:
+        for i in node.input:
+            cons[i].append(node)
+    return cons
+
+
+def _replace_nodes(graph, nodes):
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _rename_input(graph, old, new):
+    for node in graph.node:
+        for k, i in enumerate(node.input):
+            if i == old:
+                node.input[k] = new
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> int:
+    """Constant nodes become initializers (so every constant is found in one place)."""
+    g = model.graph
+    keep, n = [], 0
+    for node in g.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            attr = node.attribute[0]
+            kind = attr.name
+            if kind == "value":
+                arr = numpy_helper.to_array(attr.t)
+            elif kind in ("value_float", "value_int"):
+                arr = np.array(helper.get_attribute_value(attr), np.float32 if kind == "value_float" else np.int64)
+            elif kind in ("value_floats", "value_ints"):
+                arr = np.array(helper.get_attribute_value(attr), np.float32 if kind == "value_floats" else np.int64)
+            else:
+                keep.append(node)
+                continue
+            g.initializer.append(numpy_helper.from_array(arr, node.output[0]))
+            n += 1
+        else:
+            keep.append(node)
+    _replace_nodes(g, keep)
+    return n
+
+
+def drop_identity(model: onnx.ModelProto) -> int:
+    """Identity and (inference) Dropout are removed; consumers read the input directly."""
+    g = model.graph
+    outputs = {o.name for o in g.output}
+    keep, n = [], 0
+    for node in g.node:
+        if node.op_type in ("Identity", "Dropout") and node.input[0] and node.output[0] not in outputs:
+            if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1]:
+                keep.append(node)
+                continue
+            _rename_input(g, node.output[0], node.input[0])
+            n += 1
+        else:
+            keep.append(node)
+    _replace_nodes(g, keep)
+    return n
+
+
+def fold_constants(model: onnx.ModelProto) -> int:
+    """Nodes that depend on no graph input are evaluated once (by onnxruntime) and become initializers."""
+    g = model.graph
+    known = {t.name for t in g.initializer}
+    graph_inputs = {i.name for i in g.input if i.name not in known}
+    foldable, produced = [], set()
+    for node in g.node:
+        if node.op_type in RANDOM_OPS or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            continue
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if all((not i) or i in known or i in produced for i in node.input) and not any(i in graph_inputs for i in node.input):
+            foldable.append(node)
+            produced.update(o for o in node.output if o)
+    if not foldable:
+        return 0
+    cons = _consumers(g)
+    fold_set = {id(n) for n in foldable}
+    outputs = {o.name for o in g.output}
+    needed = [o for n in foldable for o in n.output if o and (o in outputs or any(id(c) not in fold_set for c in cons[o]))]
+    if needed:
+        sub = helper.make_graph(foldable, "fold", [], [onnx.ValueInfoProto(name=o) for o in needed],
+                                initializer=[t for t in g.initializer])
+        m = helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version)
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        try:
+            vals = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(needed, {})
+        except Exception:  # noqa: BLE001 - leave the graph as it is; folding is an optimisation
+            return 0
+        for name, v in zip(needed, vals):
+            g.initializer.append(numpy_helper.from_array(np.asarray(v), name))
+    _replace_nodes(g, [n for n in g.node if id(n) not in fold_set])
+    remove_unused_initializers(model)
+    return len(foldable)
+
+
+def remove_unused_initializers(model: onnx.ModelProto) -> int:
+    g = model.graph
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    keep = [t for t in g.initializer if t.name in used]
+    n = len(g.initializer) - len(keep)
+    if n:
+        dropped = {t.name for t in g.initializer} - {t.name for t in keep}
+        del g.initializer[:]
+        g.initializer.extend(keep)
+        # old-style models also declare initializers as graph inputs: drop those declarations too
+        inputs = [i for i in g.input if i.name not in dropped]
+        del g.input[:]
+        g.input.extend(inputs)
+    return n
+
+
+def _init(g, name):
+    for t in g.initializer:
+        if t.name == name:
+            return t
+    return None
+
+
+def _set_init(g, name, arr):
+    t = _init(g, name)
+    t.CopyFrom(numpy_helper.from_array(np.asarray(arr, dtype=numpy_helper.to_array(t).dtype), name))
+
+
+def _bn_affine(g, node):
+    vals = [_init(g, i) for i in node.input[1:5]]
+    if any(v is None for v in vals):
+        return None
+    scale, bias, mean, var = (numpy_helper.to_array(v).astype(np.float64) for v in vals)
+    eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+    k = scale / np.sqrt(var + eps)
+    return k, bias - mean * k
+
+
+def fold_batchnorm(model: onnx.ModelProto) -> int:
+    """BatchNormalization folded into the Conv/Gemm before it when that is exact (the linear layer's
+    output feeds only the BatchNorm); otherwise replaced by a per-channel affine Mul + Add."""
+    g = model.graph
+    cons = _consumers(g)
+    producer = {o: n for n in g.node for o in n.output}
+    outputs = {o.name for o in g.output}
+    drop, n_done = set(), 0
+    new_nodes = []
+    for node in g.node:
+        if node.op_type != "BatchNormalization" or len([o for o in node.output if o]) > 1:
+            continue
+        aff = _bn_affine(g, node)
+        if aff is None:
+            continue
+        k, c = aff
+        prev = producer.get(node.input[0])
+        if (prev is not None and prev.op_type in ("Conv", "ConvTranspose", "Gemm") and len(cons[node.input[0]]) == 1
+                and node.input[0] not in outputs and _init(g, prev.input[1]) is not None):
+            ok = _merge_into_linear(g, prev, k, c)
+            if ok:
+                prev.output[0] = node.output[0]
+                drop.add(id(node))
+                n_done += 1
+                continue
+        # keep a correct per-channel affine: y = x * k + c, broadcast over spatial dims
+        drop.add(id(node))
+        new_nodes.append((node, k, c))
+        n_done += 1
+    nodes = []
+    for node in g.node:
+        hit = [t for t in new_nodes if t[0] is node]
+        if hit:
+            _, k, c = hit[0]
+            rank = next((len(vi.type.tensor_type.shape.dim) for vi in list(g.value_info) + list(g.input)
+                         if vi.name == node.input[0] and vi.type.tensor_type.HasField("shape")), 4)
+            shape = [-1] + [1] * max(rank - 2, 0)
+            kn, cn = f"{node.name or node.output[0]}/bn_scale", f"{node.name or node.output[0]}/bn_shift"
+            g.initializer.append(numpy_helper.from_array(k.reshape(shape).astype(np.float32), kn))
+            g.initializer.append(numpy_helper.from_array(c.reshape(shape).astype(np.float32), cn))
+            mid = f"{node.output[0]}/scaled"
+            nodes.append(helper.make_node("Mul", [node.input[0], kn], [mid], name=f"{node.name}/scale"))
+            nodes.append(helper.make_node("Add", [mid, cn], [node.output[0]], name=f"{node.name}/shift"))
+        elif id(node) not in drop:
+            nodes.append(node)
+    _replace_nodes(g, nodes)
+    remove_unused_initializers(model)
+    return n_done
+
+
+def _merge_into_linear(g, lin, k, c) -> bool:
+    w_t = _init(g, lin.input[1])
+    w = numpy_helper.to_array(w_t).astype(np.float64)
+    attrs = {a.name: helper.get_attribute_value(a) for a in lin.attribute}
+    if lin.op_type == "Conv":
+        w2 = w * k.reshape([-1] + [1] * (w.ndim - 1))
+    elif lin.op_type == "ConvTranspose":
+        grp = attrs.get("group", 1)
+        cin, cpg = w.shape[0], w.shape[1]
+        w2 = w.reshape(grp, cin // grp, cpg, *w.shape[2:]) * k.reshape(grp, 1, cpg, *([1] * (w.ndim - 2)))
+        w2 = w2.reshape(w.shape)
+    else:  # Gemm: output features are the columns of op(B)
+        beta = attrs.get("beta", 1.0)
+        w2 = w * (k[None, :] if not attrs.get("transB", 0) else k[:, None])
+        if len(lin.input) > 2 and lin.input[2]:
+            b_t = _init(g, lin.input[2])
+            if b_t is None:
+                return False
+            b = numpy_helper.to_array(b_t).astype(np.float64) * beta
+            b2 = (np.broadcast_to(b, k.shape) * k + c) / beta
+            _set_init_new(g, lin, 2, b2)
+        else:
+            _add_bias(g, lin, c / beta if beta else c)
+        _set_init_new(g, lin, 1, w2)
+        return True
+    if len(lin.input) > 2 and lin.input[2]:
+        b_t = _init(g, lin.input[2])
+        if b_t is None:
+            return False
+        b2 = numpy_helper.to_array(b_t).astype(np.float64) * k + c
+        _set_init_new(g, lin, 2, b2)
+    else:
+        _add_bias(g, lin, c)
+    _set_init_new(g, lin, 1, w2)
+    return True
+
+
+def _set_init_new(g, node, slot, arr):
+    """Write a folded parameter under a new name (the old one may be shared by other nodes)."""
+    name = f"{node.input[slot]}/bn_folded"
+    g.initializer.append(numpy_helper.from_array(np.asarray(arr, np.float32), name))
+    node.input[slot] = name
+
+
+def _add_bias(g, node, c):
+    name = f"{node.name or node.output[0]}/bias_bn_folded"
+    g.initializer.append(numpy_helper.from_array(np.asarray(c, np.float32), name))
+    while len(node.input) < 3:
+        node.input.append("")
+    node.input[2] = name
+
+
+def expose_maxpool_indices(model: onnx.ModelProto) -> int:
+    """MaxPool gets its Indices output so the backward pass can reuse the forward switches."""
+    n = 0
+    for node in model.graph.node:
+        if node.op_type == "MaxPool" and (len(node.output) < 2 or not node.output[1]):
+            if len(node.output) < 2:
+                node.output.append(f"{node.output[0]}/indices")
+            else:
+                node.output[1] = f"{node.output[0]}/indices"
+            n += 1
+    return n
+
+
+def find_explained_scores(model: onnx.ModelProto, score_output: str, keep_softmax: bool = False) -> str:
+    """The tensor whose entries are explained: the score output, or the logits before a trailing
+    Softmax/LogSoftmax (possibly behind Identity/Flatten/Reshape) unless keep_softmax."""
+    if keep_softmax:
+        return score_output
+    producer = {o: n for n in model.graph.node for o in n.output}
+    t = score_output
+    while t in producer and producer[t].op_type in ("Identity", "Flatten", "Reshape", "Squeeze"):
+        if producer[t].op_type != "Identity":
+            break
+        t = producer[t].input[0]
+    node = producer.get(t)
+    if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
+        return node.input[0]
+    return score_output
+
+
+PASSES = [constants_to_initializers, drop_identity, fold_constants, fold_batchnorm, expose_maxpool_indices]
+
+
+def canonicalize(model: onnx.ModelProto, passes=None) -> dict:
+    """Run the passes in order; returns {pass name: count}."""
+    report = {}
+    for p in passes or PASSES:
+        report[p.__name__] = p(model)
+    return report

@@ -1,0 +1,92 @@
+"""A read-only view of the (canonicalized) forward graph that the backward engine walks.
+
+It knows each tensor's measured shape (None at the batch dimension), its dtype, constant values,
+producers and consumers, and — through a networkx graph of differentiable edges — which tensors
+carry relevance from the data input to the explained scores. Shape arithmetic, constants and
+integer index paths never do (SPEC §5): they are left untouched and never differentiated."""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+@dataclass
+class ForwardGraph:
+    model: onnx.ModelProto
+    data_input: str
+    score_output: str
+    explained: str  # tensor whose entries are the explained scores (pre-softmax logits by default)
+    shapes: dict
+    dtypes: dict
+    fixed_batch: bool = False
+    opset: int = 17
+    _consts: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        g = self.model.graph
+        self.nodes = list(g.node)
+        self.initializers = {t.name: t for t in g.initializer}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in self.nodes:
+            for o in node.output:
+                if o:
+                    self.producer[o] = node
+            for i in node.input:
+                if i:
+                    self.consumers[i].append(node)
+        for vi in list(g.input):
+            if vi.name == self.data_input:
+                self.shapes.setdefault(vi.name, None)
+
+    # ------------------------------------------------------------------ values
+    def is_const(self, name: str) -> bool:
+        return name in self.initializers
+
+    def const(self, name: str):
+        """numpy value of an initializer, else None."""
+        if not name:
+            return None
+        if name not in self._consts:
+            t = self.initializers.get(name)
+            self._consts[name] = None if t is None else numpy_helper.to_array(t)
+        return self._consts[name]
+
+    def shape(self, name: str) -> tuple:
+        if name in self.shapes and self.shapes[name] is not None:
+            return self.shapes[name]
+        v = self.const(name)
+        if v is not None:
+            return tuple(v.shape)
+        raise KeyError(f"no shape known for tensor {name!r}")
+
+    def rank(self, name: str) -> int:
+        return len(self.shape(name))
+
+    # -------------------------------------------------------------- reachability
+    def relevance_paths(self, differentiable) -> tuple[set, list]:
+        """Tensors on differentiable paths from the data input to the explained tensor, and the nodes
+        that produce them (in graph order). `differentiable(node)` -> indices of input slots that
+        carry relevance, or None when the op is unknown (it is then treated as fully connected, so
+        that it can be reported as unsupported)."""
+        dg = nx.DiGraph()
+        for node in self.nodes:
+            slots = differentiable(node)
+            ins = range(len(node.input)) if slots is None else slots
+            for k in ins:
+                if k < len(node.input) and node.input[k]:
+                    for o in node.output:
+                        if o:
+                            dg.add_edge(node.input[k], o)
+        if self.data_input not in dg or self.explained not in dg:
+            return set(), []
+        carried = nx.descendants(dg, self.data_input) | {self.data_input}
+        needed = nx.ancestors(dg, self.explained) | {self.explained}
+        live = carried & needed
+        nodes = [n for n in self.nodes if any(o in live for o in n.output)]
+        return live, nodes

@@ -1,0 +1,111 @@
+"""Load an ONNX classifier: read (external data too), validate, bring it to a workable opset,
+find the data input and the score output, and make the batch dimension symbolic."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+from onnx import shape_inference, version_converter
+
+from ..errors import XCompileError
+
+MIN_OPSET = 11
+MAX_OPSET = 23
+WORK_OPSET = 17  # models below this are converted up to it; newer ones keep their own opset
+
+
+def read_model(model) -> onnx.ModelProto:
+    """Path, bytes or ModelProto -> ModelProto with external data loaded."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, (bytes, bytearray)):
+        try:
+            return onnx.load_from_string(bytes(model))
+        except Exception as e:  # noqa: BLE001 - protobuf raises various types
+            raise XCompileError(f"<bytes>: not a readable ONNX model ({type(e).__name__})") from None
+    path = Path(os.fspath(model))
+    if not path.is_file():
+        raise XCompileError(f"{path}: no such model file")
+    try:
+        return onnx.load(str(path), load_external_data=True)
+    except FileNotFoundError as e:
+        raise XCompileError(f"{path}: external data file missing ({e.filename or e})") from None
+    except Exception as e:  # noqa: BLE001
+        raise XCompileError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise XCompileError("model imports no default (ai.onnx) opset")
+
+
+def prepare(model: onnx.ModelProto, where: str = "model") -> onnx.ModelProto:
+    """Validate and normalise the opset. Returns a new ModelProto."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    if len(m.graph.node) == 0:
+        raise XCompileError(f"{where}: the graph has no nodes")
+    try:
+        onnx.checker.check_model(m)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
+        raise XCompileError(f"{where}: invalid ONNX model: {first}") from None
+    opset = default_opset(m)
+    if opset < MIN_OPSET or opset > MAX_OPSET:
+        raise XCompileError(f"{where}: opset {opset} is not supported (supported: {MIN_OPSET} to {MAX_OPSET})")
+    if opset < WORK_OPSET:
+        try:
+            m = version_converter.convert_version(m, WORK_OPSET)
+        except Exception as e:  # noqa: BLE001
+            raise XCompileError(f"{where}: cannot convert opset {opset} to {WORK_OPSET}: {str(e).splitlines()[0]}") from None
+    try:
+        m = shape_inference.infer_shapes(m, data_prop=True)
+    except Exception:  # noqa: BLE001 - shape info is a convenience; the probe measures shapes anyway
+        pass
+    return m
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def find_data_input(model: onnx.ModelProto, name: str | None, where: str = "model") -> onnx.ValueInfoProto:
+    inputs = graph_inputs(model)
+    if name is not None:
+        for i in inputs:
+            if i.name == name:
+                return i
+        raise XCompileError(f"{where}: option input={name!r}: no such graph input (inputs: {[i.name for i in inputs]})")
+    floats = [i for i in inputs if i.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)]
+    if len(floats) != 1:
+        raise XCompileError(f"{where}: expected one float data input, found {[i.name for i in inputs]}; choose one with --set input=NAME")
+    return floats[0]
+
+
+def find_score_output(model: onnx.ModelProto, name: str | None, where: str = "model") -> str:
+    outs = [o.name for o in model.graph.output]
+    if name is not None:
+        if name not in outs:
+            raise XCompileError(f"{where}: option output={name!r}: no such graph output (outputs: {outs})")
+        return name
+    return outs[0]
+
+
+def input_dims(vi: onnx.ValueInfoProto) -> list:
+    dims = []
+    for d in vi.type.tensor_type.shape.dim:
+        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+    return dims
+
+
+def make_batch_symbolic(model: onnx.ModelProto, data_input: str, score_output: str) -> None:
+    """Rename the first dimension of the data input (and the score output) to the symbol 'N'."""
+    for vi in list(model.graph.input) + list(model.graph.output):
+        if vi.name in (data_input, score_output) and vi.type.tensor_type.HasField("shape") and vi.type.tensor_type.shape.dim:
+            d = vi.type.tensor_type.shape.dim[0]
+            d.Clear()
+            d.dim_param = "N"

@@ -1,0 +1,124 @@
+"""What a method is: parameters, a seed (1 at the target, or the target score), and overrides of the
+op table. ``Method.build`` appends the explanation to the builder and returns the relevance tensor."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import onnx
+
+from ..backward.builder import Builder
+from ..backward.engine import Engine
+from ..errors import XCompileError
+from ..graph import ForwardGraph
+
+TARGET = "target"
+
+
+@dataclass(frozen=True)
+class Param:
+    default: Any
+    help: str
+    parse: Callable[[Any], Any] = lambda v: v
+
+
+def as_int(v):
+    return int(v)
+
+
+def as_float(v):
+    return float(v)
+
+
+def as_bool(v):
+    if isinstance(v, bool):
+        return v
+    if str(v).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(v).lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(v)
+
+
+@dataclass
+class Built:
+    relevance: str
+    extra_outputs: list = field(default_factory=list)  # [(tensor, ValueInfoProto)]
+
+
+class Method:
+    name: str = ""
+    seed: str = "one"  # "one": gradient family; "score": relevance family
+    summary: str = ""
+    params: dict = {}
+    overrides: dict = {}
+
+    def __init__(self, **given):
+        self.values = self.parse_params(given)
+
+    @classmethod
+    def parse_params(cls, given: dict) -> dict:
+        out = {k: p.default for k, p in cls.params.items()}
+        for k, v in given.items():
+            if k not in cls.params:
+                known = ", ".join(sorted(cls.params)) or "none"
+                raise XCompileError(f"option {k!r} is not known for method {cls.name!r} (known: {known})")
+            try:
+                out[k] = cls.params[k].parse(v)
+            except (TypeError, ValueError):
+                raise XCompileError(f"option {k}={v!r}: {cls.params[k].help}") from None
+        return out
+
+    def __getitem__(self, key):
+        return self.values[key]
+
+    # -------------------------------------------------------------- building
+    def prepare(self, g: ForwardGraph, where: str) -> None:
+        """Hook for methods that need to look at the whole graph first (rule choice, patterns)."""
+
+    def engine(self, g: ForwardGraph, b: Builder, **kw) -> Engine:
+        return Engine(g, b, overrides=self.overrides, params=self.values, method=self, **kw)
+
+    def check(self, g: ForwardGraph, where: str) -> None:
+        """Raise (listing every unsupported node at once) before anything is built."""
+        from ..errors import UnsupportedOperatorsError
+        bad = self.engine(g, Builder(g.opset)).unsupported()
+        if bad:
+            raise UnsupportedOperatorsError(bad, where)
+
+    def build(self, g: ForwardGraph, b: Builder, where: str) -> Built:
+        target = resolve_target(b, g, g.explained)
+        seed = make_seed(b, g.shape(g.explained)[1], g.explained, target, self.seed)
+        grads = self.engine(g, b).run(seed, where)
+        r = grads.get(g.data_input)
+        if r is None:
+            r = b.zeros_like(g.data_input)
+        return Built(self.finish(g, b, r))
+
+    def finish(self, g: ForwardGraph, b: Builder, r: str) -> str:
+        return r
+
+
+def resolve_target(b: Builder, g: ForwardGraph, scores: str) -> str:
+    """int64 [N]: the given target, or the predicted class where the target is -1."""
+    with b.scope("target"):
+        pred = b.op("ArgMax", [scores], "predicted", axis=1, keepdims=0)
+        negative = b.op("Less", [TARGET, b.i64(0)], "use_predicted")
+        return b.where(negative, pred, TARGET, "class")
+
+
+def make_seed(b: Builder, n_classes: int, scores: str, target: str, kind: str) -> str:
+    """One-hot of the target class (gradient family), times the score itself (relevance family)."""
+    with b.scope("seed"):
+        onehot = b.op("OneHot", [target, b.i64([n_classes]), b.f32([0.0, 1.0])], "onehot", axis=-1)
+        if kind == "score":
+            return b.mul(onehot, scores, "target_score")
+        return onehot
+
+
+METHODS: dict[str, type] = {}
+
+
+def register(cls):
+    METHODS[cls.name] = cls
+    return cls

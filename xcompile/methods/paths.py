@@ -1,0 +1,106 @@
+"""Methods that average gradients over many inputs: Integrated Gradients and SmoothGrad.
+
+All steps/samples run inside ONE graph call: the batch is expanded in-graph ([N] -> [N*m]) and a copy
+of the forward graph (sharing every weight) runs on it. `chunk` bounds memory: the m points are
+processed `chunk` at a time by successive copies, which onnxruntime executes one after the other,
+reusing the freed activation memory."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backward.builder import Builder
+from ..errors import XCompileError
+from ..graph import ForwardGraph
+from .base import Built, Method, Param, as_float, as_int, make_seed, register, resolve_target
+from .clone import clone_forward
+
+
+def _repeat_rows(b: Builder, t: str, m: int, rank: int) -> str:
+    """[N, ...] -> [N*m, ...], each row repeated m times consecutively."""
+    shape = [1, m] + [1] * (rank - 1)
+    e = b.op("Expand", [b.unsqueeze(t, [1]), b.i64(shape)], "repeat")
+    return e
+
+
+class _PathMethod(Method):
+    """Shared machinery: subclasses give the points (as [N, k, ...] tensors) per chunk."""
+
+    def points(self, g, b, chunk_index, k) -> str:
+        raise NotImplementedError
+
+    def build(self, g: ForwardGraph, b: Builder, where: str) -> Built:
+        m, chunk = self.count(), self.values["chunk"] or self.count()
+        if chunk <= 0 or m <= 0:
+            raise XCompileError(f"option chunk/steps must be positive for method {self.name!r}")
+        sample = [int(d) for d in g.shape(g.data_input)[1:]]
+        rank = len(sample) + 1
+        target = resolve_target(b, g, g.explained)
+        n_classes = g.shape(g.explained)[1]
+        total = []
+        for c, start in enumerate(range(0, m, chunk)):
+            k = min(chunk, m - start)
+            with b.scope(f"chunk{c}"):
+                pts = self.points(g, b, start, k)  # [N, k, ...]
+                flat = b.reshape(pts, [-1] + sample, "points")
+                rename = clone_forward(g, b, flat, b.fresh("fwd"))
+                t = b.reshape(_repeat_rows(b, target, k, 1), [-1], "targets")
+                seed = make_seed(b, n_classes, rename(g.explained), t, "one")
+                grads = self.engine(g, b, rename=rename).run(seed, where)
+                gr = grads.get(g.data_input) or b.zeros_like(flat)
+                gr = b.reshape(gr, [-1, k] + sample, "per_row")
+                total.append(b.reduce("ReduceSum", gr, [1], keepdims=0, hint="chunk_sum"))
+        mean = b.mul(b.sum(total, "sum_over_chunks"), b.f32(1.0 / m), "mean_gradient")
+        return Built(self.finish(g, b, mean))
+
+
+@register
+class IntegratedGradients(_PathMethod):
+    name = "integrated_gradients"
+    summary = "(x - x') * mean_k dF/dx(x' + k/m (x - x')), right Riemann sum"
+    params = {
+        "steps": Param(32, "number of Riemann steps m (a positive integer)", as_int),
+        "baseline": Param(0.0, "baseline value x' (a number)", as_float),
+        "chunk": Param(0, "steps evaluated at once (0: all) -- bounds memory", as_int),
+    }
+
+    def count(self):
+        return self.values["steps"]
+
+    def points(self, g, b, start, k):
+        m = self.values["steps"]
+        rank = len(g.shape(g.data_input))
+        x, base = g.data_input, b.f32(self.values["baseline"])
+        alphas = (np.arange(start, start + k, dtype=np.float64) + 1) / m
+        a = b.const(alphas.reshape([1, k] + [1] * (rank - 1)).astype(np.float32), hint="alphas")
+        diff = b.unsqueeze(b.sub(x, base, "x_minus_baseline"), [1])
+        return b.add(b.mul(diff, a), base, "path_points")
+
+    def finish(self, g, b, r):
+        return b.mul(b.sub(g.data_input, b.f32(self.values["baseline"])), r, "integrated_gradients")
+
+
+@register
+class SmoothGrad(_PathMethod):
+    name = "smoothgrad"
+    summary = "mean gradient at x + N(0, sigma^2), sigma = noise_level * (max x - min x) per sample"
+    params = {
+        "samples": Param(20, "number of noisy samples (a positive integer)", as_int),
+        "noise_level": Param(0.1, "noise level relative to the input range (a number)", as_float),
+        "seed": Param(0, "random seed of the in-graph sampler (an integer)", as_int),
+        "chunk": Param(0, "samples evaluated at once (0: all) -- bounds memory", as_int),
+    }
+
+    def count(self):
+        return self.values["samples"]
+
+    def points(self, g, b, start, k):
+        x = g.data_input
+        rank = len(g.shape(x))
+        axes = list(range(1, rank))
+        with b.scope("sigma"):
+            span = b.sub(b.reduce("ReduceMax", x, axes, 1), b.reduce("ReduceMin", x, axes, 1))
+            sigma = b.unsqueeze(b.mul(span, b.f32(self.values["noise_level"])), [1])
+        base = _repeat_rows(b, x, k, rank)  # [N, k, ...]
+        noise = b.op("RandomNormalLike", [base], "noise", dtype=1, mean=0.0, scale=1.0,
+                     seed=float(self.values["seed"] * 1000 + start))
+        return b.add(base, b.mul(noise, sigma), "noisy_points")

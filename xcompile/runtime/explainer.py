@@ -1,0 +1,114 @@
+"""Run a compiled explainer: one onnxruntime session per Explainer, reused for every call."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from ..errors import XCompileError
+
+TARGET, RELEVANCE = "target", "relevance"
+
+
+@dataclass
+class Explanation:
+    scores: np.ndarray
+    relevance: np.ndarray
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return np.asarray(self.scores).argmax(axis=1)
+
+
+def session_options(threads: int | None = None, cuda_only: bool = False) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    if cuda_only:
+        so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    return so
+
+
+def providers_for(device: str):
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise XCompileError("device 'cuda': this onnxruntime has no CUDAExecutionProvider (install the 'gpu' extra: onnxruntime-gpu instead of onnxruntime)")
+        return ["CUDAExecutionProvider"]
+    raise XCompileError(f"unknown device {device!r} (cpu or cuda)")
+
+
+class Explainer:
+    """``Explainer(path_or_model).explain(x, target=None)`` -> Explanation(scores, relevance, extras)."""
+
+    def __init__(self, model, providers=None, device: str = "cpu", threads: int | None = None):
+        if isinstance(model, onnx.ModelProto):
+            data, self.where = model.SerializeToString(), "explainer"
+        else:
+            path = Path(os.fspath(model))
+            if not path.is_file():
+                raise XCompileError(f"{path}: no such explainer file")
+            data, self.where = str(path), str(path)
+        cuda_only = providers is None and device == "cuda"
+        providers = providers or providers_for(device)
+        try:
+            self.session = ort.InferenceSession(data, session_options(threads, cuda_only), providers=providers)
+        except Exception as e:  # noqa: BLE001
+            raise XCompileError(f"{self.where}: onnxruntime cannot load it: {str(e).strip().splitlines()[0]}") from None
+        ins = self.session.get_inputs()
+        names = [i.name for i in ins]
+        if TARGET not in names or RELEVANCE not in [o.name for o in self.session.get_outputs()]:
+            raise XCompileError(f"{self.where}: not an xcompile explainer (needs a 'target' input and a 'relevance' output)")
+        self.data_input = next(i for i in ins if i.name != TARGET)
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.score_output = self.outputs[0]
+        self.sample_shape = tuple(self.data_input.shape[1:])
+        score_shape = self.session.get_outputs()[0].shape
+        self.n_classes = score_shape[1] if len(score_shape) > 1 and isinstance(score_shape[1], int) else None
+
+    def _check_input(self, x) -> np.ndarray:
+        x = np.asarray(x)
+        if x.dtype.kind != "f":
+            raise XCompileError(f"input has dtype {x.dtype}; {self.where} expects float32 {self.data_input.name!r}")
+        x = x.astype(np.float32, copy=False)
+        if x.ndim == len(self.sample_shape):
+            x = x[None]
+        fixed = [d if isinstance(d, int) else None for d in self.sample_shape]
+        if x.ndim != len(fixed) + 1 or any(f is not None and f != s for f, s in zip(fixed, x.shape[1:])):
+            want = "x".join(str(d) if d is not None else "?" for d in fixed)
+            raise XCompileError(f"input has shape {list(x.shape)}; {self.where} expects [N, {want.replace('x', ', ')}] for {self.data_input.name!r}")
+        return np.ascontiguousarray(x)
+
+    def _check_target(self, target, n: int) -> np.ndarray:
+        if target is None:
+            return np.full(n, -1, np.int64)
+        t = np.asarray(target)
+        if t.dtype.kind not in "iu":
+            raise XCompileError(f"target must be integer class indices, got dtype {t.dtype}")
+        t = np.broadcast_to(t.astype(np.int64), (n,)).copy() if t.ndim == 0 else t.astype(np.int64)
+        if t.shape != (n,):
+            raise XCompileError(f"target has shape {list(t.shape)}; expected [{n}] (one class per input row)")
+        if self.n_classes is not None and ((t < -1) | (t >= self.n_classes)).any():
+            bad = int(t[(t < -1) | (t >= self.n_classes)][0])
+            raise XCompileError(f"target {bad} is out of range (-1 or 0..{self.n_classes - 1})")
+        return t
+
+    def explain(self, x, target=None, batch_size: int | None = None) -> Explanation:
+        x = self._check_input(x)
+        t = self._check_target(target, x.shape[0])
+        step = batch_size or max(1, x.shape[0])
+        parts = [self.session.run(None, {self.data_input.name: x[i:i + step], TARGET: t[i:i + step]})
+                 for i in range(0, x.shape[0], step)]
+        outs = [np.concatenate([p[k] for p in parts]) for k in range(len(self.outputs))]
+        named = dict(zip(self.outputs, outs))
+        extras = {k: v for k, v in named.items() if k not in (self.score_output, RELEVANCE)}
+        return Explanation(named[self.score_output], named[RELEVANCE], extras)
+
+    __call__ = explain

@@ -1,0 +1,157 @@
+"""Inputs for `xcompile run` (.npy/.npz arrays, image files, folders) and its outputs
+(relevance .npy + heatmap PNGs: diverging colormap centred on zero, overlaid on the image)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import XCompileError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+ARRAY_SUFFIXES = {".npy", ".npz"}
+
+
+def parse_preprocess(spec: str | None) -> dict:
+    """'resize=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225' -> dict."""
+    out = {"resize": None, "mean": None, "std": None}
+    if not spec:
+        return out
+    for part in spec.split(","):
+        if "=" not in part:
+            raise XCompileError(f"--preprocess {spec!r}: expected key=value items, got {part!r}")
+        k, v = (s.strip() for s in part.split("=", 1))
+        if k not in out:
+            raise XCompileError(f"--preprocess: unknown key {k!r} (resize, mean, std)")
+        try:
+            out[k] = int(v) if k == "resize" else [float(t) for t in v.split("/")]
+        except ValueError:
+            raise XCompileError(f"--preprocess: bad value {k}={v!r}") from None
+    return out
+
+
+def load_image(path: Path, sample_shape, prep: dict) -> tuple[np.ndarray, np.ndarray]:
+    """-> (model input [C,H,W] float32, display image [H,W,3] in [0,1])."""
+    from PIL import Image
+    if len(sample_shape) != 3:
+        raise XCompileError(f"{path}: an image input needs a model input [N,C,H,W]; this one takes {list(sample_shape)}")
+    c, h, w = sample_shape
+    try:
+        img = Image.open(path)
+        img = img.convert("L" if c == 1 else "RGB")
+    except Exception as e:  # noqa: BLE001
+        raise XCompileError(f"{path}: not a readable image ({type(e).__name__})") from None
+    if prep["resize"]:
+        s = prep["resize"] / min(img.size)
+        img = img.resize((max(w, round(img.size[0] * s)), max(h, round(img.size[1] * s))), Image.BILINEAR)
+        left, top = (img.size[0] - w) // 2, (img.size[1] - h) // 2
+        img = img.crop((left, top, left + w, top + h))
+    elif img.size != (w, h):
+        img = img.resize((w, h), Image.BILINEAR)
+    arr = np.asarray(img, np.float32) / 255.0
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    display = arr.transpose(1, 2, 0)
+    display = np.repeat(display, 3, axis=2) if display.shape[2] == 1 else display
+    for key, op in (("mean", np.subtract), ("std", np.divide)):
+        if prep[key] is not None:
+            v = np.asarray(prep[key], np.float32)
+            if v.size not in (1, c):
+                raise XCompileError(f"--preprocess {key}: {v.size} values for {c} channels")
+            arr = op(arr, v.reshape(-1, 1, 1))
+    return arr.astype(np.float32), display
+
+
+def load_array(path: Path) -> np.ndarray:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001
+        raise XCompileError(f"{path}: not a readable numpy file ({type(e).__name__})") from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        key = "x" if "x" in data.files else (data.files[0] if data.files else None)
+        if key is None:
+            raise XCompileError(f"{path}: empty .npz")
+        return np.asarray(data[key])
+    return np.asarray(data)
+
+
+def load_inputs(path, sample_shape, preprocess: str | None = None):
+    """-> (x float32 [N, *sample_shape], names, display images or None per row)."""
+    path = Path(path)
+    prep = parse_preprocess(preprocess)
+    if not path.exists():
+        raise XCompileError(f"{path}: no such input file or folder")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES | ARRAY_SUFFIXES) if path.is_dir() else [path]
+    if not files:
+        raise XCompileError(f"{path}: no .npy/.npz or image files in this folder")
+    xs, names, images = [], [], []
+    for f in files:
+        suffix = f.suffix.lower()
+        if suffix in ARRAY_SUFFIXES:
+            a = load_array(f)
+            if a.ndim == len(sample_shape):
+                a = a[None]
+            if a.dtype.kind not in "fiu":
+                raise XCompileError(f"{f}: array of dtype {a.dtype}; expected numbers")
+            if a.ndim != len(sample_shape) + 1 or any(isinstance(s, int) and s != d for s, d in zip(sample_shape, a.shape[1:])):
+                raise XCompileError(f"{f}: array of shape {list(a.shape)}; the explainer expects [N, {', '.join(map(str, sample_shape))}]")
+            xs.append(a.astype(np.float32))
+            names += [f"{f.stem}_{i}" for i in range(len(a))] if len(a) > 1 else [f.stem]
+            images += [None] * len(a)
+        elif suffix in IMAGE_SUFFIXES:
+            arr, disp = load_image(f, sample_shape, prep)
+            xs.append(arr[None])
+            names.append(f.stem)
+            images.append(disp)
+        else:
+            raise XCompileError(f"{f}: unsupported input type {suffix!r} (use .npy, .npz or an image)")
+    return np.concatenate(xs), names, images
+
+
+def heatmap_rgba(r: np.ndarray):
+    """Signed map -> RGBA via a diverging colormap centred on zero (positive red, negative blue)."""
+    import matplotlib
+    m = np.abs(r).max() or 1.0
+    return matplotlib.colormaps["bwr"]((r / m + 1) / 2)
+
+
+def save_heatmap(path: Path, relevance: np.ndarray, image=None, title: str | None = None) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    r = relevance.sum(axis=0) if relevance.ndim == 3 else relevance
+    if r.ndim == 1:
+        side = int(np.ceil(np.sqrt(r.size)))
+        r = np.pad(r, (0, side * side - r.size)).reshape(side, side)
+    fig, ax = plt.subplots(figsize=(3, 3), dpi=100)
+    if image is not None:
+        ax.imshow(image.mean(axis=2), cmap="gray", interpolation="nearest")
+        rgba = heatmap_rgba(r)
+        rgba[..., 3] = np.clip(np.abs(r) / (np.abs(r).max() or 1.0), 0, 1) * 0.85
+        ax.imshow(rgba, interpolation="nearest")
+    else:
+        m = np.abs(r).max() or 1.0
+        ax.imshow(r, cmap="bwr", vmin=-m, vmax=m, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_results(out, names, x, images, res) -> list[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, name in enumerate(names):
+        p = out / f"{name}_relevance.npy"
+        np.save(p, res.relevance[i])
+        written.append(p)
+        if res.relevance[i].ndim >= 2 or res.relevance[i].size > 1:
+            h = out / f"{name}_heatmap.png"
+            pred = int(np.argmax(res.scores[i]))
+            save_heatmap(h, res.relevance[i], images[i], title=f"{name}: class {pred}")
+            written.append(h)
+    np.save(out / "scores.npy", res.scores)
+    written.append(out / "scores.npy")
+    return written

@@ -1,0 +1,92 @@
+"""Assemble the explainer: forward graph + emitted nodes + `target`/`relevance` I/O; check it with the
+full ONNX checker and serialize deterministically."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper, shape_inference
+
+from ..errors import XCompileError
+from ..methods.base import TARGET
+
+RELEVANCE = "relevance"
+
+
+def _with_batch(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    out = onnx.ValueInfoProto()
+    out.CopyFrom(vi)
+    t = out.type.tensor_type
+    if t.HasField("shape") and t.shape.dim:
+        t.shape.dim[0].Clear()
+        t.shape.dim[0].dim_param = "N"
+    return out
+
+
+def assemble(g, b, built, meta: dict, keep_outputs: bool = False, where: str = "model") -> onnx.ModelProto:
+    src = g.model.graph
+    taken = {o for n in src.node for o in n.output} | {i.name for i in src.input}
+    for name in (TARGET, RELEVANCE):
+        if name in taken:
+            raise XCompileError(f"{where}: the model already has a tensor named {name!r}; rename it before compiling")
+    data_vi = next(i for i in src.input if i.name == g.data_input)
+    score_vi = next(o for o in src.output if o.name == g.score_output)
+    rel_shape = [d.dim_param or d.dim_value for d in data_vi.type.tensor_type.shape.dim]
+    rel_shape[0] = "N"
+    tail = [helper.make_node("Identity", [built.relevance], [RELEVANCE], name="xc/relevance")]
+    if data_vi.type.tensor_type.elem_type != TensorProto.FLOAT:
+        tail = [helper.make_node("Cast", [built.relevance], [RELEVANCE], name="xc/relevance", to=TensorProto.FLOAT)]
+    outputs = [_with_batch(o) for o in src.output] if keep_outputs else [_with_batch(score_vi)]
+    outputs.append(helper.make_tensor_value_info(RELEVANCE, TensorProto.FLOAT, rel_shape))
+    outputs += [vi for _, vi in built.extra_outputs]
+    extra_nodes = [helper.make_node("Identity", [t], [vi.name], name=f"xc/out/{vi.name}") for t, vi in built.extra_outputs]
+    inits = {t.name for t in src.initializer}
+    inputs = [_with_batch(data_vi) if i.name == g.data_input else i for i in src.input if i.name not in inits]
+    inputs.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, ["N"]))
+    graph = helper.make_graph(list(src.node) + b.nodes + tail + extra_nodes, src.name or "xcompile",
+                              inputs, outputs, initializer=list(src.initializer) + b.initializers)
+    opsets = [o for o in g.model.opset_import if o.domain in ("", "ai.onnx")]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=g.model.ir_version,
+                              producer_name="xcompile", producer_version=meta.get("xcompile_version", ""))
+    for k in sorted(meta):
+        p = model.metadata_props.add()
+        p.key, p.value = f"xcompile.{k}", meta[k] if isinstance(meta[k], str) else json.dumps(meta[k], sort_keys=True)
+    try:
+        model = shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - value_info is only a convenience for viewers
+        pass
+    check(model, where)
+    return model
+
+
+def check(model: onnx.ModelProto, where: str) -> None:
+    try:
+        if model.ByteSize() < 1_800_000_000:
+            onnx.checker.check_model(model, full_check=True)
+        else:
+            with tempfile.TemporaryDirectory() as d:
+                p = os.path.join(d, "m.onnx")
+                onnx.save(model, p, save_as_external_data=True)
+                onnx.checker.check_model(p, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise RuntimeError(f"{where}: internal error, emitted model fails the ONNX checker: {str(e).splitlines()[0]}") from e
+
+
+def save(model: onnx.ModelProto, path) -> None:
+    """Write atomically: a failed write never leaves a partial file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        data = model.SerializeToString(deterministic=True) if model.ByteSize() < 2_000_000_000 else None
+        if data is None:
+            onnx.save(model, str(tmp), save_as_external_data=True, location=path.name + ".data")
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
