@@ -70,10 +70,16 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--force", action="store_true", help="re-export models that already have an ok record")
+    ap.add_argument("--summary", action="store_true",
+                    help="export nothing: rebuild manifest.json from the per-export .json records in --out and print it")
     ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         return _worker(*args.worker)
+    if args.summary:
+        out = Path(args.out)
+        recs = [json.loads(p.read_text()) for p in sorted(out.glob("*_*.json")) if p.name != "manifest.json"]
+        return _write_manifest(out, recs, merge=False)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,10 +122,15 @@ def main(argv=None) -> int:
               f"{rec['status']} {rec.get('error', '')[:160]}", flush=True)
         done.append(rec)
 
+    print(f"wall {time.perf_counter() - t0:.0f}s")
+    return _write_manifest(out, done, merge=True)
+
+
+def _write_manifest(out: Path, done: list, merge: bool) -> int:
     # merge with an existing manifest (other models / exporters)
     mpath = out / "manifest.json"
     manifest = {}
-    if mpath.exists():
+    if merge and mpath.exists():
         try:
             manifest = {(r["model"], r["exporter"]): r for r in json.loads(mpath.read_text())["exports"]}
         except Exception:  # noqa: BLE001
@@ -133,7 +144,7 @@ def main(argv=None) -> int:
     mpath.write_text(json.dumps({"torch": torch.__version__, "torchvision": torchvision.__version__,
                                  "exports": recs}, indent=1) + "\n")
     ok = sum(r["status"] == "ok" for r in recs)
-    print(f"{ok}/{len(recs)} exports ok; wall {time.perf_counter() - t0:.0f}s; manifest {mpath}")
+    print(f"{ok}/{len(recs)} exports ok; manifest {mpath}")
     for r in recs:
         if r["status"] != "ok":
             print(f"  FAIL {r['model']} ({r['exporter']}): {r.get('error', '')[:300]}")

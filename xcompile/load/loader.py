@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import onnx
-from onnx import shape_inference, version_converter
+from onnx import helper, shape_inference, version_converter
 
 from ..errors import XCompileError
 
@@ -54,6 +54,11 @@ def prepare(model: onnx.ModelProto, where: str = "model") -> onnx.ModelProto:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
         raise XCompileError(f"{where}: invalid ONNX model: {first}") from None
     opset = default_opset(m)
+    # new onnx packages stamp IR versions that deployed runtimes reject: use the lowest that the opsets need
+    try:
+        m.ir_version = min(m.ir_version, max(8, helper.find_min_ir_version_for(list(m.opset_import), ignore_unknown=True)))
+    except Exception:  # noqa: BLE001
+        pass
     if opset < MIN_OPSET or opset > MAX_OPSET:
         raise XCompileError(f"{where}: opset {opset} is not supported (supported: {MIN_OPSET} to {MAX_OPSET})")
     if opset < WORK_OPSET:

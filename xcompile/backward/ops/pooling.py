@@ -45,7 +45,7 @@ def _avgpool_inverse_divisor(ctx, in_shape, out_shape, kernel, strides, pb, pe):
     node = helper.make_node("AveragePool", ["x"], ["y"], **attrs)
     graph = helper.make_graph([node], "avg", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1] + spatial)],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ctx.g.opset)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ctx.g.opset)], ir_version=8)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     avg = sess.run(None, {"x": np.ones([1, 1] + spatial, np.float32)})[0][0, 0]
     n_valid = np.ones(avg.shape, np.float64)

@@ -167,3 +167,46 @@ def tile(ctx, gy):
     g = ctx.reshape_to(gy[0], tuple(split_shape))
     g = b.reduce("ReduceSum", g, axes, keepdims=0)
     return [g, None]
+
+
+def _resize_matrix(ctx, axis_in: int, axis_out: int, rank: int) -> np.ndarray:
+    """[out, in] matrix of this Resize along one axis, measured with onnxruntime's own Resize on the
+    basis vectors (so every mode / coordinate_transformation_mode behaves exactly as in the forward)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in ctx.node.attribute if a.name not in ("axes", "keep_aspect_ratio_policy")}
+    scales = np.ones(rank, np.float32)
+    scales[-1] = axis_out / axis_in
+    x_shape = [axis_in] + [1] * (rank - 2) + [axis_in]
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], **attrs)
+    graph = helper.make_graph([node], "resize", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                              initializer=[onnx.numpy_helper.from_array(scales, "scales")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(ctx.g.opset, 13))], ir_version=8)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    basis = np.eye(axis_in, dtype=np.float32).reshape(x_shape)
+    y = sess.run(None, {"x": basis})[0].reshape(axis_in, -1)  # row i: the image of e_i
+    require(y.shape[1] == axis_out, ctx, "Resize whose output size differs from in*scale")
+    return y.T.copy()  # [out, in]
+
+
+@backward("Resize", "Upsample", inputs=(0,))
+def resize(ctx, gy):
+    """Resize is linear and separable: per resized axis, multiply by the transposed interpolation matrix."""
+    b, g = ctx.b, gy[0]
+    in_shape, out_shape = ctx.in_shape(0), ctx.out_shape(0)
+    rank = len(in_shape)
+    for axis in range(rank):
+        if in_shape[axis] == out_shape[axis]:
+            continue
+        require(in_shape[axis] is not None, ctx, "Resize of the batch axis")
+        m = _resize_matrix(ctx, in_shape[axis], out_shape[axis], rank)  # [out, in]
+        if axis == rank - 1:
+            g = b.op("MatMul", [g, b.const(m, hint="resize_matrix")], "unresize")
+        else:
+            perm = list(range(rank))
+            perm[axis], perm[-1] = perm[-1], perm[axis]
+            g = b.transpose(b.op("MatMul", [b.transpose(g, perm), b.const(m, hint="resize_matrix")], "unresize"), perm)
+    return [g] + [None] * (len(ctx.node.input) - 1)

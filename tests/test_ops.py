@@ -1,0 +1,133 @@
+"""Each operator's backward (the op table) on a one-node graph vs PyTorch autograd, awkward cases included."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import helper
+
+from oracle import autograd_reference, explain, one_op_model, rel_err
+
+RNG = np.random.default_rng(0)
+W3 = RNG.standard_normal((6, 3, 3, 3)).astype(np.float32)
+DW = RNG.standard_normal((3, 1, 3, 3)).astype(np.float32)
+G2 = RNG.standard_normal((4, 2, 2, 2)).astype(np.float32)
+B6 = RNG.standard_normal(6).astype(np.float32)
+M = RNG.standard_normal((7, 4)).astype(np.float32)
+BIAS_C = RNG.standard_normal((3, 1, 1)).astype(np.float32)
+GAMMA = RNG.uniform(0.5, 1.5, 7).astype(np.float32)
+BETA = RNG.standard_normal(7).astype(np.float32)
+SLOPE = np.array([0.1, 0.2, 0.3], np.float32).reshape(3, 1, 1)
+GATHER_IDX = np.array([[0, 2], [2, 1]], np.int64)
+
+
+def node(op, inputs, outputs=("y",), **attrs):
+    return helper.make_node(op, list(inputs), list(outputs), name=f"{op.lower()}_{outputs[0]}", **attrs)
+
+
+# name: (nodes, x_shape, y_shape, initializers, torch fn, opset)
+CASES = {
+    "conv_stride_pad": ([node("Conv", ["x", "W", "B"], strides=[2, 2], pads=[1, 0, 2, 1])], (3, 9, 8), (6, 5, 4),
+                        [("W", W3), ("B", B6)], lambda x: F.conv2d(F.pad(x, (0, 1, 1, 2)), torch.tensor(W3), torch.tensor(B6), stride=2)),
+    "conv_dilated": ([node("Conv", ["x", "W"], dilations=[2, 2], pads=[2, 2, 2, 2])], (3, 7, 7), (6, 7, 7),
+                     [("W", W3)], lambda x: F.conv2d(x, torch.tensor(W3), padding=2, dilation=2)),
+    "conv_depthwise": ([node("Conv", ["x", "W"], group=3, pads=[1, 1, 1, 1], strides=[2, 2])], (3, 8, 8), (3, 4, 4),
+                       [("W", DW)], lambda x: F.conv2d(x, torch.tensor(DW), padding=1, stride=2, groups=3)),
+    "conv_grouped": ([node("Conv", ["x", "W"], group=2)], (4, 5, 5), (4, 4, 4),
+                     [("W", G2)], lambda x: F.conv2d(x, torch.tensor(G2), groups=2)),
+    "conv_same_upper": ([node("Conv", ["x", "W"], auto_pad="SAME_UPPER", strides=[2, 2])], (3, 8, 7), (6, 4, 4),
+                        [("W", W3)], lambda x: F.conv2d(F.pad(x, (1, 1, 0, 1)), torch.tensor(W3), stride=2)),
+    "gemm_transB": ([node("Gemm", ["x", "Wg", "Bg"], transB=1, alpha=0.5, beta=2.0)], (4,), (7,),
+                    [("Wg", M), ("Bg", B6[:1])], lambda x: 0.5 * x @ torch.tensor(M).T + 2.0 * torch.tensor(B6[:1])),
+    "gemm_transA": ([node("Transpose", ["x"], ["xt"], perm=[1, 0]), node("Gemm", ["xt", "Wg"], transA=1)], (7,), (4,),
+                    [("Wg", M)], lambda x: x @ torch.tensor(M)),
+    "matmul_weight": ([node("MatMul", ["x", "Wm"])], (3, 7), (3, 4), [("Wm", M)], lambda x: x @ torch.tensor(M)),
+    "matmul_act_act": ([node("Transpose", ["x"], ["xt"], perm=[0, 1, 3, 2]), node("MatMul", ["x", "xt"])], (2, 3, 4), (2, 3, 3),
+                       [], lambda x: x @ x.transpose(-1, -2)),
+    "matmul_broadcast": ([node("MatMul", ["x", "Wb"])], (2, 3, 7), (2, 3, 4), [("Wb", np.stack([M, -M]))],
+                         lambda x: x @ torch.tensor(np.stack([M, -M]))),
+    "add_sub_broadcast": ([node("Add", ["x", "C"], ["a"]), node("Sub", ["C", "a"], ["s"]), node("Mul", ["s", "x"])],
+                          (3, 4, 4), (3, 4, 4), [("C", BIAS_C)], lambda x: (torch.tensor(BIAS_C) - (x + torch.tensor(BIAS_C))) * x),
+    "mul_div_act": ([node("Sigmoid", ["x"], ["s"]), node("Div", ["x", "s"], ["d"]), node("Mul", ["d", "s"], ["m"]),
+                     node("Div", ["m", "C"])], (3, 2, 2), (3, 2, 2), [("C", BIAS_C + 3)],
+                    lambda x: (x / torch.sigmoid(x)) * torch.sigmoid(x) / torch.tensor(BIAS_C + 3)),
+    "relu": ([node("Relu", ["x"])], (3, 4, 4), (3, 4, 4), [], F.relu),
+    "leaky_relu": ([node("LeakyRelu", ["x"], alpha=0.2)], (3, 4, 4), (3, 4, 4), [], lambda x: F.leaky_relu(x, 0.2)),
+    "prelu": ([node("PRelu", ["x", "S"])], (3, 4, 4), (3, 4, 4), [("S", SLOPE)], lambda x: F.prelu(x, torch.tensor(SLOPE.ravel()))),
+    "clip_relu6": ([node("Mul", ["x", "K"], ["x4"]), node("Clip", ["x4", "lo", "hi"])], (3, 4, 4), (3, 4, 4),
+                   [("K", np.float32(4)), ("lo", np.float32(0)), ("hi", np.float32(6))], lambda x: F.relu6(4 * x)),
+    "sigmoid_tanh": ([node("Sigmoid", ["x"], ["s"]), node("Tanh", ["s"])], (3, 4), (3, 4), [], lambda x: torch.tanh(torch.sigmoid(x))),
+    "hardsigmoid": ([node("Mul", ["x", "K"], ["x4"]), node("HardSigmoid", ["x4"], alpha=1 / 6, beta=0.5)], (3, 4, 4), (3, 4, 4),
+                    [("K", np.float32(4))], lambda x: F.hardsigmoid(4 * x)),
+    "hardswish": ([node("Mul", ["x", "K"], ["x4"]), node("HardSwish", ["x4"])], (3, 4, 4), (3, 4, 4),
+                  [("K", np.float32(4))], lambda x: F.hardswish(4 * x)),
+    "erf_gelu": ([node("Div", ["x", "r2"], ["a"]), node("Erf", ["a"], ["e"]), node("Add", ["e", "one"], ["e1"]),
+                  node("Mul", ["x", "e1"], ["m"]), node("Mul", ["m", "half"])], (3, 4), (3, 4),
+                 [("r2", np.float32(np.sqrt(2))), ("one", np.float32(1)), ("half", np.float32(0.5))], F.gelu),
+    "gelu_op": ([node("Gelu", ["x"])], (3, 4), (3, 4), [], F.gelu, 20),
+    "gelu_tanh": ([node("Gelu", ["x"], approximate="tanh")], (3, 4), (3, 4), [], lambda x: F.gelu(x, approximate="tanh"), 20),
+    "softmax": ([node("Softmax", ["x"], axis=-1)], (3, 4), (3, 4), [], lambda x: torch.softmax(x, -1)),
+    "log_softmax": ([node("LogSoftmax", ["x"], axis=1)], (3, 4), (3, 4), [], lambda x: torch.log_softmax(x, 1)),
+    "layernorm": ([node("LayerNormalization", ["x", "G", "Bt"], axis=-1, epsilon=1e-5)], (3, 7), (3, 7),
+                  [("G", GAMMA), ("Bt", BETA)], lambda x: F.layer_norm(x, (7,), torch.tensor(GAMMA), torch.tensor(BETA))),
+    "maxpool_overlap": ([node("MaxPool", ["x"], kernel_shape=[3, 3], strides=[2, 2])], (3, 9, 9), (3, 4, 4), [],
+                        lambda x: F.max_pool2d(x, 3, 2)),
+    "maxpool_ceil_pads": ([node("MaxPool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1)],
+                          (3, 8, 8), (3, 5, 5), [], lambda x: F.max_pool2d(x, 3, 2, padding=1, ceil_mode=True)),
+    "avgpool_include_pad": ([node("AveragePool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1)],
+                            (3, 8, 8), (3, 4, 4), [], lambda x: F.avg_pool2d(x, 3, 2, padding=1, count_include_pad=True)),
+    "avgpool_exclude_pad_ceil": ([node("AveragePool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1)],
+                                 (3, 8, 8), (3, 5, 5), [], lambda x: F.avg_pool2d(x, 3, 2, padding=1, ceil_mode=True, count_include_pad=False)),
+    "global_avg_max": ([node("GlobalAveragePool", ["x"], ["a"]), node("GlobalMaxPool", ["x"], ["m"]), node("Add", ["a", "m"])],
+                       (3, 5, 5), (3, 1, 1), [], lambda x: F.adaptive_avg_pool2d(x, 1) + F.adaptive_max_pool2d(x, 1)),
+    "reduce_mean_sum": ([node("ReduceMean", ["x", "ax"], ["m"], keepdims=0), node("ReduceSum", ["x", "ax2"], ["s"], keepdims=1),
+                         node("Unsqueeze", ["m", "ax3"], ["mu"]), node("Mul", ["mu", "s"])], (3, 4, 5), (3, 1, 1),
+                        [("ax", np.array([2, 3], np.int64)), ("ax2", np.array([-1, -2], np.int64)), ("ax3", np.array([2, 3], np.int64))],
+                        lambda x: x.mean((2, 3), keepdim=True) * x.sum((2, 3), keepdim=True), 18),
+    "reshape_transpose_flatten": ([node("Reshape", ["x", "shp"], ["r"]), node("Transpose", ["r"], ["t"], perm=[0, 2, 1]),
+                                   node("Flatten", ["t"], axis=1)], (2, 3, 4), (24,), [("shp", np.array([0, 6, 4], np.int64))],
+                                  lambda x: x.reshape(-1, 6, 4).transpose(1, 2).flatten(1)),
+    "squeeze_unsqueeze": ([node("Unsqueeze", ["x", "a1"], ["u"]), node("Squeeze", ["u", "a1"], ["s"]), node("Relu", ["s"])],
+                          (3, 4), (3, 4), [("a1", np.array([2], np.int64))], F.relu),
+    "concat_split": ([node("Relu", ["x"], ["r"]), node("Concat", ["x", "r"], ["c"], axis=1),
+                      node("Split", ["c", "sp"], ["a", "b"], axis=1), node("Mul", ["a", "b"])], (3, 4), (3, 4),
+                     [("sp", np.array([3, 3], np.int64))], lambda x: x * F.relu(x)),
+    "slice_steps": ([node("Slice", ["x", "st", "en", "ax", "sp"])], (6, 9), (3, 3),
+                    [("st", np.array([1, -1], np.int64)), ("en", np.array([6, 0], np.int64)), ("ax", np.array([1, 2], np.int64)),
+                     ("sp", np.array([2, -3], np.int64))], lambda x: x[:, 1:6:2, :].flip(2)[:, :, 0:8:3]),
+    "pad_and_crop": ([node("Pad", ["x", "pd"])], (3, 5, 5), (3, 6, 8),
+                     [("pd", np.array([0, 0, 2, 1, 0, 0, -1, 2], np.int64))], lambda x: F.pad(x, (1, 2, 2, -1))),
+    "gather_const": ([node("Gather", ["x", "gi"], axis=2)], (3, 4), (3, 2, 2), [("gi", GATHER_IDX)],
+                     lambda x: x[:, :, torch.tensor(GATHER_IDX)]),
+    "gather_scalar": ([node("Gather", ["x", "g0"], axis=1)], (3, 4), (4,), [("g0", np.array(1, np.int64))], lambda x: x[:, 1]),
+    "expand_where": ([node("Expand", ["x", "es"], ["e"]), node("Greater", ["e", "zero"], ["c"]), node("Where", ["c", "e", "zero"])],
+                     (1, 4), (3, 4), [("es", np.array([1, 3, 1], np.int64)), ("zero", np.float32(0))],
+                     lambda x: torch.where(x.expand(-1, 3, 4) > 0, x.expand(-1, 3, 4), torch.zeros(()))),
+    "batchnorm_unfolded": ([node("Relu", ["x"], ["r"]), node("BatchNormalization", ["r", "bs", "bb", "bm", "bv"], epsilon=1e-3)],
+                           (3, 4, 4), (3, 4, 4), [("bs", GAMMA[:3]), ("bb", BETA[:3]), ("bm", BETA[3:6]), ("bv", GAMMA[3:6])],
+                           lambda x: F.batch_norm(F.relu(x), torch.tensor(BETA[3:6]), torch.tensor(GAMMA[3:6]), torch.tensor(GAMMA[:3]), torch.tensor(BETA[:3]), eps=1e-3)),
+    "pow_sqrt": ([node("Mul", ["x", "x"], ["sq"]), node("Add", ["sq", "one"], ["s1"]), node("Sqrt", ["s1"], ["r"]),
+                  node("Pow", ["r", "three"])], (3, 4), (3, 4), [("one", np.float32(1)), ("three", np.float32(3))],
+                 lambda x: torch.sqrt(x * x + 1) ** 3),
+    "resize_nearest": ([node("Resize", ["x", "", "rs"], mode="nearest")], (3, 3, 4), (3, 6, 8),
+                       [("rs", np.array([1, 1, 2, 2], np.float32))], lambda x: F.interpolate(x, scale_factor=2, mode="nearest")),
+    "resize_linear": ([node("Resize", ["x", "", "", "rz"], mode="linear", coordinate_transformation_mode="half_pixel", axes=[2, 3])],
+                      (3, 3, 4), (3, 5, 7), [("rz", np.array([5, 7], np.int64))],
+                      lambda x: F.interpolate(x, size=(5, 7), mode="bilinear", align_corners=False), 18),
+    "tile": ([node("Tile", ["x", "rep"])], (2, 3), (4, 3), [("rep", np.array([1, 2, 1], np.int64))], lambda x: x.repeat(1, 2, 1)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_gradient_matches_autograd(case):
+    nodes, x_shape, y_shape, inits, fn, *opset = CASES[case]
+    model, w = one_op_model(nodes, x_shape, y_shape, inits, opset=opset[0] if opset else 17)
+    x = np.random.default_rng(7).standard_normal((3, *x_shape)).astype(np.float32)
+    target = np.array([0, 3, -1])
+    ref_scores, _ = autograd_reference(fn, x, w, np.zeros(3, np.int64))
+    t = np.where(target < 0, ref_scores.argmax(1), target)
+    _, ref = autograd_reference(fn, x, w, t)
+    out = explain(model, x, target)
+    assert rel_err(out.scores, ref_scores) < 1e-5
+    assert rel_err(out.relevance, ref) < 1e-4, case

@@ -1,0 +1,51 @@
+"""`xcompile inspect`: how a method treats every forward node on the relevance path (the LRP rule chosen for each
+linear layer, pass / proportional / gradient elsewhere), and every unsupported node."""
+from __future__ import annotations
+
+from .backward.builder import Builder
+from .backward.table import NON_DIFFERENTIABLE
+from .compiler import load_forward, method_class, split_params
+from .errors import UnsupportedOperatorsError, XCompileError
+
+
+def inspect_model(model_path, method: str, rules, params: dict, echo) -> int:
+    where = str(model_path)
+    cls = method_class(method)
+    if getattr(cls, "compile_model", None):
+        echo(f"{where}: method {method!r} rebuilds the whole graph (neuralized model); no per-node table")
+        return 0
+    common, rest = split_params(dict(params or {}))
+    if rules is not None:
+        if not getattr(cls, "uses_rules", False):
+            raise XCompileError(f"option --rules applies to rule-based methods, not to {method!r}")
+        rest["rules"] = rules
+    m = cls(**rest)
+    g = load_forward(model_path, common, where)
+    engine = m.engine(g, Builder(g.opset))
+    live, nodes = engine.paths()
+    bad = [(n.name or n.output[0], n.op_type) for n in nodes
+           if n.op_type not in NON_DIFFERENTIABLE and engine.spec(n) is None]
+    if not bad:
+        m.prepare(g, where)
+    choices = getattr(m, "choices", None)
+    header = f"{where}: method {method}" + (f", rules {getattr(m, 'ruleset_name', None) or rules or 'default'}" if getattr(cls, "uses_rules", False) else "")
+    echo(header)
+    width = max([len(n.name or n.output[0]) for n in nodes] + [4])
+    for n in nodes:
+        name = n.name or n.output[0]
+        if n.op_type in NON_DIFFERENTIABLE:
+            what = "no relevance"
+        elif engine.spec(n) is None:
+            what = "UNSUPPORTED"
+        elif choices is not None:
+            ch = choices.get(n.output[0])
+            what = ch.describe() if ch is not None else "gradient"
+        else:
+            spec = engine.spec(n)
+            what = f"backward: {getattr(spec.fn, '__name__', str(spec.fn))}"
+        echo(f"  {name:<{width}}  {n.op_type:<20} {what}")
+    if bad:
+        for name, op in bad:
+            echo(f"unsupported: {name} ({op})")
+        raise UnsupportedOperatorsError(bad, where)
+    return 0

@@ -1,0 +1,177 @@
+"""Rule sets: TOML data files (top-level `rules/`, or any path a user gives) that say which rule applies to which
+node. See rules/README.md for the format. Parsing errors are one-line XCompileErrors naming the file and entry."""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..errors import XCompileError
+from .rules import RULES, TREATMENTS, make_rule
+
+SELECTORS = ("op", "kind", "position", "layers", "name", "name_regex")
+ENTRY_KEYS = set(SELECTORS) | {"rule", "params", "note"}
+OPTIONS = {"maxpool": ("winner", "proportional"), "gate": ("signal", "split")}
+DEFAULT_RULESET = "epsilon-plus-flat"
+
+
+def rules_dirs() -> list[Path]:
+    import xcompile
+    pkg = Path(xcompile.__file__).resolve().parent
+    return [d for d in (pkg.parent / "rules", pkg / "rules") if d.is_dir()]
+
+
+def builtin_names() -> list[str]:
+    return sorted({p.stem for d in rules_dirs() for p in d.glob("*.toml")})
+
+
+def resolve(spec) -> Path:
+    """A built-in name or a path to a .toml rule file."""
+    spec = str(spec if spec is not None else DEFAULT_RULESET)
+    p = Path(spec)
+    if p.suffix == ".toml" or p.is_file() or "/" in spec or "\\" in spec:
+        if not p.is_file():
+            raise XCompileError(f"rule file {spec!r}: no such file")
+        return p
+    for d in rules_dirs():
+        if (d / f"{spec}.toml").is_file():
+            return d / f"{spec}.toml"
+    raise XCompileError(f"--rules {spec!r}: unknown rule set (built-in: {', '.join(builtin_names())}; or give a path to a .toml rule file)")
+
+
+@dataclass
+class Entry:
+    index: int
+    select: dict
+    rule: str
+    params: dict
+    linear_only: bool
+
+    def label(self) -> str:
+        sel = ", ".join(f"{k}={v}" for k, v in self.select.items()) or "any"
+        return f"rule #{self.index + 1} ({sel})"
+
+
+@dataclass
+class RuleSet:
+    name: str
+    path: Path
+    entries: list = field(default_factory=list)
+    options: dict = field(default_factory=dict)
+    description: str = ""
+
+    def match_linear(self, info: dict) -> Optional[Entry]:
+        return next((e for e in self.entries if _matches(e, info, linear=True)), None)
+
+    def match_other(self, info: dict) -> Optional[Entry]:
+        return next((e for e in self.entries if not e.linear_only and e.rule in TREATMENTS and _matches(e, info, linear=False)), None)
+
+
+def _as_list(v):
+    return v if isinstance(v, list) else [v]
+
+
+def _matches(e: Entry, info: dict, linear: bool) -> bool:
+    s = e.select
+    if not linear and e.linear_only:
+        return False
+    if "op" in s and info["op"] not in _as_list(s["op"]):
+        return False
+    if "name" in s and info["name"] not in _as_list(s["name"]):
+        return False
+    if "name_regex" in s and not re.search(s["name_regex"], info["name"]):
+        return False
+    if linear:
+        if "kind" in s and s["kind"] != "linear" and info["kind"] != s["kind"]:
+            return False
+        if "position" in s:
+            if s["position"] == "first" and info["index"] != 1:
+                return False
+            if s["position"] == "last" and info["index"] != info["count"]:
+                return False
+        if "layers" in s:
+            lo, hi = s["layers"]
+            n = info["count"]
+            lo = lo + n + 1 if lo < 0 else lo
+            hi = hi + n + 1 if hi < 0 else hi
+            if not lo <= info["index"] <= hi:
+                return False
+    return True
+
+
+def load(spec) -> RuleSet:
+    path = resolve(spec)
+    where = f"rule file {str(path)!r}" if not _is_builtin(path) else f"rule set {path.stem!r}"
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise XCompileError(f"{where}: not valid TOML: {str(e).splitlines()[0]}") from None
+    except OSError as e:
+        raise XCompileError(f"{where}: cannot read: {e.strerror}") from None
+    unknown = set(data) - {"name", "description", "options", "rule"}
+    if unknown:
+        raise XCompileError(f"{where}: unknown top-level key(s) {sorted(unknown)} (allowed: name, description, options, [[rule]])")
+    rs = RuleSet(str(data.get("name", path.stem)), path, description=str(data.get("description", "")))
+    opts = data.get("options", {})
+    if not isinstance(opts, dict):
+        raise XCompileError(f"{where}: [options] must be a table")
+    for k, v in opts.items():
+        if k not in OPTIONS or v not in OPTIONS[k]:
+            allowed = "; ".join(f"{o} = {'|'.join(vs)}" for o, vs in OPTIONS.items())
+            raise XCompileError(f"{where}: option {k} = {v!r} is not known (allowed: {allowed})")
+    rs.options = {k: vs[0] for k, vs in OPTIONS.items()} | dict(opts)
+    entries = data.get("rule", [])
+    if not isinstance(entries, list) or not entries:
+        raise XCompileError(f"{where}: needs at least one [[rule]] entry")
+    for i, raw in enumerate(entries):
+        label = f"{where}: rule #{i + 1}"
+        if not isinstance(raw, dict):
+            raise XCompileError(f"{label}: must be a table")
+        bad = set(raw) - ENTRY_KEYS
+        if bad:
+            raise XCompileError(f"{label}: unknown key(s) {sorted(bad)} (selectors: {', '.join(SELECTORS)}; then rule, params)")
+        if "rule" not in raw or not isinstance(raw["rule"], str):
+            raise XCompileError(f"{label}: missing 'rule = \"NAME\"'")
+        name = raw["rule"]
+        if name not in RULES and name not in TREATMENTS:
+            raise XCompileError(f"{label}: unknown rule {name!r} (known: {', '.join(sorted(set(RULES) | set(TREATMENTS)))})")
+        sel = {k: raw[k] for k in SELECTORS if k in raw}
+        _check_selectors(label, sel)
+        params = raw.get("params", {})
+        if not isinstance(params, dict):
+            raise XCompileError(f"{label}: params must be a table, e.g. params = {{ epsilon = 0.25 }}")
+        if name in RULES:
+            try:
+                make_rule(name, params)
+            except (ValueError, TypeError) as e:
+                raise XCompileError(f"{label}: {e}") from None
+        elif params:
+            raise XCompileError(f"{label}: {name!r} takes no params")
+        linear_only = bool({"kind", "position", "layers"} & set(sel)) or name in RULES
+        rs.entries.append(Entry(i, sel, name, dict(params), linear_only))
+    return rs
+
+
+def _check_selectors(label, sel):
+    if "kind" in sel and sel["kind"] not in ("conv", "dense", "linear"):
+        raise XCompileError(f"{label}: kind = {sel['kind']!r} (expected conv, dense or linear)")
+    if "position" in sel and sel["position"] not in ("first", "last"):
+        raise XCompileError(f"{label}: position = {sel['position']!r} (expected first or last)")
+    if "layers" in sel:
+        v = sel["layers"]
+        if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and x != 0 for x in v)):
+            raise XCompileError(f"{label}: layers = {v!r} (expected [from, to], 1-based, negative counts from the last layer)")
+    for k in ("op", "name"):
+        if k in sel and not all(isinstance(x, str) for x in _as_list(sel[k])):
+            raise XCompileError(f"{label}: {k} must be a string or a list of strings")
+    if "name_regex" in sel:
+        try:
+            re.compile(sel["name_regex"])
+        except re.error as e:
+            raise XCompileError(f"{label}: name_regex: {e}") from None
+
+
+def _is_builtin(path: Path) -> bool:
+    return any(path.resolve().parent == d.resolve() for d in rules_dirs())

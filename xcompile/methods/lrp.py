@@ -1,0 +1,332 @@
+"""LRP and Deep Taylor: the relevance family on the generic engine.
+
+`prepare()` chooses, for every node on the relevance path, a treatment: a Rule (linear layers), "pass"
+(activations, elementwise affine maps with a constant, unfolded normalisation), "proportional" (Zennit's Norm:
+residual Add/Sum, average pools, means/sums), "product" (elementwise/matrix product of two activations: the gate
+is a constant weight), "maxpool-proportional" (option) or "gradient" (routing by position, winner-take-all). The
+single emitter `_emit` reads that choice through ctx.method; traversal stays the engine's."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from ..backward.builder import Builder
+from ..backward.table import TABLE, Backward
+from ..errors import XCompileError
+from ..lrp import emitters as E
+from ..lrp import rulesets
+from ..lrp.rules import Rule, make_rule
+from .base import Method, Param, register
+
+LINEAR = ("Conv", "Gemm", "MatMul")
+PASS_OPS = {
+    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+    "Softplus", "Softsign", "Gelu", "Erf", "Mish", "ThresholdedRelu", "Shrink",
+    "Identity", "Dropout", "Cast", "Neg", "Abs", "Sqrt", "Exp", "Log", "Reciprocal", "Pow",
+    "BatchNormalization", "LayerNormalization", "InstanceNormalization", "GroupNormalization",
+}
+PROPORTIONAL_OPS = {"AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum"}
+GATE_OPS = {"Sigmoid", "HardSigmoid", "Softmax"}
+ROUTE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Expand", "Identity", "Cast"}
+
+
+def _floats(v):
+    """'0', '0.1,0.2,0.3', '[0.1, 0.2]' or a number/list -> numpy float64 array."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        parts = [p for p in v.strip().strip("[]").replace("/", ",").split(",") if p.strip()]
+        return np.array([float(p) for p in parts], np.float64).reshape(-1) if len(parts) > 1 else np.float64(float(parts[0]))
+    return np.asarray(v, np.float64)
+
+
+def _choice(v):
+    return str(v)
+
+
+@dataclass
+class Choice:
+    kind: str                 # "rule" | "pass" | "proportional" | "product" | "gradient" | "maxpool-proportional"
+    rule: Optional[Rule] = None
+    weights: Any = None       # product shares per input
+    lin: Any = None
+    index: int = 0
+
+    def describe(self) -> str:
+        if self.kind == "rule":
+            return self.rule.describe()
+        if self.kind == "product":
+            return "product " + "/".join(f"{w:g}" for w in self.weights)
+        return self.kind
+
+
+def _emit(ctx, gy):
+    m = ctx.method
+    ch = m.choices.get(ctx.node.output[0]) if m is not None else None
+    if ch is None or ch.kind == "gradient":
+        return E.gradient(ctx, gy)
+    if ch.kind == "rule":
+        lin = E.linear_of(ctx)
+        return E.emit_rule(ctx, gy[0], ch.rule, lin)
+    if ch.kind == "pass":
+        return E.pass_through(ctx, gy)
+    if ch.kind == "proportional":
+        return E.proportional(ctx, gy)
+    if ch.kind == "product":
+        return E.proportional(ctx, gy, ch.weights)
+    if ch.kind == "maxpool-proportional":
+        return E.maxpool_proportional(ctx, gy)
+    raise AssertionError(ch.kind)
+
+
+class _FakeCtx:
+    """Just enough of NodeContext for linear_of() at prepare time."""
+
+    def __init__(self, g, node, live):
+        self.g, self.node, self._live = g, node, live
+        self.op_type = node.op_type
+
+    def const(self, k):
+        return self.g.const(self.node.input[k]) if k < len(self.node.input) else None
+
+    def needs(self, k):
+        return k < len(self.node.input) and self.node.input[k] in self._live
+
+    def attr(self, name, default=None):
+        from onnx import helper
+        for a in self.node.attribute:
+            if a.name == name:
+                return helper.get_attribute_value(a)
+        return default
+
+    def in_shape(self, k=0):
+        return self.g.shape(self.node.input[k])
+
+
+@register
+class LRP(Method):
+    name = "lrp"
+    seed = "score"
+    summary = "layer-wise relevance propagation with a rule set (rules/*.toml)"
+    uses_rules = True
+    params = {
+        "rules": Param(None, "a built-in rule set name or a path to a .toml rule file"),
+        "low": Param(None, "z^B lower bound of the data input: a number or per-channel list, e.g. 0 or 0,0,0", _floats),
+        "high": Param(None, "z^B upper bound of the data input: a number or per-channel list", _floats),
+        "mean": Param(None, "per-channel mean to map low/high into a model that takes normalised input", _floats),
+        "std": Param(None, "per-channel std to map low/high into a model that takes normalised input", _floats),
+        "maxpool": Param(None, "MaxPool backward: winner (default) or proportional", _choice),
+        "gate": Param(None, "product of two activations: signal (gate is a constant weight, default) or split", _choice),
+    }
+
+    def __init__(self, **given):
+        super().__init__(**given)
+        if self.uses_rules:
+            rulesets.load(self.values["rules"])  # fail early (one line) on an unknown or malformed rule set
+
+    @property
+    def overrides(self):
+        ops = set(TABLE) | PASS_OPS
+        return {op: Backward(_emit, TABLE[op].inputs if op in TABLE else (0,)) for op in ops}
+
+    # ---------------------------------------------------------------------------------- rule choice
+    def ruleset(self):
+        return rulesets.load(self.values["rules"])
+
+    def prepare(self, g, where):
+        self.g = g
+        rs = self.ruleset()
+        self.ruleset_name = rs.name
+        opts = dict(rs.options)
+        for k in ("maxpool", "gate"):
+            if self.values.get(k) is not None:
+                if self.values[k] not in rulesets.OPTIONS[k]:
+                    raise XCompileError(f"option {k}={self.values[k]!r}: expected one of {', '.join(rulesets.OPTIONS[k])}")
+                opts[k] = self.values[k]
+        self.options = opts
+        live, nodes = self.engine(g, Builder(g.opset)).paths()
+        self.live, self.nodes = live, nodes
+        lin_nodes = [n for n in nodes if n.op_type in LINEAR and E.linear_of(_FakeCtx(g, n, live)) is not None]
+        index = {n.output[0]: i + 1 for i, n in enumerate(lin_nodes)}
+        self.choices = {}
+        for n in nodes:
+            key = n.output[0]
+            info = {"op": n.op_type, "name": n.name or key, "index": index.get(key, 0), "count": len(lin_nodes),
+                    "kind": "conv" if n.op_type == "Conv" else "dense"}
+            if key in index:
+                self.choices[key] = self.choose_linear(rs, n, info)
+            else:
+                e = rs.match_other(info)
+                self.choices[key] = Choice(e.rule) if e is not None else self.default_choice(n)
+
+    def choose_linear(self, rs, n, info) -> Choice:
+        e = rs.match_linear(info)
+        where = f"rule set {rs.name!r}"
+        if e is None:
+            raise XCompileError(f"{where}: no [[rule]] entry matches node {info['name']!r} ({n.op_type}, layer {info['index']} of {info['count']}); add a catch-all entry")
+        if e.rule in ("pass", "gradient", "proportional"):
+            return Choice(e.rule)
+        params = dict(e.params)
+        if e.rule in ("zbox", "zb"):
+            params.update(self.box_bounds(n, params, where))
+        return Choice("rule", make_rule(e.rule, params), index=info["index"])
+
+    def default_choice(self, n) -> Choice:
+        op = n.op_type
+        live_in = [k for k, i in enumerate(n.input) if i in self.live]
+        if op in PASS_OPS:
+            return Choice("pass")
+        if op in ("Add", "Sum", "Sub"):
+            return Choice("proportional" if len(live_in) > 1 else "pass")
+        if op in ("Mul", "Div") or op in LINEAR:
+            if len(live_in) <= 1:
+                return Choice("pass" if op in ("Mul", "Div") else "gradient")
+            return Choice("product", weights=self.product_weights(n, live_in))
+        if op in PROPORTIONAL_OPS:
+            return Choice("proportional")
+        if op == "MaxPool" and self.options["maxpool"] == "proportional":
+            return Choice("maxpool-proportional")
+        return Choice("gradient")
+
+    def product_weights(self, n, live_in):
+        """Which operand of a product of two activations is the gate (a constant weight: it gets no relevance)."""
+        w = [0.0] * len(n.input)
+        if self.options["gate"] == "signal":
+            if n.op_type == "Div" and len(live_in) == 2:
+                w[0] = 1.0  # the divisor (a norm, a std) is the gate
+                return w
+            gates = [k for k in live_in if self._is_gate(n.input[k])]
+            if len(gates) == 1 and len(live_in) == 2:
+                w[next(k for k in live_in if k not in gates)] = 1.0
+                return w
+        for k in live_in:
+            w[k] = 1.0 / len(live_in)
+        return w
+
+    def _is_gate(self, t):
+        seen = 0
+        while t in self.g.producer and seen < 16:
+            p = self.g.producer[t]
+            if p.op_type in GATE_OPS:
+                return True
+            if p.op_type not in ROUTE_OPS:
+                return False
+            t, seen = p.input[0], seen + 1
+        return False
+
+    # ------------------------------------------------------------------------------------- z^B bounds
+    def box_bounds(self, n, params, where):
+        """low/high for the z^B layer `n`, from --set low/high (data-input space, optionally through mean/std) or
+        the rule entry's params, pushed through the constant arithmetic between the data input and the layer."""
+        low = self.values.get("low") if self.values.get("low") is not None else _floats(params.get("low"))
+        high = self.values.get("high") if self.values.get("high") is not None else _floats(params.get("high"))
+        if low is None or high is None:
+            raise XCompileError(f"{where}: node {n.name or n.output[0]!r} uses z^B, which needs the input bounds: --set low=... --set high=... (numbers or per-channel lists)")
+        g = self.g
+        rank = len(g.shape(g.data_input))
+        lo, hi = (self._shape_bounds(v, rank, "low") for v in (low, high))
+        mean, std = self.values.get("mean"), self.values.get("std")
+        if mean is not None:
+            lo, hi = lo - self._shape_bounds(mean, rank, "mean"), hi - self._shape_bounds(mean, rank, "mean")
+        if std is not None:
+            s = self._shape_bounds(std, rank, "std")
+            lo, hi = lo / s, hi / s
+        lo, hi = self._push(n, lo, hi)
+        return {"low": lo.astype(np.float32), "high": hi.astype(np.float32)}
+
+    def _shape_bounds(self, v, rank, what):
+        v = np.asarray(v, np.float64)
+        if v.ndim == 0 or rank < 2:
+            return v.reshape([1] * max(rank, 1)) if v.ndim == 0 else v
+        c = self.g.shape(self.g.data_input)[1]
+        if v.size != c:
+            raise XCompileError(f"option {what}: {v.size} values for {c} input channels")
+        return v.reshape([1, c] + [1] * (rank - 2))
+
+    def _push(self, n, lo, hi):
+        """Carry the bounds through Sub/Add/Mul/Div-by-constant nodes between the data input and node n."""
+        g = self.g
+        chain, t = [], next(i for i in n.input if i in self.live)
+        while t != g.data_input and t in g.producer:
+            p = g.producer[t]
+            live_in = [i for i in p.input if i in self.live]
+            if len(live_in) != 1:
+                return lo, hi  # not a simple chain: bounds are taken as given at the layer input
+            chain.append(p)
+            t = live_in[0]
+        for p in reversed(chain):
+            op = p.op_type
+            if op in ("Identity", "Cast", "Dropout"):
+                continue
+            if op not in ("Sub", "Add", "Mul", "Div") or len(p.input) != 2:
+                return lo, hi
+            k = 0 if p.input[0] in self.live else 1
+            c = g.const(p.input[1 - k])
+            if c is None:
+                return lo, hi
+            c = np.asarray(c, np.float64)
+            if op == "Add":
+                lo, hi = lo + c, hi + c
+            elif op == "Sub":
+                lo, hi = (lo - c, hi - c) if k == 0 else (c - hi, c - lo)
+            elif op == "Mul":
+                a, b2 = lo * c, hi * c
+                lo, hi = np.minimum(a, b2), np.maximum(a, b2)
+            else:
+                a, b2 = (lo / c, hi / c) if k == 0 else (c / lo, c / hi)
+                lo, hi = np.minimum(a, b2), np.maximum(a, b2)
+        return lo, hi
+
+    # ------------------------------------------------------------------------------------ reporting
+    def describe_nodes(self):
+        for n in self.nodes:
+            ch = self.choices.get(n.output[0])
+            yield n, (ch.describe() if ch is not None else "gradient")
+
+
+@register
+class DeepTaylor(LRP):
+    """Deep Taylor decomposition (SPEC 3.2): z+ on layers whose input is a ReLU output, z^B on the first layer
+    (bounds required), w^2 where the input is unbounded (first=wsquare, or a layer not fed by a ReLU)."""
+    name = "deep_taylor"
+    summary = "deep Taylor decomposition: z+ on ReLU layers, z^B first (bounds required), w^2 on unbounded inputs"
+    uses_rules = False
+    params = {k: v for k, v in LRP.params.items() if k != "rules"} | {
+        "first": Param("zbox", "rule of the first layer: zbox (needs low/high) or wsquare", _choice),
+    }
+
+    def ruleset(self):
+        first = self.values["first"]
+        if first not in ("zbox", "wsquare"):
+            raise XCompileError(f"option first={first!r}: expected zbox or wsquare")
+        return rulesets.RuleSet("deep_taylor", None, [], {k: v[0] for k, v in rulesets.OPTIONS.items()})
+
+    def choose_linear(self, rs, n, info):
+        if info["index"] == 1:
+            if self.values["first"] == "wsquare":
+                return Choice("rule", make_rule("wsquare", {}), index=1)
+            if self.values.get("low") is None or self.values.get("high") is None:
+                raise XCompileError("deep_taylor: the first layer uses z^B and needs --set low=... --set high=... "
+                                    "(or --set first=wsquare for unbounded inputs)")
+            return Choice("rule", make_rule("zbox", self.box_bounds(n, {}, "deep_taylor")), index=1)
+        if self._fed_by_relu(n):
+            return Choice("rule", make_rule("zplus", {}), index=info["index"])
+        return Choice("rule", make_rule("wsquare", {}), index=info["index"])
+
+    def _fed_by_relu(self, n):
+        t = next(i for i in n.input if i in self.live)
+        for _ in range(32):
+            p = self.g.producer.get(t)
+            if p is None:
+                return False
+            if p.op_type in ("Relu",) or (p.op_type == "Clip" and (self.g.const(p.input[1]) if len(p.input) > 1 and p.input[1] else None) is not None
+                                          and float(np.asarray(self.g.const(p.input[1]))) >= 0):
+                return True
+            if p.op_type not in ROUTE_OPS | {"MaxPool", "AveragePool", "GlobalAveragePool", "Pad", "Concat", "ReduceMean"}:
+                return False
+            t = next((i for i in p.input if i in self.live), None)
+            if t is None:
+                return False
+        return False

@@ -1,0 +1,132 @@
+"""Occlusion as ONE batched graph (SPEC §3.1): every occluded copy of the input is built in-graph.
+
+For P window positions, constant masks M [P, 1, *spatial] (0 inside the window, 1 outside) turn the
+input x [N, C, *spatial] into x[:, None] * M + fill * (1 - M) = [N, P, C, *spatial]; a copy of the forward
+graph (weights shared) scores the flattened [N*P, ...] batch, and the target score of each copy is
+gathered. drop_p = F_c(x) - F_c(x occluded at window p), where F_c(x) comes from the original forward
+graph that runs anyway. Each window's drop is spread over the pixels it covers and averaged over the
+windows that cover a pixel (Captum ``Occlusion`` semantics: windows at offsets 0, s, 2s, ... per axis,
+ceil((size - window) / s) + 1 of them, the last one clipped at the border). Zennit's ``Occlusion`` with
+``occlusion_fn=partial(occlude_independent, invert=True)`` gives, for window == stride tilings,
+F_c(occluded) per window, i.e. F_c(x) minus this map.
+
+The occluded copies are processed ``chunk`` windows at a time by successive forward copies (bounds
+memory; 0 = all at once). All channels are occluded together (the window spans the channel axis).
+No Python loop runs at explanation time: one onnxruntime call explains a batch.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from ..backward.builder import Builder
+from ..errors import XCompileError
+from ..graph import ForwardGraph
+from .base import Built, Method, Param, as_float, as_int, register, resolve_target
+from .clone import clone_forward
+
+
+def as_window(v):
+    """8 -> (8,), '8x4' -> (8, 4), [8, 4] -> (8, 4)."""
+    if isinstance(v, (list, tuple)):
+        out = tuple(int(d) for d in v)
+    elif isinstance(v, str):
+        out = tuple(int(d) for d in v.lower().replace(",", "x").split("x") if d.strip())
+    else:
+        out = (int(v),)
+    if not out or any(d <= 0 for d in out):
+        raise ValueError(v)
+    return out
+
+
+def spatial_dims(sample: tuple) -> tuple:
+    """The axes a window slides over: all axes after the channel axis ([C, H, W] -> H, W; [C, L] -> L);
+    a flat feature vector [D] is its own spatial axis."""
+    return tuple(sample[1:]) if len(sample) >= 2 else tuple(sample)
+
+
+def window_positions(spatial: tuple, window, stride) -> tuple[tuple, tuple, list]:
+    """Resolve window/stride (an int applies to every spatial axis, capped at its size, as Zennit does)
+    and list the top-left offsets of the windows: 0, s, 2s, ... until the input is covered, the last window
+    clipped at the border (as Captum does)."""
+    window, stride = as_window(window), as_window(stride)
+    nd = len(spatial)
+    if len(window) == 1:
+        window = window * nd
+    if len(stride) == 1:
+        stride = stride * nd
+    if len(window) != nd or len(stride) != nd:
+        raise XCompileError(f"occlusion: window {list(window)} / stride {list(stride)} do not match the "
+                            f"{nd} spatial axes of an input of spatial shape {list(spatial)}")
+    window = tuple(min(w, s) for w, s in zip(window, spatial))
+    stride = tuple(min(t, s) for t, s in zip(stride, spatial))
+    # Captum: ceil((size - window) / stride) + 1 offsets per axis; the last window is clipped at the border
+    ranges = [range(0, -(-(s - w) // t) * t + 1, t) for s, w, t in zip(spatial, window, stride)]
+    return window, stride, list(itertools.product(*ranges))
+
+
+def occlusion_masks(spatial: tuple, window, stride):
+    """-> (keep [P, *spatial] float32: 0 inside window p, 1 outside;
+           spread [P, prod(spatial)] float32: 1/count(pixel) inside window p, 0 outside)."""
+    window, stride, offsets = window_positions(spatial, window, stride)
+    inside = np.zeros((len(offsets),) + tuple(spatial), np.float32)
+    for p, off in enumerate(offsets):
+        inside[(p,) + tuple(slice(o, o + w) for o, w in zip(off, window))] = 1.0
+    count = inside.sum(axis=0)
+    spread = np.where(count > 0, inside / np.maximum(count, 1.0), 0.0).astype(np.float32)
+    return (1.0 - inside).astype(np.float32), spread.reshape(len(offsets), -1)
+
+
+@register
+class Occlusion(Method):
+    name = "occlusion"
+    summary = "score drop F_c(x) - F_c(x with a window filled), one batched graph over all windows"
+    params = {
+        "window": Param((8,), "window size: an integer or HxW (e.g. 8 or 8x8)", as_window),
+        "stride": Param((8,), "window stride: an integer or HxW", as_window),
+        "fill": Param(0.0, "value written into the occluded window (a number)", as_float),
+        "chunk": Param(0, "windows scored per forward copy (0: all at once) -- bounds memory", as_int),
+    }
+
+    def check(self, g: ForwardGraph, where: str) -> None:
+        """Occlusion never runs a backward pass: every operator the forward graph has is fine."""
+
+    def build(self, g: ForwardGraph, b: Builder, where: str) -> Built:
+        x = g.data_input
+        sample = tuple(int(d) for d in g.shape(x)[1:])
+        spatial = spatial_dims(sample)
+        keep, spread = occlusion_masks(spatial, self.values["window"], self.values["stride"])
+        n_win = keep.shape[0]
+        chunk = self.values["chunk"] or n_win
+        if chunk < 0:
+            raise XCompileError(f"option chunk={chunk}: must be >= 0 for method 'occlusion'")
+        # mask layout [P, 1, *spatial] broadcasts over the channel axis; [P, D] for flat inputs
+        lead = (1,) if len(sample) >= 2 else ()
+        fill = self.values["fill"]
+        n_classes = g.shape(g.explained)[1]
+        target = resolve_target(b, g, g.explained)
+        with b.scope("occlusion"):
+            onehot = b.op("OneHot", [target, b.i64([n_classes]), b.f32([0.0, 1.0])], "target_onehot", axis=-1)
+            base = b.reduce("ReduceSum", b.mul(g.explained, onehot), [1], keepdims=1, hint="score")  # [N, 1]
+            onehot3 = b.unsqueeze(onehot, [1], "target_onehot_rows")  # [N, 1, K]
+            xe = b.unsqueeze(x, [1], "x_rows")  # [N, 1, C, ...]
+            drops = []
+            for c, start in enumerate(range(0, n_win, chunk)):
+                k = min(chunk, n_win - start)
+                with b.scope(f"chunk{c}"):
+                    m = keep[start:start + k].reshape((k,) + lead + tuple(spatial))
+                    occ = b.mul(xe, b.const(m, hint="keep_mask"), "kept")
+                    if fill != 0.0:
+                        occ = b.add(occ, b.const((1.0 - m) * np.float32(fill), hint="fill"), "occluded")
+                    flat = b.reshape(occ, [-1] + list(sample), "occluded_batch")  # [N*k, C, ...]
+                    rename = clone_forward(g, b, flat, b.fresh("fwd"))
+                    s = b.reshape(rename(g.explained), [-1, k, n_classes], "scores_per_row")
+                    s = b.reduce("ReduceSum", b.mul(s, onehot3), [2], keepdims=0, hint="occluded_score")  # [N, k]
+                    drops.append(b.sub(base, s, "drop"))
+            drop = drops[0] if len(drops) == 1 else b.op("Concat", drops, "drops", axis=1)  # [N, P]
+            heat = b.op("MatMul", [drop, b.const(spread, hint="window_to_pixels")], "heatmap")  # [N, prod(spatial)]
+            heat = b.reshape(heat, [-1] + list(lead) + list(spatial), "heatmap_map")
+            if len(sample) >= 2 and sample[0] != 1:
+                heat = b.op("Expand", [heat, b.i64([1] + list(sample))], "all_channels")
+        return Built(heat)

@@ -1,0 +1,76 @@
+"""CLI commands of the serving module: ``xcompile export-triton`` and ``xcompile serve``."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export-triton")
+    def export_triton_cmd(
+        explainer: Path = typer.Argument(..., help="an explainer written by `xcompile compile`"),
+        repo: Path = typer.Option(..., "--repo", help="Triton model repository folder (created if missing)"),
+        name: Optional[str] = typer.Option(None, "--name", help="model name in the repository (default: the file stem)"),
+        max_batch: int = typer.Option(64, "--max-batch", help="Triton max_batch_size (0 disables batching)"),
+        gpu: bool = typer.Option(False, "--gpu", help="instance group KIND_GPU (CUDA EP) instead of KIND_CPU"),
+        instances: int = typer.Option(1, "--instances", help="model instances in the instance group"),
+    ):
+        """Write REPO/NAME/1/model.onnx and REPO/NAME/config.pbtxt for Triton's onnxruntime backend."""
+        from .triton import export_triton
+        folder = export_triton(explainer, repo, name, max_batch, gpu, instances)
+        typer.echo(f"wrote {folder / 'config.pbtxt'} and {folder / '1' / 'model.onnx'}")
+        typer.echo(f"serve: docker run --rm -p8000:8000 -p8001:8001 -v {repo.resolve()}:/models "
+                   f"nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models")
+
+    @app.command("serve")
+    def serve_cmd(
+        explainer: Path = typer.Argument(..., help="an explainer written by `xcompile compile`"),
+        name: Optional[str] = typer.Option(None, "--name", help="model name in the V2 URLs (default: the file stem)"),
+        host: str = typer.Option("127.0.0.1", "--host", help="interface to listen on (0.0.0.0: all)"),
+        port: int = typer.Option(8080, "--port", help="HTTP (REST, Open Inference Protocol V2) port"),
+        grpc_port: int = typer.Option(8081, "--grpc-port", help="gRPC port"),
+        workers: int = typer.Option(0, "--workers", help="MLServer parallel_workers (0: in the server process)"),
+        threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads"),
+        device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+        max_batch: int = typer.Option(0, "--max-batch", help="MLServer adaptive batching: max rows (0 = off)"),
+        max_batch_time: float = typer.Option(0.002, "--max-batch-time", help="adaptive batching: max wait in seconds"),
+        folder: Optional[Path] = typer.Option(None, "--dir", help="where to write the MLServer settings (default: a temp folder)"),
+    ):
+        """Serve EXPLAINER with MLServer (KServe V2 / Open Inference Protocol) until Ctrl-C."""
+        from ..errors import XCompileError
+        from .server import start_mlserver, stop, write_mlserver_dir
+        if not explainer.is_file():
+            raise XCompileError(f"{explainer}: no such explainer file")
+        if device not in ("cpu", "cuda"):
+            raise XCompileError(f"--device {device!r}: cpu or cuda")
+        name = name or explainer.stem
+        tmp = None
+        if folder is None:
+            tmp = tempfile.TemporaryDirectory(prefix="xcompile-serve-")
+            folder = Path(tmp.name)
+        write_mlserver_dir(explainer, folder, name, host, port, grpc_port, workers, threads, device,
+                           max_batch, max_batch_time)
+        typer.echo(f"serving {explainer} as model {name!r}: http://{host}:{port}/v2/models/{name}/infer "
+                   f"(gRPC {host}:{grpc_port}); Ctrl-C to stop")
+        import signal
+
+        def _to_interrupt(signum, frame):  # SIGTERM/SIGHUP: stop the server too (it has its own process group)
+            raise KeyboardInterrupt
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _to_interrupt)
+        proc = start_mlserver(folder, inherit=True)
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:
+            stop(proc)
+            code = 0
+        finally:
+            stop(proc)
+            if tmp is not None:
+                tmp.cleanup()
+        if code:
+            raise typer.Exit(1)

@@ -1,0 +1,84 @@
+"""MLServer custom runtime: serve a compiled explainer over the Open Inference Protocol (KServe V2).
+
+model-settings.json::
+
+    {"name": "digits", "implementation": "xcompile.serving.mlserver_runtime.XCompileRuntime",
+     "parameters": {"uri": "/abs/path/explainer.onnx", "extra": {"threads": 1, "device": "cpu"}}}
+
+Request inputs: the explainer's data input (its ONNX name, e.g. ``input``; FP32 ``[N, ...]``) and
+optionally ``target`` (INT64 ``[N]`` or ``[N, 1]``; -1 or absent = the predicted class). Response outputs:
+every explainer output (``scores``, ``relevance``, extras), or only those the request asks for.
+
+A bad request (wrong shape/dtype, unknown input, target out of range) is answered with HTTP 400 and the
+one-line ``XCompileError`` message; the model stays loaded and the server keeps serving.
+
+This module imports ``mlserver`` (whose protobuf modules clash with ``tritonclient.grpc``'s): import it
+only inside the MLServer process. Launch helpers that do not import mlserver are in ``server.py``.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.errors import InferenceError
+from mlserver.types import InferenceRequest, InferenceResponse
+from mlserver.utils import get_model_uri
+
+from ..errors import XCompileError
+from ..runtime.explainer import TARGET, Explainer
+
+
+class XCompileRuntime(MLModel):
+    """One onnxruntime session per loaded model, created once in ``load()``, shared by every request."""
+
+    async def load(self) -> bool:
+        uri = await get_model_uri(self._settings)
+        extra = (self._settings.parameters.extra if self._settings.parameters else None) or {}
+        threads = extra.get("threads")
+        self.explainer = Explainer(uri, device=extra.get("device", "cpu"), threads=int(threads) if threads else None)
+        self.explainer.where = f"model {self.name!r}"  # error messages name the model, not a server path
+        self.data_name = self.explainer.data_input.name
+        return True
+
+    def _decode(self, payload: InferenceRequest):
+        x = target = None
+        for inp in payload.inputs:
+            try:
+                arr = NumpyCodec.decode_input(inp)
+            except Exception as e:  # noqa: BLE001 - data/shape mismatch in the request body
+                raise InferenceError(f"input {inp.name!r}: cannot decode {inp.datatype} data as shape {list(inp.shape)} ({str(e).strip().splitlines()[0]})") from None
+            if inp.name == TARGET:
+                target = arr
+            elif inp.name == self.data_name:
+                x = arr
+            else:
+                raise InferenceError(f"unknown input {inp.name!r}; this explainer takes {self.data_name!r} and optionally {TARGET!r}")
+        if x is None:
+            raise InferenceError(f"missing input {self.data_name!r} (FP32 [N, {', '.join(map(str, self.explainer.sample_shape))}])")
+        if target is not None and target.ndim == 2 and target.shape[1] == 1:
+            target = target[:, 0]  # Triton-style [N, 1]
+        if x.ndim != len(self.explainer.sample_shape) + 1:
+            # the Explainer accepts one unbatched sample; over the wire the batch dim is required
+            want = ", ".join(map(str, self.explainer.sample_shape))
+            raise InferenceError(f"input {self.data_name!r} has shape {list(x.shape)}; expected [N, {want}]")
+        return x, target
+
+    def _run(self, x, target):
+        try:
+            return self.explainer.explain(x, target)
+        except XCompileError as e:
+            raise InferenceError(str(e)) from None
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        x, target = self._decode(payload)
+        res = await asyncio.to_thread(self._run, x, target)
+        named = {self.explainer.score_output: res.scores, "relevance": res.relevance, **res.extras}
+        wanted = [o.name for o in payload.outputs] if payload.outputs else list(self.explainer.outputs)
+        unknown = [n for n in wanted if n not in named]
+        if unknown:
+            raise InferenceError(f"unknown output {unknown[0]!r}; this explainer gives {', '.join(self.explainer.outputs)}")
+        return InferenceResponse(
+            model_name=self.name, model_version=self.version, id=payload.id,
+            outputs=[NumpyCodec.encode_output(n, np.ascontiguousarray(named[n])) for n in wanted])
