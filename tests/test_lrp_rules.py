@@ -67,8 +67,8 @@ def dense_reference(rule, x, W, b, R, low=None, high=None, gamma=0.25, alpha=2.0
         L, H = np.broadcast_to(low, x.shape), np.broadcast_to(high, x.shape)
         s = R / _stab(x @ W - L @ Wp - H @ Wn)
         return x * (s @ W.T) - L * (s @ Wp.T) - H * (s @ Wn.T)
-    if rule == "wsquare":
-        s = R / _stab(np.ones_like(x) @ W ** 2 + b ** 2)
+    if rule in ("wsquare", "wsquare_nobias"):  # SPEC: sum_j w_ij^2 / sum_i' w_i'j^2 R_j; Zennit adds b^2
+        s = R / _stab(np.ones_like(x) @ W ** 2 + (b ** 2 if rule == "wsquare" else 0))
         return s @ (W ** 2).T
     if rule == "flat":
         ones = (W != 0).astype(np.float64)  # all ones over the receptive field (the dense form's connectivity)
@@ -102,6 +102,19 @@ def test_gemm_rules(rule, tmp_path):
     Wd, bd, xd = W.T.astype(np.float64), b.astype(np.float64), x.astype(np.float64)
     ref = dense_reference(rule, xd, Wd, bd, seed(xd @ Wd + bd, target), low=-1.0, high=1.5)
     np.testing.assert_allclose(res.relevance, ref, rtol=2e-4, atol=2e-5 * np.abs(ref).max())
+
+
+def test_wsquare_without_bias_is_the_spec_formula(tmp_path):
+    W = RNG.standard_normal((4, 6)).astype(np.float32)
+    b = RNG.standard_normal(4).astype(np.float32)
+    m = _model([helper.make_node("Gemm", ["x", "W", "b"], ["scores"], name="fc", transB=1)], [6], 4, [("W", W), ("b", b)])
+    x = RNG.uniform(-1, 1, (3, 6)).astype(np.float32)
+    res = _explain(m, x, np.array([0, 1, 3]), _rulefile(tmp_path, "wsquare", bias="false"))
+    Wd, bd, xd = W.T.astype(np.float64), b.astype(np.float64), x.astype(np.float64)
+    R = seed(xd @ Wd + bd, np.array([0, 1, 3]))
+    ref = dense_reference("wsquare_nobias", xd, Wd, bd, R)
+    np.testing.assert_allclose(res.relevance, ref, rtol=2e-4, atol=2e-5 * np.abs(ref).max())
+    np.testing.assert_allclose(res.relevance.sum(1), R.sum(1), rtol=1e-5)      # conservative without the bias
 
 
 @pytest.mark.parametrize("rule", ["epsilon", "zplus", "gamma", "flat"])

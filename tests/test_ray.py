@@ -117,3 +117,33 @@ def test_fit_patterns_ray_merges_to_single_process_statistics(ray_local, digits,
         assert a.keys() == b.keys()
         for k in a:  # float64 sums: equal up to the order of the additions
             np.testing.assert_allclose(a[k], b[k], rtol=1e-12, atol=1e-12 * max(1.0, float(np.abs(b[k]).max())))
+
+
+def test_cli_run_and_fit_patterns_with_engine_ray(ray_local, digits, tmp_path, capsys):
+    """`xcompile run --engine ray` and `xcompile fit-patterns --engine ray` end to end (in-process CLI)."""
+    from xcompile.cli import main
+    model, explainer, x = digits
+    np.save(tmp_path / "x.npy", x[:150])
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(explainer), "-i", str(tmp_path / "x.npy"), "--out", str(tmp_path / "ray_out"),
+              "--engine", "ray", "--workers", "2", "--shard-size", "64"])
+    assert e.value.code == 0
+    merged = load_shards(tmp_path / "ray_out" / "shards")
+    ref = xcompile.Explainer(explainer).explain(x[:150])
+    np.testing.assert_array_equal(merged.relevance, ref.relevance)
+    assert len(json.loads((tmp_path / "ray_out" / "shards" / "manifest.json").read_text())["shards"]) == 3
+
+    fit = pytest.importorskip("xcompile.patterns.fit")
+    with pytest.raises(SystemExit) as e:
+        main(["fit-patterns", str(model), "--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "p_ray.npz"),
+              "--engine", "ray", "--workers", "2", "--no-progress"])
+    assert e.value.code == 0
+    single = fit.fit_file(model, tmp_path / "x.npy", batch_size=64, progress=False)
+    merged_stats = fit.load_stats(tmp_path / "p_ray.npz")
+    assert merged_stats.rows == single.rows == 150
+    np.testing.assert_array_equal(merged_stats.n, single.n)
+
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(explainer), "-i", str(tmp_path / "x.npy"), "--engine", "spark"])
+    assert e.value.code == 2
+    assert "--engine 'spark'" in capsys.readouterr().err

@@ -63,13 +63,26 @@ def run_cmd(
     preprocess: Optional[str] = typer.Option(None, "--preprocess", help="for images: 'resize=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225' (pixels scaled to [0,1] first)"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     batch_size: int = typer.Option(32, "--batch-size", help="rows per onnxruntime call"),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (shards over a Ray cluster)"),
+    address: Optional[str] = typer.Option(None, "--address", help="with --engine ray: the cluster address (default: a local Ray)"),
+    workers: int = typer.Option(2, "--workers", help="with --engine ray: actors, one onnxruntime session each"),
+    shard_size: int = typer.Option(256, "--shard-size", help="with --engine ray: rows per shard file"),
 ):
     """Explain inputs with a compiled explainer; write relevance arrays and heatmaps."""
     from .runtime.explainer import Explainer
     from .runtime.io import load_inputs, write_results
+    if engine not in ("local", "ray"):
+        raise XCompileError(f"--engine {engine!r}: expected local or ray")
+    if batch_size < 1 or workers < 1:
+        raise XCompileError("--batch-size and --workers must be positive integers")
     ex = Explainer(explainer, device=device)
     x, names, images = load_inputs(input, ex.sample_shape, preprocess)
-    res = ex.explain(x, target, batch_size=batch_size)
+    if engine == "ray":
+        from .serving.ray_batch import run_with_ray
+        res = run_with_ray(explainer, x, target, out, address=address, workers=workers, shard_size=shard_size,
+                           batch_size=batch_size, device=device)
+    else:
+        res = ex.explain(x, target, batch_size=batch_size)
     paths = write_results(out, names, x, images, res)
     for name, score, pred in zip(names, res.scores, res.predicted):
         typer.echo(f"{name}: predicted {int(pred)} (score {float(np.max(score)):.4g})")

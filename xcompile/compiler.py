@@ -71,10 +71,28 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     make_batch_symbolic(m, data.name, score)
     shapes, dtypes, _, fixed = probe(m, data.name, tuple(sample), dtype, where=where)
     shapes[data.name] = (None,) + tuple(sample)
+    _declare_measured_shapes(m, shapes)
     g = ForwardGraph(m, data.name, score, explained, shapes, dtypes, fixed, default_opset(m))
     if len(g.shape(explained)) != 2:
         raise XCompileError(f"{where}: the explained output {explained!r} has shape {list(g.shape(explained))}; expected [N, classes]")
     return g
+
+
+def _declare_measured_shapes(m: onnx.ModelProto, shapes: dict) -> None:
+    """The probe's measured shapes replace what the file declares: a stale or wrong declaration (exporters do
+    write them) must not make the emitted graph fail shape inference. Intermediate value_info is re-inferred."""
+    del m.graph.value_info[:]
+    for vi in m.graph.output:
+        shape = shapes.get(vi.name)
+        if shape is None or not vi.type.HasField("tensor_type"):
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        del dims[:]
+        for k, d in enumerate(shape):
+            if k == 0 or not isinstance(d, int):
+                dims.add().dim_param = "N" if k == 0 else f"d{k}"
+            else:
+                dims.add().dim_value = d
 
 
 def compile(model, method: str, rules=None, *, where: str | None = None, **params) -> onnx.ModelProto:  # noqa: A001

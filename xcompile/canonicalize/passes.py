@@ -22,6 +22,17 @@ def _consumers(graph):
     return cons
 
 
+def _subgraph_reads(graph) -> set:
+    """Names that nodes inside subgraphs (If/Loop/Scan bodies, at any depth) read, outer scope included."""
+    names = set()
+    for node in graph.node:
+        for a in node.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []):
+                names.update(i for n in sub.node for i in n.input)
+                names |= _subgraph_reads(sub)
+    return names
+
+
 def _replace_nodes(graph, nodes):
     del graph.node[:]
     graph.node.extend(nodes)
@@ -62,7 +73,7 @@ def constants_to_initializers(model: onnx.ModelProto) -> int:
 def drop_identity(model: onnx.ModelProto) -> int:
     """Identity and (inference) Dropout are removed; consumers read the input directly."""
     g = model.graph
-    outputs = {o.name for o in g.output}
+    outputs = {o.name for o in g.output} | _subgraph_reads(g)
     keep, n = [], 0
     for node in g.node:
         if node.op_type in ("Identity", "Dropout") and node.input[0] and node.output[0] not in outputs:
@@ -95,7 +106,7 @@ def fold_constants(model: onnx.ModelProto) -> int:
         return 0
     cons = _consumers(g)
     fold_set = {id(n) for n in foldable}
-    outputs = {o.name for o in g.output}
+    outputs = {o.name for o in g.output} | _subgraph_reads(g)
     needed = [o for n in foldable for o in n.output if o and (o in outputs or any(id(c) not in fold_set for c in cons[o]))]
     if needed:
         sub = helper.make_graph(foldable, "fold", [], [onnx.ValueInfoProto(name=o) for o in needed],
@@ -116,7 +127,7 @@ def fold_constants(model: onnx.ModelProto) -> int:
 
 def remove_unused_initializers(model: onnx.ModelProto) -> int:
     g = model.graph
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output} | _subgraph_reads(g)
     keep = [t for t in g.initializer if t.name in used]
     n = len(g.initializer) - len(keep)
     if n:
@@ -177,17 +188,18 @@ def fold_batchnorm(model: onnx.ModelProto) -> int:
                 drop.add(id(node))
                 n_done += 1
                 continue
-        # keep a correct per-channel affine: y = x * k + c, broadcast over spatial dims
+        # keep a correct per-channel affine: y = x * k + c, broadcast over spatial dims; needs the input's rank
+        rank = _rank(model, node.input[0])
+        if rank is None:
+            continue  # rank unknown: keep the BatchNormalization node as it is
         drop.add(id(node))
-        new_nodes.append((node, k, c))
+        new_nodes.append((node, k, c, rank))
         n_done += 1
     nodes = []
     for node in g.node:
         hit = [t for t in new_nodes if t[0] is node]
         if hit:
-            _, k, c = hit[0]
-            rank = next((len(vi.type.tensor_type.shape.dim) for vi in list(g.value_info) + list(g.input)
-                         if vi.name == node.input[0] and vi.type.tensor_type.HasField("shape")), 4)
+            _, k, c, rank = hit[0]
             shape = [-1] + [1] * max(rank - 2, 0)
             kn, cn = f"{node.name or node.output[0]}/bn_scale", f"{node.name or node.output[0]}/bn_shift"
             g.initializer.append(numpy_helper.from_array(k.reshape(shape).astype(np.float32), kn))
@@ -200,6 +212,20 @@ def fold_batchnorm(model: onnx.ModelProto) -> int:
     _replace_nodes(g, nodes)
     remove_unused_initializers(model)
     return n_done
+
+
+def _rank(model, name):
+    """Rank of tensor `name` from the declared shapes, else from shape inference; None when unknown."""
+    def lookup(g):
+        return next((len(vi.type.tensor_type.shape.dim) for vi in list(g.value_info) + list(g.input) + list(g.output)
+                     if vi.name == name and vi.type.tensor_type.HasField("shape")), None)
+    r = lookup(model.graph)
+    if r is None:
+        try:
+            r = lookup(onnx.shape_inference.infer_shapes(model).graph)
+        except Exception:  # noqa: BLE001
+            r = None
+    return r
 
 
 def _merge_into_linear(g, lin, k, c) -> bool:
@@ -215,6 +241,8 @@ def _merge_into_linear(g, lin, k, c) -> bool:
         w2 = w2.reshape(w.shape)
     else:  # Gemm: output features are the columns of op(B)
         beta = attrs.get("beta", 1.0)
+        if beta == 0:  # the bias input is cancelled: a folded bias could not be expressed (keep Mul+Add)
+            return False
         w2 = w * (k[None, :] if not attrs.get("transB", 0) else k[:, None])
         if len(lin.input) > 2 and lin.input[2]:
             b_t = _init(g, lin.input[2])
@@ -224,7 +252,7 @@ def _merge_into_linear(g, lin, k, c) -> bool:
             b2 = (np.broadcast_to(b, k.shape) * k + c) / beta
             _set_init_new(g, lin, 2, b2)
         else:
-            _add_bias(g, lin, c / beta if beta else c)
+            _add_bias(g, lin, c / beta)
         _set_init_new(g, lin, 1, w2)
         return True
     if len(lin.input) > 2 and lin.input[2]:
@@ -241,7 +269,9 @@ def _merge_into_linear(g, lin, k, c) -> bool:
 
 def _set_init_new(g, node, slot, arr):
     """Write a folded parameter under a new name (the old one may be shared by other nodes)."""
-    name = f"{node.input[slot]}/bn_folded"
+    name, taken, j = f"{node.input[slot]}/bn_folded", {t.name for t in g.initializer}, 1
+    while name in taken:
+        name, j = f"{node.input[slot]}/bn_folded_{j}", j + 1
     g.initializer.append(numpy_helper.from_array(np.asarray(arr, np.float32), name))
     node.input[slot] = name
 

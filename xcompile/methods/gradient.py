@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..backward.table import Backward
-from .base import Method, register
+from ..backward.table import TABLE
+from .base import Method, Param, as_bool, register
 
 
 @register
@@ -30,15 +31,49 @@ def _deconv_relu(ctx, gy):
     return [ctx.b.relu(gy[0])]
 
 
+def _rectifying_clip(ctx) -> bool:
+    """Clip(x, 0, max) is a rectifier (ReLU6 / ReLU-n); a Clip with a negative or missing floor is not."""
+    import numpy as np
+    node = ctx.node
+    if len(node.input) < 2 or not node.input[1]:
+        return False
+    low = ctx.g.const(node.input[1])
+    return low is not None and float(np.asarray(low)) == 0.0
+
+
+def _modified_clip(relu_rule):
+    def emit(ctx, gy):
+        if not _rectifying_clip(ctx):
+            return TABLE["Clip"].fn(ctx, gy)
+        # the forward gate of the clip (0 < x < max) for guided backprop; the rectified signal for both
+        grad = TABLE["Clip"].fn(ctx, [ctx.b.relu(gy[0])])[0]
+        return [grad if relu_rule is _guided_relu else ctx.b.relu(gy[0])]
+    return emit
+
+
+class _ModifiedRelu(Method):
+    """Captum and Zennit modify only ReLU modules, so by default ReLU6 (Clip(x, 0, 6): MobileNetV2,
+    EfficientNet-Lite) keeps its plain gradient there too; ``clip=true`` treats it as the rectifier it is."""
+    relu_rule = staticmethod(_guided_relu)
+    params = {"clip": Param(False, "also modify rectifying Clip(x, 0, max) nodes (ReLU6): true/false", as_bool)}
+
+    @property
+    def overrides(self):
+        table = {"Relu": Backward(self.relu_rule)}
+        if self.values["clip"]:
+            table["Clip"] = Backward(_modified_clip(self.relu_rule), TABLE["Clip"].inputs)
+        return table
+
+
 @register
-class GuidedBackprop(Method):
+class GuidedBackprop(_ModifiedRelu):
     name = "guided_backprop"
     summary = "ReLU backward 1[x>0] * max(r, 0)"
-    overrides = {"Relu": Backward(_guided_relu)}
+    relu_rule = staticmethod(_guided_relu)
 
 
 @register
-class DeconvNet(Method):
+class DeconvNet(_ModifiedRelu):
     name = "deconvnet"
     summary = "ReLU backward max(r, 0), no forward gating"
-    overrides = {"Relu": Backward(_deconv_relu)}
+    relu_rule = staticmethod(_deconv_relu)

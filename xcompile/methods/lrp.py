@@ -306,14 +306,14 @@ class DeepTaylor(LRP):
     def choose_linear(self, rs, n, info):
         if info["index"] == 1:
             if self.values["first"] == "wsquare":
-                return Choice("rule", make_rule("wsquare", {}), index=1)
+                return Choice("rule", make_rule("wsquare", {"bias": False}), index=1)
             if self.values.get("low") is None or self.values.get("high") is None:
                 raise XCompileError("deep_taylor: the first layer uses z^B and needs --set low=... --set high=... "
                                     "(or --set first=wsquare for unbounded inputs)")
             return Choice("rule", make_rule("zbox", self.box_bounds(n, {}, "deep_taylor")), index=1)
         if self._fed_by_relu(n):
             return Choice("rule", make_rule("zplus", {}), index=info["index"])
-        return Choice("rule", make_rule("wsquare", {}), index=info["index"])
+        return Choice("rule", make_rule("wsquare", {"bias": False}), index=info["index"])
 
     def _fed_by_relu(self, n):
         t = next(i for i in n.input if i in self.live)

@@ -101,6 +101,16 @@ class SmoothGrad(_PathMethod):
             span = b.sub(b.reduce("ReduceMax", x, axes, 1), b.reduce("ReduceMin", x, axes, 1))
             sigma = b.unsqueeze(b.mul(span, b.f32(self.values["noise_level"])), [1])
         base = _repeat_rows(b, x, k, rank)  # [N, k, ...]
-        noise = b.op("RandomNormalLike", [base], "noise", dtype=1, mean=0.0, scale=1.0,
-                     seed=float(self.values["seed"] * 1000 + start))
+        sample_shape = list(g.shape(x))[1:]
+        if all(isinstance(d, int) and d > 0 for d in sample_shape):
+            # Why a stored table and not RandomNormalLike: onnxruntime's sampler advances its state on every
+            # call, so the same input would get a different explanation each time. A seeded table
+            # [1, samples, ...] (shared by the rows of a batch) makes every call, session and device agree
+            # and keeps a row's explanation independent of the rest of its batch.
+            rng = np.random.default_rng(self.values["seed"])
+            table = rng.standard_normal((1, self.count(), *sample_shape)).astype(np.float32)
+            noise = b.const(table[:, start:start + k], hint="smoothgrad_noise")
+        else:  # dynamic sample shape: in-graph sampler (seeded, but its state advances between calls)
+            noise = b.op("RandomNormalLike", [base], "noise", dtype=1, mean=0.0, scale=1.0,
+                         seed=float(self.values["seed"] * 1000 + start))
         return b.add(base, b.mul(noise, sigma), "noisy_points")

@@ -32,13 +32,27 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="continue from OUT.partial (written every 30 s and on Ctrl-C)"),
         no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
         set_: Optional[List[str]] = typer.Option(None, "--set", help="model reading options (input=, output=, input_shape=)"),
+        engine: str = typer.Option("local", "--engine", help="local or ray (shards fitted by Ray actors, merged exactly)"),
+        address: Optional[str] = typer.Option(None, "--address", help="with --engine ray: the cluster address (default: a local Ray)"),
+        workers: int = typer.Option(2, "--workers", help="with --engine ray: actors (= shards)"),
     ):
         """Fit PatternNet/PatternAttribution statistics (linear and two-component patterns) in one streaming pass."""
         from ..cli import parse_sets
         from .fit import fit_file
         if batch_size < 1:
             raise XCompileError(f"--batch-size {batch_size}: expected a positive integer")
+        if engine not in ("local", "ray"):
+            raise XCompileError(f"--engine {engine!r}: expected local or ray")
         t0 = time.perf_counter()
+        if engine == "ray":
+            if shard or resume:
+                raise XCompileError("--engine ray shards the data itself: drop --shard/--resume")
+            from ..serving.ray_batch import fit_patterns_ray
+            st = fit_patterns_ray(model, data, out, address=address, num_workers=workers, batch_size=batch_size,
+                                  preprocess=preprocess, **parse_sets(set_))
+            typer.echo(f"wrote {out}: {len(st.layers)} linear layers, {st.rows} rows on {workers} Ray workers "
+                       f"in {time.perf_counter() - t0:.1f} s")
+            return
         st = fit_file(model, data, out, batch_size=batch_size, preprocess=preprocess, shard=_shard(shard),
                       resume=resume, progress=not no_progress, where=str(model), echo=typer.echo, **parse_sets(set_))
         typer.echo(f"wrote {out}: {len(st.layers)} linear layers, {st.rows} rows in {time.perf_counter() - t0:.1f} s")

@@ -101,6 +101,11 @@ class Explainer:
         return t
 
     def explain(self, x, target=None, batch_size: int | None = None) -> Explanation:
+        """``x``: numpy array, or a torch / cupy / any DLPack tensor (CPU or GPU): those are bound in place with
+        IOBinding (no host copy on the GPU) and the results come back as tensors of the same kind and device.
+        ``batch_size`` splits a large batch into several onnxruntime calls (bounded memory)."""
+        if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__"):
+            return self._explain_bound(x, target, batch_size)
         x = self._check_input(x)
         t = self._check_target(target, x.shape[0])
         step = batch_size or max(1, x.shape[0])
@@ -112,3 +117,60 @@ class Explainer:
         return Explanation(named[self.score_output], named[RELEVANCE], extras)
 
     __call__ = explain
+
+    # ------------------------------------------------------------------ tensors that stay where they are
+    def _explain_bound(self, x, target, batch_size) -> Explanation:
+        try:
+            import torch
+        except ImportError:  # no torch: a CPU DLPack tensor still works through numpy
+            return self.explain(np.from_dlpack(x), target, batch_size)
+        kind = "torch" if isinstance(x, torch.Tensor) else type(x).__module__.split(".")[0]
+        xt = x if kind == "torch" else torch.from_dlpack(x)
+        if xt.dtype != torch.float32:
+            if not xt.is_floating_point():
+                raise XCompileError(f"input has dtype {xt.dtype}; {self.where} expects float32 {self.data_input.name!r}")
+            xt = xt.float()
+        if xt.dim() == len(self.sample_shape):
+            xt = xt[None]
+        self._check_input(np.empty((0, *xt.shape[1:]), np.float32))  # shape check only
+        home = xt.device
+        on_gpu = "CUDAExecutionProvider" in self.session.get_providers()
+        if home.type == "cuda" and not on_gpu:
+            xt = xt.cpu()
+        xt = xt.contiguous()
+        t = self._check_target(target.cpu().numpy() if hasattr(target, "cpu") else target, xt.shape[0])
+        step = batch_size or max(1, xt.shape[0])
+        parts = [self._run_bound(xt[i:i + step], t[i:i + step], torch) for i in range(0, xt.shape[0], step)]
+        outs = {k: torch.cat([p[k] for p in parts]).to(home) for k in self.outputs}
+        if kind not in ("torch",):
+            back = {"cupy": lambda v: __import__("cupy").from_dlpack(v), "numpy": lambda v: v.cpu().numpy()}
+            conv = back.get(kind, lambda v: v)
+            outs = {k: conv(v) for k, v in outs.items()}
+        extras = {k: v for k, v in outs.items() if k not in (self.score_output, RELEVANCE)}
+        return Explanation(outs[self.score_output], outs[RELEVANCE], extras)
+
+    def _run_bound(self, xt, t: np.ndarray, torch) -> dict:
+        """One onnxruntime call with IOBinding: the input and every output live in torch memory on xt's device."""
+        dev = xt.device
+        ort_dev = ("cuda", dev.index or 0) if dev.type == "cuda" else ("cpu", 0)
+        binding = self.session.io_binding()
+        binding.bind_input(self.data_input.name, ort_dev[0], ort_dev[1], np.float32, tuple(xt.shape), xt.data_ptr())
+        binding.bind_cpu_input(TARGET, t)
+        outs = {}
+        for o in self.session.get_outputs():
+            shape = [xt.shape[0]] + list(o.shape[1:])
+            if all(isinstance(d, int) for d in shape) and o.type == "tensor(float)":
+                buf = torch.empty(shape, dtype=torch.float32, device=dev)
+                binding.bind_output(o.name, ort_dev[0], ort_dev[1], np.float32, shape, buf.data_ptr())
+                outs[o.name] = buf
+            else:  # a shape the graph only knows at run time: onnxruntime allocates, we copy once
+                binding.bind_output(o.name, ort_dev[0], ort_dev[1])
+                outs[o.name] = None
+        if dev.type == "cuda":  # onnxruntime runs on its own stream: the caller's pending work must be done
+            torch.cuda.current_stream(dev).synchronize()
+        self.session.run_with_iobinding(binding)
+        if any(v is None for v in outs.values()):
+            for o, val in zip(self.session.get_outputs(), binding.get_outputs()):
+                if outs[o.name] is None:
+                    outs[o.name] = torch.from_numpy(val.numpy()).to(dev)
+        return outs

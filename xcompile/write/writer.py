@@ -54,25 +54,30 @@ def assemble(g, b, built, meta: dict, keep_outputs: bool = False, where: str = "
     for k in sorted(meta):
         p = model.metadata_props.add()
         p.key, p.value = f"xcompile.{k}", meta[k] if isinstance(meta[k], str) else json.dumps(meta[k], sort_keys=True)
-    try:
-        model = shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - value_info is only a convenience for viewers
-        pass
-    check(model, where)
-    return model
+    return check(model, where)
 
 
-def check(model: onnx.ModelProto, where: str) -> None:
+def _payload_bytes(model: onnx.ModelProto) -> int:
+    # cheap size estimate (ByteSize() walks the whole proto): the weights dominate
+    return sum(len(t.raw_data) + 4 * len(t.float_data) for t in model.graph.initializer)
+
+
+def check(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
+    """Strict shape/type inference (what ``full_check`` adds) once, then the structural checker: the same
+    guarantees as ``check_model(full_check=True)`` without running inference twice. Returns the model with
+    its inferred value_info (a convenience for viewers such as Netron)."""
     try:
-        if model.ByteSize() < 1_800_000_000:
-            onnx.checker.check_model(model, full_check=True)
+        if _payload_bytes(model) < 1_800_000_000:
+            model = shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+            onnx.checker.check_model(model)
         else:
             with tempfile.TemporaryDirectory() as d:
                 p = os.path.join(d, "m.onnx")
                 onnx.save(model, p, save_as_external_data=True)
                 onnx.checker.check_model(p, full_check=True)
-    except onnx.checker.ValidationError as e:
+    except (onnx.checker.ValidationError, shape_inference.InferenceError) as e:
         raise RuntimeError(f"{where}: internal error, emitted model fails the ONNX checker: {str(e).splitlines()[0]}") from e
+    return model
 
 
 def save(model: onnx.ModelProto, path) -> None:
@@ -81,7 +86,7 @@ def save(model: onnx.ModelProto, path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        data = model.SerializeToString(deterministic=True) if model.ByteSize() < 2_000_000_000 else None
+        data = model.SerializeToString(deterministic=True) if _payload_bytes(model) < 1_900_000_000 else None
         if data is None:
             onnx.save(model, str(tmp), save_as_external_data=True, location=path.name + ".data")
         else:

@@ -1,0 +1,4 @@
+"""`python -m xcompile ...` = the `xcompile` command."""
+from .cli import main
+
+main()
