@@ -405,6 +405,12 @@ def torch_model(name: str):
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
                 m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
                 m.running_var.copy_(torch.empty(m.running_var.shape).uniform_(0.5, 1.5, generator=g))
+        # zero-initialized weights (ViT's classification head and class token) would make every logit 0 and
+        # every explanation trivially 0 = 0: give them seeded random values of the usual scale
+        for pname, p in model.named_parameters():
+            if p.dim() >= 2 and not p.any():
+                fan_in = int(np.prod(p.shape[1:]))
+                p.copy_(torch.randn(p.shape, generator=g) / np.sqrt(fan_in))
     return model.eval()
 
 

@@ -461,6 +461,8 @@ def main(argv=None) -> int:
     ap.add_argument("--md", default=None, help="write the markdown report here (e.g. docs/benchmarks.md)")
     ap.add_argument("--plot", default=None, help="write the plot here (e.g. docs/img/bench_cpu.png)")
     ap.add_argument("--report", action="store_true", help="only rewrite --md/--plot from the JSON (no measuring)")
+    ap.add_argument("--merge", default="", help="with --report: comma list of other results JSONs whose runs are "
+                                                  "added (e.g. a DIANNA run made separately)")
     ap.add_argument("--command", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -495,6 +497,10 @@ def main(argv=None) -> int:
     jpath = Path(a.json or OUT / f"results_{a.device}.json")
     data = json.loads(jpath.read_text()) if ((a.resume or a.report) and jpath.exists()) else {}
     if a.report:
+        for extra in filter(None, a.merge.split(",")):
+            other = json.loads(Path(extra).read_text())
+            have = {(r["model"], r["batch"], r["method"], r["framework"]) for r in data["runs"]}
+            data["runs"] += [r for r in other["runs"] if (r["model"], r["batch"], r["method"], r["framework"]) not in have]
         if a.md:
             write_markdown(data, Path(a.md), Path(a.plot) if a.plot else None)
         if a.plot:

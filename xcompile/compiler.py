@@ -8,7 +8,7 @@ import onnx
 
 from . import __version__
 from .backward.builder import Builder
-from .canonicalize.passes import canonicalize, find_explained_scores
+from .canonicalize.passes import canonicalize, find_explained_scores, freeze_shape_arithmetic, remove_unused_initializers
 from .errors import XCompileError
 from .graph import ForwardGraph
 from .load.loader import (default_opset, find_data_input, find_score_output, input_dims, make_batch_symbolic,
@@ -69,7 +69,9 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
         for d in sample:
             vi.type.tensor_type.shape.dim.add().dim_value = d
     make_batch_symbolic(m, data.name, score)
-    shapes, dtypes, _, fixed = probe(m, data.name, tuple(sample), dtype, where=where)
+    shapes, dtypes, at_one, fixed, at_two = probe(m, data.name, tuple(sample), dtype, where=where)
+    if freeze_shape_arithmetic(m, data.name, at_one, at_two):
+        remove_unused_initializers(m)
     shapes[data.name] = (None,) + tuple(sample)
     _declare_measured_shapes(m, shapes)
     g = ForwardGraph(m, data.name, score, explained, shapes, dtypes, fixed, default_opset(m))

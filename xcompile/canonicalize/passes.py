@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from typing import Optional
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -315,6 +317,64 @@ def find_explained_scores(model: onnx.ModelProto, score_output: str, keep_softma
 
 
 PASSES = [constants_to_initializers, drop_identity, fold_constants, fold_batchnorm, expose_maxpool_indices]
+
+
+SHAPE_SOURCES = {"Shape", "Size"}
+
+
+def freeze_shape_arithmetic(model: onnx.ModelProto, data_input: str, at_one: dict, at_two: Optional[dict]) -> int:
+    """Run-time shape arithmetic that does not depend on the batch size becomes constants.
+
+    Exporters compute indices, slice bounds and pads from ``Shape(x)`` at run time (torch's ``as_strided``,
+    window partitions, channel shuffles). A tensor that depends on the data only through Shape/Size nodes and has
+    the same value at batch 1 and batch 2 (measured by the probe) is fixed for the compiled sample shape: it becomes
+    an initializer, so the backward emitters see constant indices. Batch-dependent values stay computed."""
+    if at_two is None:
+        return 0
+    g = model.graph
+    data_dependent = {data_input}
+    for node in g.node:  # topological order (checked by onnx)
+        if node.op_type in SHAPE_SOURCES:
+            continue
+        if any(i in data_dependent for i in node.input if i):
+            data_dependent.update(o for o in node.output if o)
+    known = {t.name for t in g.initializer} | {i.name for i in g.input}
+    outputs = {o.name for o in g.output} | _subgraph_reads(g)
+    consumers = _consumers(g)
+    frozen = []
+    for node in g.node:
+        if node.op_type in RANDOM_OPS:
+            continue
+        for o in node.output:
+            if not o or o in data_dependent or o in known or o in outputs or o not in at_one or o not in at_two:
+                continue
+            if not any(c.op_type not in SHAPE_SOURCES and any(out in data_dependent for out in c.output)
+                       for c in consumers.get(o, [])):
+                continue  # only the frontier: tensors read by the data path
+            a, b = np.asarray(at_one[o]), np.asarray(at_two[o])
+            if a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b):
+                frozen.append((o, a))
+    if not frozen:
+        return 0
+    for name, value in frozen:
+        g.initializer.append(numpy_helper.from_array(value, name))
+    names = {n for n, _ in frozen}
+    for node in g.node:  # the producers' frozen outputs are now initializers: detach them
+        for k, o in enumerate(node.output):
+            if o in names:
+                node.output[k] = f"{o}/xc_unused"
+    _drop_dead_nodes(g)
+    return len(frozen)
+
+
+def _drop_dead_nodes(g) -> None:
+    needed = {o.name for o in g.output} | _subgraph_reads(g)
+    keep = []
+    for node in reversed(list(g.node)):
+        if any(o in needed for o in node.output if o):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    _replace_nodes(g, list(reversed(keep)))
 
 
 def canonicalize(model: onnx.ModelProto, passes=None) -> dict:

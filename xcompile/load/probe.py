@@ -23,7 +23,8 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
 
 def probe(model: onnx.ModelProto, data_input: str, sample_shape: tuple[int, ...], dtype,
           batches=(1, 2), seed: int = 0, where: str = "model"):
-    """Returns (shapes, dtypes, values_at_batch1): shapes maps tensor -> tuple with None at the batch dim."""
+    """Returns (shapes, dtypes, values at the first batch size, fixed_batch, values at the second batch size or
+    None): shapes maps tensor -> tuple with None at the batch dim."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     known = {o.name for o in m.graph.output}
@@ -63,4 +64,4 @@ def probe(model: onnx.ModelProto, data_input: str, sample_shape: tuple[int, ...]
                 continue
         shapes[name] = tuple(v.shape)
     fixed_batch = len(runs) < 2 or runs[1] is None
-    return shapes, dtypes, first, fixed_batch
+    return shapes, dtypes, first, fixed_batch, (None if fixed_batch else runs[1])

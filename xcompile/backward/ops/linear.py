@@ -1,7 +1,7 @@
 """Linear layers: Conv, Gemm, MatMul. (LRP rules override exactly these three.)"""
 from __future__ import annotations
 
-from ..table import backward
+from ..table import ALL, backward
 from .common import require, spatial_params, transpose_geometry
 
 
@@ -96,3 +96,39 @@ def _bshape(ea, eb, rank, left):
     pb = (1,) * (rank - len(eb)) + tuple(eb)
     batch = tuple(None if (x is None or y is None) else max(x, y) for x, y in zip(pa[:-2], pb[:-2]))
     return batch + (pa[-2:] if left else pb[-2:])
+
+
+def _einsum_terms(ctx):
+    eq = ctx.attr("equation")
+    eq = (eq.decode() if isinstance(eq, bytes) else eq).replace(" ", "")
+    require("." not in eq, ctx, "Einsum with an ellipsis ('...')")
+    lhs, _, out = eq.partition("->")
+    ins = lhs.split(",")
+    if "->" not in eq:  # implicit output: the letters used once, in alphabetical order
+        letters = "".join(ins)
+        out = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    require(all(len(set(s)) == len(s) for s in ins), ctx, "Einsum with a repeated index in one operand (a diagonal)")
+    return ins, out
+
+
+@backward("Einsum", inputs=ALL)
+def einsum(ctx, gy):
+    """d/dA_k of einsum(A_1..A_n -> out) = einsum(gy, the other operands -> subscripts of A_k); letters summed
+    inside A_k alone are broadcast back (Unsqueeze + Expand to A_k's shape)."""
+    b = ctx.b
+    ins, out = _einsum_terms(ctx)
+    grads = []
+    for k, sub in enumerate(ins):
+        if not ctx.needs(k):
+            grads.append(None)
+            continue
+        others = [(s, ctx.x(j)) for j, s in enumerate(ins) if j != k]
+        seen = set(out).union(*[set(s) for s, _ in others])
+        kept = "".join(c for c in sub if c in seen)
+        eq = ",".join([out] + [s for s, _ in others]) + "->" + kept
+        g = b.op("Einsum", [gy[0]] + [t for _, t in others], "dEinsum", equation=eq)
+        if kept != sub:
+            g = b.unsqueeze(g, [i for i, c in enumerate(sub) if c not in seen])
+            g = b.op("Expand", [g, b.op("Shape", [ctx.x(k)], "shape")], "broadcast")
+        grads.append(g)
+    return grads

@@ -142,3 +142,28 @@ def reduce_max(ctx, gy):
     mask = b.cast(b.op("Equal", [ctx.x(0), y]), onnx.TensorProto.FLOAT)
     count = b.reduce("ReduceSum", mask, axes, keepdims=1)
     return [b.mul(mask, b.div(g, count))]
+
+
+@backward("ReduceL2")
+def reduce_l2(ctx, gy):
+    # y = sqrt(sum x^2): dy/dx = x / y (0 where y = 0, as torch.linalg.vector_norm's subgradient)
+    b, g = ctx.b, gy[0]
+    axes = reduce_axes(ctx)
+    y = ctx.y()
+    if not axes:  # noop_with_empty_axes: the identity
+        return [g]
+    if not ctx.attr("keepdims", 1):
+        g, y = b.unsqueeze(g, axes), b.unsqueeze(y, axes)
+    safe = b.where(b.op("Equal", [y, b.f32(0.0)]), b.f32(1.0), y)
+    return [b.mul(ctx.x(0), b.div(g, safe))]
+
+
+@backward("ReduceSumSquare")
+def reduce_sum_square(ctx, gy):
+    b, g = ctx.b, gy[0]
+    axes = reduce_axes(ctx)
+    if not axes:  # noop_with_empty_axes: the identity
+        return [g]
+    if not ctx.attr("keepdims", 1):
+        g = b.unsqueeze(g, axes)
+    return [b.mul(b.mul(ctx.x(0), b.f32(2.0)), g)]
