@@ -3,6 +3,7 @@ reference (composite + canonizers) for every built-in rule set."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
 import tempfile
@@ -86,13 +87,13 @@ def export(model, x: torch.Tensor, path, exporter: str):
 
 
 # ------------------------------------------------------------------------------------------------ Zennit
-def box_bounds(shape):
-    low = torch.tensor((0 - MEAN) / STD, dtype=torch.float32).view(1, 3, 1, 1).expand(shape)
-    high = torch.tensor((1 - MEAN) / STD, dtype=torch.float32).view(1, 3, 1, 1).expand(shape)
+def box_bounds(shape, dtype=torch.float32):
+    low = torch.tensor((0 - MEAN) / STD, dtype=dtype).view(1, 3, 1, 1).expand(shape)
+    high = torch.tensor((1 - MEAN) / STD, dtype=dtype).view(1, 3, 1, 1).expand(shape)
     return low, high
 
 
-def zennit_composite(ruleset: str, canonizers, shape):
+def zennit_composite(ruleset: str, canonizers, shape, dtype=torch.float32):
     from zennit import composites as C
     from zennit.rules import Epsilon, Norm, Pass
     from zennit.types import Activation, AvgPool, BatchNorm, Linear
@@ -103,17 +104,50 @@ def zennit_composite(ruleset: str, canonizers, shape):
         return C.LayerMapComposite([(Activation, Pass()), (Sum, Norm()), (AvgPool, Norm()), (BatchNorm, Pass()),
                                     (Linear, Epsilon(epsilon=eps))], canonizers=canonizers)
     if ruleset == "epsilon-gamma-box":
-        low, high = box_bounds(shape)
+        low, high = box_bounds(shape, dtype)
         return C.EpsilonGammaBox(low=low, high=high, canonizers=canonizers)
     cls = {"epsilon-plus": C.EpsilonPlus, "epsilon-plus-flat": C.EpsilonPlusFlat,
            "epsilon-alpha2-beta1": C.EpsilonAlpha2Beta1, "epsilon-alpha2-beta1-flat": C.EpsilonAlpha2Beta1Flat}[ruleset]
     return cls(canonizers=canonizers)
 
 
-def canonizers_for(name: str, model=None):
+class _ExactIdentityBN:
+    """Zennit's MergeBatchNorm folds the BatchNorm into the linear layer and then makes the BatchNorm an "identity" by
+    setting mean 0, var 1, weight 1, bias 0 -- but keeps its `eps`, so the module still scales by 1/sqrt(1 + eps)
+    (1 - 5e-6 for eps = 1e-5). Over ResNet-50's 53 BatchNorms that perturbs the activations by up to ~1e-4 (relative):
+    the reference explains a slightly different function than the model. This mixin also sets eps = 0 while merged
+    (restored on remove), so the merged model computes the original function."""
+
+    def register(self, linears, batch_norm):
+        super().register(linears, batch_norm)
+        self._eps = batch_norm.eps
+        batch_norm.eps = 0.0
+
+    def remove(self):
+        super().remove()
+        self.batch_norm.eps = self._eps
+
+
+def _exact_merges():
     from zennit.canonizers import NamedMergeBatchNorm, SequentialMergeBatchNorm
-    from zennit.torchvision import ResNetCanonizer
+
+    class ExactSequentialMergeBatchNorm(_ExactIdentityBN, SequentialMergeBatchNorm):
+        pass
+
+    class ExactNamedMergeBatchNorm(_ExactIdentityBN, NamedMergeBatchNorm):
+        pass
+    return ExactSequentialMergeBatchNorm, ExactNamedMergeBatchNorm
+
+
+def canonizers_for(name: str, model=None, exact_bn: bool = False):
+    """Zennit canonizers for `name`. exact_bn: merged BatchNorms become exact identities (see _ExactIdentityBN)."""
+    from zennit.canonizers import NamedMergeBatchNorm, SequentialMergeBatchNorm
+    from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer, ResNetCanonizer
+    if exact_bn:
+        SequentialMergeBatchNorm, NamedMergeBatchNorm = _exact_merges()  # noqa: N806
     if name.startswith("resnet"):
+        if exact_bn:  # ResNetCanonizer = SequentialMergeBatchNorm + the two block canonizers
+            return [SequentialMergeBatchNorm(), ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer()]
         return [ResNetCanonizer()]
     if name.startswith("efficientnet") and model is not None:
         # its convs (Conv2dStaticSamePadding) hold a padding child, so they are not leaves and
@@ -141,10 +175,15 @@ def canonizers_for(name: str, model=None):
     return [SequentialMergeBatchNorm()] + extra
 
 
-def zennit_relevance(model, x: np.ndarray, ruleset: str, name: str, target=None):
+def zennit_relevance(model, x: np.ndarray, ruleset: str, name: str, target=None, dtype=torch.float32,
+                     exact_bn: bool = False):
+    """Zennit's scores and relevance (numpy). dtype=torch.float64 runs a float64 copy of the model (the model itself
+    is left as it is); exact_bn: see canonizers_for."""
     from zennit.attribution import Gradient
-    xt = torch.tensor(x)
-    comp = zennit_composite(ruleset, canonizers_for(name, model), xt.shape)
+    if dtype != torch.float32:
+        model = copy.deepcopy(model).to(dtype).eval()
+    xt = torch.tensor(x).to(dtype)
+    comp = zennit_composite(ruleset, canonizers_for(name, model, exact_bn), xt.shape, dtype)
     with torch.no_grad():
         scores = model(xt)
     tgt = scores.argmax(1) if target is None else torch.as_tensor(target)
@@ -197,6 +236,53 @@ def _effnet_lite_forward(module):
             return module.canonizer_sum(torch.stack([inputs, body], dim=-1))
         return out
     return forward
+
+
+def folded_clone(model, onnx_path, dtype=torch.float64):
+    """A copy of `model` that computes exactly the function of OUR canonicalized graph: every Conv / Linear gets the
+    float32 weight and bias that xcompile's canonicalizer produced (BatchNorm folded in float64, cast to float32; for
+    the legacy exporter, torch's own float32 fold), and every BatchNorm2d becomes an Identity. Zennit run on it in
+    float64 is the float64 evaluation of the very function our float32 explainer computes (the ResNet-50 LRP-0 /
+    epsilon reference: docs/lrp_parity.md, Known deviations). Linear layers are matched in order (forward order =
+    module order for torchvision ResNets/VGG) and checked by shape and by the model output."""
+    from onnx import numpy_helper
+
+    from xcompile.canonicalize.passes import canonicalize
+    from xcompile.load.loader import prepare, read_model
+    m = prepare(read_model(str(onnx_path)), "model")
+    canonicalize(m)
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    params = [(inits[n.input[1]], inits[n.input[2]] if len(n.input) > 2 and n.input[2] else None)
+              for n in m.graph.node if n.op_type in ("Conv", "Gemm")]
+    clone = copy.deepcopy(model).eval()
+    mods = [(k, v) for k, v in clone.named_modules() if isinstance(v, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(mods) == len(params), (len(mods), len(params))
+    for (k, mod), (w, b) in zip(mods, params):
+        assert tuple(mod.weight.shape) == w.shape, (k, tuple(mod.weight.shape), w.shape)
+        if isinstance(mod, torch.nn.Conv2d):
+            new = torch.nn.Conv2d(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
+                                  mod.dilation, mod.groups, bias=True, padding_mode=mod.padding_mode)
+        else:
+            new = torch.nn.Linear(mod.in_features, mod.out_features)
+        with torch.no_grad():
+            new.weight.copy_(torch.from_numpy(w))
+            new.bias.copy_(torch.from_numpy(b) if b is not None else torch.zeros_like(new.bias))
+        parent = clone.get_submodule(k.rsplit(".", 1)[0]) if "." in k else clone
+        setattr(parent, k.rsplit(".", 1)[-1], new)
+    for mod in list(clone.modules()):
+        for cn, ch in list(mod.named_children()):
+            if isinstance(ch, torch.nn.BatchNorm2d):
+                setattr(mod, cn, torch.nn.Identity())
+    clone = clone.to(dtype).eval()
+    x = torch.randn((1,) + tuple(_input_shape(m)), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = model(x).double(), clone(x.to(dtype)).double()
+    assert float((a - b).abs().max() / a.abs().max()) < 1e-3, "folded clone does not reproduce the model"
+    return clone
+
+
+def _input_shape(m):
+    return [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim][1:]
 
 
 def compare(ours: np.ndarray, ref: np.ndarray) -> tuple[float, float]:

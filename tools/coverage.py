@@ -272,7 +272,18 @@ def worker(name: str, exporter: str, families: list[str], build: Path) -> dict:
                 del m64, y
                 r["oracle"] = "autograd-f64"
                 r["err"] = rel_err(rel, g.numpy())
-                ok = r["err"] <= GRAD_TOL and r["score_err"] <= GRAD_TOL and r["finite"]
+                if r["err"] > GRAD_TOL:
+                    # float32 may be ill-conditioned on a random-weight model (ReLU pre-activations at the kink):
+                    # also measure against PyTorch float32 and PyTorch's own float32-vs-float64 deviation, and
+                    # accept what tests/test_models.py accepts (within 1e-4 of float32, or within 3x its noise)
+                    xt32 = torch.tensor(x, dtype=torch.float32, requires_grad=True)
+                    g32, = torch.autograd.grad(tmodel(xt32).gather(1, torch.tensor(target)[:, None]).sum(), xt32)
+                    r["err_f32"] = rel_err(rel, g32.numpy())
+                    r["f32_noise"] = rel_err(g32.numpy(), g.numpy())
+                    r["oracle"] = "autograd-f64+f32"
+                within = (r["err"] <= GRAD_TOL or r.get("err_f32", 1.0) <= GRAD_TOL
+                          or r["err"] <= 3 * r.get("f32_noise", 0.0))
+                ok = within and r["score_err"] <= GRAD_TOL and r["finite"]
                 r["status"] = "match" if ok else "mismatch"
             else:
                 kind, why = zennit_plan(name)

@@ -94,6 +94,13 @@ class Builder:
         terms = list(terms)
         return terms[0] if len(terms) == 1 else self.op("Sum", terms, hint)
 
+    def arg_extreme(self, x: str, largest: bool = True, hint=None) -> str:
+        """int64 [N]: index of the max (min) along axis 1, lowest index on ties -- as ArgMax/ArgMin, but as
+        TopK(K=1), which has CUDA kernels at every opset (ArgMax-13 has none in onnxruntime's CUDA EP)."""
+        _, idx = self.op("TopK", [x, self.const(np.array([1], np.int64), dtype=np.int64)], hint or "argmax",
+                         n_out=2, axis=1, largest=int(largest), sorted=1)
+        return self.op("Squeeze", [idx, self.const(np.array([1], np.int64), dtype=np.int64)], hint or "argmax")
+
     def where(self, cond, a, b, hint=None): return self.op("Where", [cond, a, b], hint)
 
     def zeros_like(self, t: str, hint="zeros") -> str:

@@ -102,7 +102,7 @@ class Method:
 def resolve_target(b: Builder, g: ForwardGraph, scores: str) -> str:
     """int64 [N]: the given target, or the predicted class where the target is -1."""
     with b.scope("target"):
-        pred = b.op("ArgMax", [scores], "predicted", axis=1, keepdims=0)
+        pred = b.arg_extreme(scores, largest=True, hint="predicted")
         negative = b.op("Less", [TARGET, b.i64(0)], "use_predicted")
         return b.where(negative, pred, TARGET, "class")
 

@@ -23,8 +23,8 @@ class InputXGradient(Method):
 
 def _guided_relu(ctx, gy):
     b = ctx.b
-    active = b.op("Greater", [ctx.x(0), b.f32(0.0)], "active")
-    return [b.where(active, b.relu(gy[0]), b.f32(0.0))]
+    active = b.cast(b.op("Greater", [ctx.x(0), b.f32(0.0)], "active"), 1)
+    return [b.mul(b.relu(gy[0]), active)]
 
 
 def _deconv_relu(ctx, gy):

@@ -114,7 +114,7 @@ def emit_kmeans_head(b: Builder, features: str, centroids: np.ndarray, *, target
         # g_k = ‖μ_k‖² - 2 x·μ_k  (= ‖x-μ_k‖² - ‖x‖², no cancellation of ‖x‖² in h)
         g = b.op("Gemm", [xd, _c(b, M, "centroids"), _c(b, (M * M).sum(1), "centroid_sqnorm")],
                  "g", transB=1, alpha=-2.0, beta=1.0)
-        label = b.op("ArgMin", [g], "label", axis=1, keepdims=0)
+        label = b.arg_extreme(g, largest=False, hint="label")
         xsq = b.reduce("ReduceSumSquare", xd, [1], keepdims=1, hint="x_sqnorm")
         dist = b.op("Sqrt", [b.op("Max", [b.add(g, xsq, "sqdist_raw"), _c(b, 0.0)], "sqdist")], "dist")
         dist32 = b.cast(dist, _F, "distances")

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, shape_inference
 
 from ..errors import XCompileError
 from ..methods.base import TARGET
+from .lower import lower_for_cuda
 
 RELEVANCE = "relevance"
 
@@ -46,8 +47,9 @@ def assemble(g, b, built, meta: dict, keep_outputs: bool = False, where: str = "
     inits = {t.name for t in src.initializer}
     inputs = [_with_batch(data_vi) if i.name == g.data_input else i for i in src.input if i.name not in inits]
     inputs.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, ["N"]))
-    graph = helper.make_graph(list(src.node) + b.nodes + tail + extra_nodes, src.name or "xcompile",
-                              inputs, outputs, initializer=list(src.initializer) + b.initializers)
+    initializers = list(src.initializer) + b.initializers
+    nodes, _ = lower_for_cuda(list(src.node) + b.nodes + tail + extra_nodes, initializers)
+    graph = helper.make_graph(nodes, src.name or "xcompile", inputs, outputs, initializer=initializers)
     opsets = [o for o in g.model.opset_import if o.domain in ("", "ai.onnx")]
     model = helper.make_model(graph, opset_imports=opsets, ir_version=g.model.ir_version,
                               producer_name="xcompile", producer_version=meta.get("xcompile_version", ""))

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import math
 
+import onnx
+
 from ..table import backward
 
 
 def _gate(ctx, cond, g, other=None):
     b = ctx.b
-    return b.where(cond, g, other if other is not None else b.f32(0.0))
+    if other is None:  # Cast + Mul: 1.5-3x faster than Where with a broadcast 0 on onnxruntime's CPU EP
+        return b.mul(g, b.cast(cond, onnx.TensorProto.FLOAT), "gate")
+    return b.where(cond, g, other)
 
 
 @backward("Relu")
