@@ -354,8 +354,11 @@ def freeze_shape_arithmetic(model: onnx.ModelProto, data_input: str, at_one: dic
             a, b = np.asarray(at_one[o]), np.asarray(at_two[o])
             if a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b):
                 frozen.append((o, a))
+    n_reshapes = _constant_reshape_shapes(g, known, at_one, at_two)
     if not frozen:
-        return 0
+        if n_reshapes:
+            _drop_dead_nodes(g)
+        return n_reshapes
     for name, value in frozen:
         g.initializer.append(numpy_helper.from_array(value, name))
     names = {n for n, _ in frozen}
@@ -364,7 +367,36 @@ def freeze_shape_arithmetic(model: onnx.ModelProto, data_input: str, at_one: dic
             if o in names:
                 node.output[k] = f"{o}/xc_unused"
     _drop_dead_nodes(g)
-    return len(frozen)
+    return len(frozen) + n_reshapes
+
+
+def _constant_reshape_shapes(g, known: set, at_one: dict, at_two: dict) -> int:
+    """A Reshape whose target shape is computed at run time (Shape -> Gather -> Concat, as the legacy exporter
+    writes a flatten) gets the constant target its measured output shape implies, -1 at the batch dimension.
+    The CUDA EP places such shape subgraphs on the CPU; with constants the explainer stays on the GPU."""
+    n = 0
+    for node in g.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] in known:
+            continue
+        y = node.output[0]
+        if y not in at_one or y not in at_two:
+            continue
+        s1, s2 = np.shape(at_one[y]), np.shape(at_two[y])
+        if len(s1) != len(s2):
+            continue
+        varying = [k for k, (a, b) in enumerate(zip(s1, s2)) if a != b]
+        if len(varying) > 1 or 0 in s1:
+            continue
+        target = np.array([-1 if k in varying else d for k, d in enumerate(s1)], np.int64)
+        name = f"{node.name or y}/xc_const_shape"
+        g.initializer.append(numpy_helper.from_array(target, name))
+        known.add(name)
+        node.input[1] = name
+        for a in list(node.attribute):
+            if a.name == "allowzero":
+                node.attribute.remove(a)
+        n += 1
+    return n
 
 
 def _drop_dead_nodes(g) -> None:
