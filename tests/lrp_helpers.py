@@ -265,8 +265,8 @@ def folded_clone(model, onnx_path, dtype=torch.float64):
         else:
             new = torch.nn.Linear(mod.in_features, mod.out_features)
         with torch.no_grad():
-            new.weight.copy_(torch.from_numpy(w))
-            new.bias.copy_(torch.from_numpy(b) if b is not None else torch.zeros_like(new.bias))
+            new.weight.copy_(torch.from_numpy(np.array(w)))
+            new.bias.copy_(torch.from_numpy(np.array(b)) if b is not None else torch.zeros_like(new.bias))
         parent = clone.get_submodule(k.rsplit(".", 1)[0]) if "." in k else clone
         setattr(parent, k.rsplit(".", 1)[-1], new)
     for mod in list(clone.modules()):

@@ -1,5 +1,5 @@
 """vgg16 and resnet50 (random weights, seed 0, 32x32 input) vs Zennit composites for every built-in rule set:
-max|ours - zennit| <= 1e-3 max|zennit| and Pearson >= 0.9999 (float32)."""
+max|ours - zennit| <= 1e-3 max|zennit| and Pearson >= 0.9999 (ours float32; Zennit float32, except as below)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,9 +9,13 @@ import torch
 import lrp_helpers as H
 
 X = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
-# ResNet-50 with LRP-0 / epsilon on every conv: see docs/lrp_parity.md (a ~2e-2 deviation appears from layer3 on
-# that we could not trace in time; every other rule set agrees to ~1e-4).
-KNOWN = {("resnet50", "zero"), ("resnet50", "epsilon")}
+# ResNet-50 with LRP-0 / epsilon on every conv: at this input one ReLU (sample 1, layer3.1's residual sum, channel
+# 792, position (1, 1)) sits at a near-tie, 1.508 + (-1.508) = +1.0e-5 in float64, inside the float32 rounding of
+# the 30 layers before it; LRP-0 / epsilon relevance is discontinuous there, so float32 Zennit (its BN merge puts the
+# sum at -5.6e-5: unit off) and our float32 graph (+1.2e-5: on) differ by 2.5e-2. For these two cases the reference
+# is Zennit in float64 on a BN-free copy carrying OUR folded float32 weights (the same function, evaluated exactly):
+# docs/lrp_parity.md, Known deviations.
+FLOAT64_REFERENCE = {("resnet50", "zero"), ("resnet50", "epsilon")}
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +31,12 @@ def models(tmp_path_factory):
 @pytest.mark.parametrize("ruleset", H.RULESETS)
 @pytest.mark.parametrize("name", ["vgg16", "resnet50"])
 def test_zennit_parity(models, name, ruleset):
-    if (name, ruleset) in KNOWN:
-        pytest.xfail("known ResNet-50 LRP-0/epsilon deviation (docs/lrp_parity.md)")
     model, path = models[name]
     scores, ours = H.our_relevance(path, X, ruleset)
-    _, ref = H.zennit_relevance(model, X, ruleset, name)
+    if (name, ruleset) in FLOAT64_REFERENCE:
+        _, ref = H.zennit_relevance(H.folded_clone(model, path), X, ruleset, name, dtype=torch.float64)
+    else:
+        _, ref = H.zennit_relevance(model, X, ruleset, name)
     err, r = H.compare(ours, ref)
     assert err <= 1e-3, (err, r)
     assert r >= 0.9999, (err, r)
