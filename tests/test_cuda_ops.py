@@ -283,10 +283,8 @@ TV_METHODS = [
 TV_MODELS = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "densenet121"]
 
 
-def _torchvision(name: str, exporter: str, methods=TV_METHODS):
-    path = ZOO / f"{name}_{exporter}.onnx"
-    if not path.is_file():
-        pytest.skip(f"{path.name} not exported (model_zoo cache)")
+def _torchvision(build, name: str, exporter: str, methods=TV_METHODS):
+    path = build(name, exporter)  # exported once per session (model_zoo/build cache), shared with test_models
     base = onnx.load(str(path))
     exps = []
     for method, params in methods:
@@ -296,19 +294,11 @@ def _torchvision(name: str, exporter: str, methods=TV_METHODS):
 
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
 @pytest.mark.parametrize("name", TV_MODELS)
-def test_torchvision_runs_on_cuda(name, exporter):
-    _torchvision(name, exporter)
+def test_torchvision_runs_on_cuda(name, exporter, torchvision_onnx):
+    _torchvision(torchvision_onnx, name, exporter)
 
 
 @pytest.mark.slow  # ~10 s per explainer
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
-def test_vit_runs_on_cuda(exporter):
-    _torchvision("vit_b_16", exporter)
-
-
-def test_zz_report_seen_ops():
-    """Not a check: prints the op types seen in the explainers above (pytest -s)."""
-    if os.environ.get("XCOMPILE_CUDA_OPS_REPORT"):
-        print(f"\n{len(CHECKED)} explainers checked; op types seen:")
-        for (dom, op), k in sorted(SEEN.items()):
-            print(f"  {dom or 'ai.onnx'}:{op} x{k}")
+def test_vit_runs_on_cuda(exporter, torchvision_onnx):
+    _torchvision(torchvision_onnx, "vit_b_16", exporter)
