@@ -23,6 +23,7 @@ class Builder:
         self.initializers: list[onnx.TensorProto] = []
         self._taken: set[str] = set(reserved)
         self._consts: dict[tuple, str] = {}
+        self._values: dict[str, np.ndarray] = {}
         self._scope: list[str] = [prefix]
 
     # ---------------------------------------------------------------- naming
@@ -51,7 +52,12 @@ class Builder:
             name = self.fresh(hint) if arr.size > 8 else self._const_name(arr)
             self.initializers.append(numpy_helper.from_array(arr, name))
             self._consts[key] = name
+            self._values[name] = arr
         return self._consts[key]
+
+    def value_of(self, name: str):
+        """The numpy value of a constant this builder emitted (None for computed tensors)."""
+        return self._values.get(name)
 
     def _const_name(self, arr: np.ndarray) -> str:
         # small constants are shared graph-wide: name them by value, outside any scope

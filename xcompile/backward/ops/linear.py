@@ -1,6 +1,8 @@
 """Linear layers: Conv, Gemm, MatMul. (LRP rules override exactly these three.)"""
 from __future__ import annotations
 
+import numpy as np
+
 from ..table import ALL, backward
 from .common import require, spatial_params, transpose_geometry
 
@@ -11,6 +13,9 @@ def conv_input_grad(ctx, g, weight):
     in_shape, out_shape = ctx.in_shape(0), ctx.out_shape(0)
     kernel = list(ctx.g.shape(ctx.node.input[1])[2:]) if ctx.g.is_const(ctx.node.input[1]) else list(ctx.attr("kernel_shape"))
     strides, dil, pb, pe = spatial_params(ctx, in_shape, out_shape, kernel)
+    flipped = _stride1_as_conv(ctx, g, weight, in_shape, out_shape, kernel, strides, dil, pb)
+    if flipped is not None:
+        return flipped
     end_pads, out_pad = [], []
     for i in range(len(kernel)):
         e, o = transpose_geometry(in_shape[2 + i], out_shape[2 + i], kernel[i], strides[i], dil[i], pb[i])
@@ -19,6 +24,27 @@ def conv_input_grad(ctx, g, weight):
     return ctx.b.op("ConvTranspose", [g, weight], "conv_transpose", strides=strides, dilations=dil,
                     pads=list(pb) + end_pads, group=ctx.attr("group", 1),
                     output_padding=out_pad if any(out_pad) else None)
+
+
+def _stride1_as_conv(ctx, g, weight, in_shape, out_shape, kernel, strides, dil, pb):
+    """For stride 1 the adjoint is itself a convolution: the spatially flipped kernel, with input and output
+    channels swapped inside each group, and pads d(k-1) - p. onnxruntime's CPU Conv is ~1.7x faster than its
+    ConvTranspose on depthwise layers (MobileNet, EfficientNet). Needs the weight as a constant."""
+    w = ctx.b.value_of(weight) if hasattr(ctx.b, "value_of") else None
+    if w is None:
+        w = ctx.g.const(weight) if ctx.g.is_const(weight) else None
+    if w is None or any(s != 1 for s in strides):
+        return None
+    begin = [d * (k - 1) - p for d, k, p in zip(dil, kernel, pb)]
+    end = [i - o - b_ + d * (k - 1) for i, o, b_, d, k in zip(in_shape[2:], out_shape[2:], begin, dil, kernel)]
+    if any(v < 0 for v in begin + end):
+        return None
+    grp = ctx.attr("group", 1)
+    cout, cin_g = w.shape[0], w.shape[1]
+    wt = w.reshape(grp, cout // grp, cin_g, *w.shape[2:]).swapaxes(1, 2).reshape(grp * cin_g, cout // grp, *w.shape[2:])
+    wt = np.ascontiguousarray(wt[(slice(None), slice(None)) + (slice(None, None, -1),) * len(kernel)])
+    return ctx.b.op("Conv", [g, ctx.b.const(wt, dtype=wt.dtype, hint="w_flipped")], "conv_adjoint",
+                    kernel_shape=list(kernel), dilations=list(dil), pads=begin + end, group=grp)
 
 
 @backward("Conv", inputs=(0, 1))
