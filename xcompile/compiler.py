@@ -97,18 +97,23 @@ def _declare_measured_shapes(m: onnx.ModelProto, shapes: dict) -> None:
                 dims.add().dim_value = d
 
 
-def compile(model, method: str, rules=None, *, where: str | None = None, **params) -> onnx.ModelProto:  # noqa: A001
-    """Compile `model` (path, bytes or ModelProto) into an explainer ModelProto."""
-    where = where or (str(model) if isinstance(model, (str, os.PathLike)) else "model")
-    cls = method_class(method)
-    common, rest = split_params(params)
-    if getattr(cls, "compile_model", None):  # methods that rebuild the whole graph (neuralized models)
-        return cls.compile_model(model, rules=rules, where=where, **params)
+def make_method(cls, method: str, rules, params: dict):
+    """The method object (its own options validated) and the common model-reading options."""
+    common, rest = split_params(dict(params))
     if rules is not None:
         if not getattr(cls, "uses_rules", False):
             raise XCompileError(f"option --rules applies to rule-based methods, not to {method!r}")
         rest["rules"] = rules
-    m = cls(**rest)
+    return cls(**rest), common
+
+
+def compile(model, method: str, rules=None, *, where: str | None = None, **params) -> onnx.ModelProto:  # noqa: A001
+    """Compile `model` (path, bytes or ModelProto) into an explainer ModelProto."""
+    where = where or (str(model) if isinstance(model, (str, os.PathLike)) else "model")
+    cls = method_class(method)
+    if getattr(cls, "compile_model", None):  # methods that rebuild the whole graph (neuralized models)
+        return cls.compile_model(model, rules=rules, where=where, **params)
+    m, common = make_method(cls, method, rules, params)
     g = load_forward(model, common, where)
     m.prepare(g, where)
     m.check(g, where)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from .backward.builder import Builder
 from .backward.table import NON_DIFFERENTIABLE
-from .compiler import load_forward, method_class, split_params
-from .errors import UnsupportedOperatorsError, XCompileError
+from .compiler import load_forward, make_method, method_class
+from .errors import UnsupportedOperatorsError
 
 
 def inspect_model(model_path, method: str, rules, params: dict, echo) -> int:
@@ -14,12 +14,7 @@ def inspect_model(model_path, method: str, rules, params: dict, echo) -> int:
     if getattr(cls, "compile_model", None):
         echo(f"{where}: method {method!r} rebuilds the whole graph (neuralized model); no per-node table")
         return 0
-    common, rest = split_params(dict(params or {}))
-    if rules is not None:
-        if not getattr(cls, "uses_rules", False):
-            raise XCompileError(f"option --rules applies to rule-based methods, not to {method!r}")
-        rest["rules"] = rules
-    m = cls(**rest)
+    m, common = make_method(cls, method, rules, params or {})
     g = load_forward(model_path, common, where)
     engine = m.engine(g, Builder(g.opset))
     live, nodes = engine.paths()

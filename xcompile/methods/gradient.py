@@ -1,8 +1,9 @@
 """Plain gradient methods: they differ only in the seed handling and the ReLU backward."""
 from __future__ import annotations
 
-from ..backward.table import Backward
-from ..backward.table import TABLE
+import numpy as np
+
+from ..backward.table import TABLE, Backward
 from .base import Method, Param, as_bool, register
 
 
@@ -33,7 +34,6 @@ def _deconv_relu(ctx, gy):
 
 def _rectifying_clip(ctx) -> bool:
     """Clip(x, 0, max) is a rectifier (ReLU6 / ReLU-n); a Clip with a negative or missing floor is not."""
-    import numpy as np
     node = ctx.node
     if len(node.input) < 2 or not node.input[1]:
         return False

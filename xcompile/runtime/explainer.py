@@ -142,10 +142,9 @@ class Explainer:
         step = batch_size or max(1, xt.shape[0])
         parts = [self._run_bound(xt[i:i + step], t[i:i + step], torch) for i in range(0, xt.shape[0], step)]
         outs = {k: torch.cat([p[k] for p in parts]).to(home) for k in self.outputs}
-        if kind not in ("torch",):
-            back = {"cupy": lambda v: __import__("cupy").from_dlpack(v), "numpy": lambda v: v.cpu().numpy()}
-            conv = back.get(kind, lambda v: v)
-            outs = {k: conv(v) for k, v in outs.items()}
+        if kind == "cupy":  # give cupy callers cupy arrays back (zero-copy); other DLPack producers get torch
+            import cupy
+            outs = {k: cupy.from_dlpack(v) for k, v in outs.items()}
         extras = {k: v for k, v in outs.items() if k not in (self.score_output, RELEVANCE)}
         return Explanation(outs[self.score_output], outs[RELEVANCE], extras)
 

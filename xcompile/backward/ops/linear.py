@@ -30,9 +30,9 @@ def _stride1_as_conv(ctx, g, weight, in_shape, out_shape, kernel, strides, dil, 
     """For stride 1 the adjoint is itself a convolution: the spatially flipped kernel, with input and output
     channels swapped inside each group, and pads d(k-1) - p. onnxruntime's CPU Conv is ~1.7x faster than its
     ConvTranspose on depthwise layers (MobileNet, EfficientNet). Needs the weight as a constant."""
-    w = ctx.b.value_of(weight) if hasattr(ctx.b, "value_of") else None
-    if w is None:
-        w = ctx.g.const(weight) if ctx.g.is_const(weight) else None
+    w = ctx.b.value_of(weight)
+    if w is None and ctx.g.is_const(weight):
+        w = ctx.g.const(weight)
     if w is None or any(s != 1 for s in strides):
         return None
     begin = [d * (k - 1) - p for d, k, p in zip(dil, kernel, pb)]
