@@ -13,6 +13,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from ..protobuf_limit import inference_session
+
 RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
@@ -117,7 +119,7 @@ def fold_constants(model: onnx.ModelProto) -> int:
         so = ort.SessionOptions()
         so.log_severity_level = 3
         try:
-            vals = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(needed, {})
+            vals = inference_session(m, so).run(needed, {})
         except Exception:  # noqa: BLE001 - leave the graph as it is; folding is an optimisation
             return 0
         for name, v in zip(needed, vals):

@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import XCompileError
+from ..protobuf_limit import inference_session
 
 _NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
        onnx.TensorProto.FLOAT16: np.float16}
@@ -18,7 +19,7 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return inference_session(model, so)
 
 
 def probe(model: onnx.ModelProto, data_input: str, sample_shape: tuple[int, ...], dtype,

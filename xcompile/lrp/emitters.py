@@ -198,11 +198,11 @@ def pass_through(ctx, gy):
     return out
 
 
-def proportional(ctx, gy, weights=None):
+def proportional(ctx, gy, weights=None, stabilizer: float = STAB):
     """Zennit `Norm`: R_k = x_k * VJP_k(R / stab(y)) — each input gets relevance in proportion to its contribution
     to the output (residual sums, average pools, means). `weights` scales input k (product rule: gate/split)."""
     b = ctx.b
-    s = b.div(gy[0], b.stabilize(ctx.y(0), STAB), "s")
+    s = b.div(gy[0], b.stabilize(ctx.y(0), stabilizer), "s")
     vjp = TABLE[ctx.op_type].fn(ctx, [s] + [None] * (len(gy) - 1))
     out = []
     for k, v in enumerate(vjp):
@@ -213,6 +213,22 @@ def proportional(ctx, gy, weights=None):
         r = b.mul(ctx.x(k), v, "r")
         out.append(r if w == 1.0 else b.mul(r, b.f32(w), "r_share"))
     return out
+
+
+def std_constant(ctx, gy, stabilizer: float = STAB):
+    """LayerNorm as AttnLRP treats it (LXT: `y = (x - mean) / stop_gradient(std)`): with the standard deviation held
+    constant, x -> scale * (x - mean(x)) / std + bias is linear, and relevance goes through that map by LRP-0
+    (bias absorbs its share): R_x = x * J^T (R / y), J^T g = (scale g - mean(scale g)) / std over the normalized axes."""
+    b = ctx.b
+    rank = len(ctx.in_shape(0))
+    axes = list(range(ctx.attr("axis", -1) % rank, rank))
+    x = ctx.x(0)
+    xc = b.sub(x, b.reduce("ReduceMean", x, axes, keepdims=1, hint="mean"), "centered")
+    var = b.reduce("ReduceMean", b.mul(xc, xc), axes, keepdims=1, hint="var")
+    inv = b.op("Reciprocal", [b.op("Sqrt", [b.add(var, b.f32(ctx.attr("epsilon", 1e-5)))])], "inv_std")
+    gh = b.mul(b.div(gy[0], b.stabilize(ctx.y(0), stabilizer), "s"), ctx.x(1), "s_scaled")
+    g = b.mul(inv, b.sub(gh, b.reduce("ReduceMean", gh, axes, keepdims=1)), "vjp")
+    return [b.mul(x, g, "r")] + [None] * (len(ctx.node.input) - 1)
 
 
 def maxpool_proportional(ctx, gy):

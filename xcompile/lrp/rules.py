@@ -192,7 +192,10 @@ class Flat(Rule):
 
 
 # treatments of non-linear nodes (not rules on weights, but selectable in rule files)
-TREATMENTS = ("pass", "gradient", "proportional")
+# std-constant: LayerNormalization with its standard deviation held constant (AttnLRP), see emitters.std_constant
+TREATMENTS = ("pass", "gradient", "proportional", "std-constant")
+STD_CONSTANT_OPS = ("LayerNormalization",)
+TREATMENT_PARAMS = {"proportional": ("stabilizer",), "std-constant": ("stabilizer",)}
 
 
 def make_rule(name: str, params: dict) -> Rule:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import XCompileError
-from .rules import RULES, TREATMENTS, make_rule
+from .rules import RULES, TREATMENT_PARAMS, TREATMENTS, make_rule
 
 SELECTORS = ("op", "kind", "position", "layers", "name", "name_regex")
 ENTRY_KEYS = set(SELECTORS) | {"rule", "params", "note"}
@@ -147,8 +147,11 @@ def load(spec) -> RuleSet:
                 make_rule(name, params)
             except (ValueError, TypeError) as e:
                 raise XCompileError(f"{label}: {e}") from None
-        elif params:
-            raise XCompileError(f"{label}: {name!r} takes no params")
+        elif set(params) - set(TREATMENT_PARAMS.get(name, ())):
+            allowed = ", ".join(TREATMENT_PARAMS.get(name, ())) or "none"
+            raise XCompileError(f"{label}: {name!r} takes params: {allowed} (got {', '.join(sorted(params))})")
+        elif not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in params.values()):
+            raise XCompileError(f"{label}: {name!r} params must be non-negative numbers")
         linear_only = bool({"kind", "position", "layers"} & set(sel)) or name in RULES
         rs.entries.append(Entry(i, sel, name, dict(params), linear_only))
     return rs

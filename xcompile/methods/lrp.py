@@ -17,7 +17,7 @@ from ..backward.table import TABLE, Backward
 from ..errors import XCompileError
 from ..lrp import emitters as E
 from ..lrp import rulesets
-from ..lrp.rules import Rule, make_rule
+from ..lrp.rules import STD_CONSTANT_OPS, Rule, make_rule
 from .base import Method, Param, register
 
 LINEAR = ("Conv", "Gemm", "MatMul")
@@ -29,6 +29,10 @@ PASS_OPS = {
 }
 PROPORTIONAL_OPS = {"AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum"}
 GATE_OPS = {"Sigmoid", "HardSigmoid", "Softmax"}
+# elementwise maps that make a "gate" f(x) of x (with constants as the other operands)
+SELF_GATE_OPS = {"Sigmoid", "HardSigmoid", "Tanh", "Erf", "Softplus", "Relu", "Clip", "Exp", "Neg", "Abs",
+                 "Add", "Sub", "Mul", "Div", "Identity", "Cast"}
+SCALE_OPS = {"Mul", "Div", "Neg", "Identity", "Cast"}
 ROUTE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Expand", "Identity", "Cast"}
 
 
@@ -53,6 +57,7 @@ class Choice:
     weights: Any = None       # product shares per input
     lin: Any = None
     index: int = 0
+    stabilizer: float = E.STAB  # proportional / std-constant: R / (y + stabilizer * sign(y))
 
     def describe(self) -> str:
         if self.kind == "rule":
@@ -73,9 +78,11 @@ def _emit(ctx, gy):
     if ch.kind == "pass":
         return E.pass_through(ctx, gy)
     if ch.kind == "proportional":
-        return E.proportional(ctx, gy)
+        return E.proportional(ctx, gy, stabilizer=ch.stabilizer)
     if ch.kind == "product":
         return E.proportional(ctx, gy, ch.weights)
+    if ch.kind == "std-constant":
+        return E.std_constant(ctx, gy, stabilizer=ch.stabilizer)
     if ch.kind == "maxpool-proportional":
         return E.maxpool_proportional(ctx, gy)
     raise AssertionError(ch.kind)
@@ -159,7 +166,10 @@ class LRP(Method):
                 self.choices[key] = self.choose_linear(rs, n, info)
             else:
                 e = rs.match_other(info)
-                self.choices[key] = Choice(e.rule) if e is not None else self.default_choice(n)
+                if e is not None and e.rule == "std-constant" and n.op_type not in STD_CONSTANT_OPS:
+                    raise XCompileError(f"rule set {rs.name!r}: {e.label()} selects node {info['name']!r} ({n.op_type}) "
+                                        f"for 'std-constant', which applies to {', '.join(STD_CONSTANT_OPS)} only")
+                self.choices[key] = Choice(e.rule, **e.params) if e is not None else self.default_choice(n)
 
     def choose_linear(self, rs, n, info) -> Choice:
         e = rs.match_linear(info)
@@ -193,6 +203,12 @@ class LRP(Method):
     def product_weights(self, n, live_in):
         """Which operand of a product of two activations is the gate (a constant weight: it gets no relevance)."""
         w = [0.0] * len(n.input)
+        if n.op_type == "Mul" and len(live_in) == 2:
+            a, c = (n.input[k] for k in live_in)
+            for sig, gate in ((live_in[0], c), (live_in[1], a)):
+                if self._self_gate(gate, n.input[sig]):  # x * f(x): an activation (SiLU, GELU, ...): identity rule
+                    w[sig] = 1.0
+                    return w
         if self.options["gate"] == "signal":
             if n.op_type == "Div" and len(live_in) == 2:
                 w[0] = 1.0  # the divisor (a norm, a std) is the gate
@@ -204,6 +220,24 @@ class LRP(Method):
         for k in live_in:
             w[k] = 1.0 / len(live_in)
         return w
+
+    def _chain(self, t, ops):
+        """t and its ancestors along single-live-input nodes of the given op types."""
+        out = [t]
+        while t in self.g.producer and len(out) < 16:
+            p = self.g.producer[t]
+            live = [i for i in p.input if i in self.live]
+            if p.op_type not in ops or len(live) != 1:
+                break
+            t = live[0]
+            out.append(t)
+        return out
+
+    def _self_gate(self, gate, sig):
+        """Is `gate` an elementwise function of the (scaled) signal `sig` alone: GELU's x * 0.5 (1 + erf(x / sqrt 2)),
+        SiLU's x * sigmoid(x), HardSwish, Mish written as products?"""
+        roots = set(self._chain(gate, SELF_GATE_OPS)[1:])
+        return any(t in roots for t in self._chain(sig, SCALE_OPS))
 
     def _is_gate(self, t):
         seen = 0

@@ -274,7 +274,8 @@ def _session(model: onnx.ModelProto, threads: Optional[int] = None):
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    from ..protobuf_limit import inference_session
+    return inference_session(model, so)
 
 
 # ---------------------------------------------------------------------------------------- statistics

@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import XCompileError
+from ..protobuf_limit import inference_session
 
 TARGET, RELEVANCE = "target", "relevance"
 
@@ -50,7 +51,7 @@ class Explainer:
 
     def __init__(self, model, providers=None, device: str = "cpu", threads: int | None = None):
         if isinstance(model, onnx.ModelProto):
-            data, self.where = model.SerializeToString(), "explainer"
+            data, self.where = model, "explainer"
         else:
             path = Path(os.fspath(model))
             if not path.is_file():
@@ -59,7 +60,9 @@ class Explainer:
         cuda_only = providers is None and device == "cuda"
         providers = providers or providers_for(device)
         try:
-            self.session = ort.InferenceSession(data, session_options(threads, cuda_only), providers=providers)
+            so = session_options(threads, cuda_only)
+            self.session = (inference_session(data, so, providers) if isinstance(data, onnx.ModelProto)
+                            else ort.InferenceSession(data, so, providers=providers))
         except Exception as e:  # noqa: BLE001
             raise XCompileError(f"{self.where}: onnxruntime cannot load it: {str(e).strip().splitlines()[0]}") from None
         ins = self.session.get_inputs()

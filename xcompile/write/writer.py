@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import onnx
 from onnx import TensorProto, helper, shape_inference
 
 from ..errors import XCompileError
+from ..protobuf_limit import on_disk, save_external, too_large
 from ..methods.base import TARGET
 from .lower import lower_for_cuda
 
@@ -59,23 +59,16 @@ def assemble(g, b, built, meta: dict, keep_outputs: bool = False, where: str = "
     return check(model, where)
 
 
-def _payload_bytes(model: onnx.ModelProto) -> int:
-    # cheap size estimate (ByteSize() walks the whole proto): the weights dominate
-    return sum(len(t.raw_data) + 4 * len(t.float_data) for t in model.graph.initializer)
-
-
 def check(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     """Strict shape/type inference (what ``full_check`` adds) once, then the structural checker: the same
     guarantees as ``check_model(full_check=True)`` without running inference twice. Returns the model with
     its inferred value_info (a convenience for viewers such as Netron)."""
     try:
-        if _payload_bytes(model) < 1_800_000_000:
+        if not too_large(model):
             model = shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
             onnx.checker.check_model(model)
         else:
-            with tempfile.TemporaryDirectory() as d:
-                p = os.path.join(d, "m.onnx")
-                onnx.save(model, p, save_as_external_data=True)
+            with on_disk(model) as p:
                 onnx.checker.check_model(p, full_check=True)
     except (onnx.checker.ValidationError, shape_inference.InferenceError) as e:
         raise RuntimeError(f"{where}: internal error, emitted model fails the ONNX checker: {str(e).splitlines()[0]}") from e
@@ -88,11 +81,10 @@ def save(model: onnx.ModelProto, path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        data = model.SerializeToString(deterministic=True) if _payload_bytes(model) < 1_900_000_000 else None
-        if data is None:
-            onnx.save(model, str(tmp), save_as_external_data=True, location=path.name + ".data")
+        if too_large(model):  # weights beside it in <name>.data (written in place: the final name is referenced)
+            save_external(model, tmp, location=path.name + ".data")
         else:
-            tmp.write_bytes(data)
+            tmp.write_bytes(model.SerializeToString(deterministic=True))
         os.replace(tmp, path)
     finally:
         if tmp.exists():
