@@ -159,7 +159,12 @@ def emit_rule(ctx, R: str, rule: Rule, lin) -> list:
                 if part.input not in inputs:
                     inputs[part.input] = _input(ctx, part.input, a, rule, pad)
                 inp = inputs[part.input]
-                z = L.forward(inp, w, same, bb)
+                if same and part.input == "x" and bb is bias and len(group.parts) == 1:
+                    # the layer's own output: recomputing it could round differently, and where z is a cancellation
+                    # (|z| << |w||a|) the ratio R / z -- R carries the forward z -- would amplify that difference
+                    z = ctx.y(0)
+                else:
+                    z = L.forward(inp, w, same, bb)
                 terms.append(z if part.sign > 0 else b.neg(z))
                 mods.append((part, inp, w, same))
             z = b.sum(terms, "z_sum")

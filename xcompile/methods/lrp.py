@@ -80,6 +80,11 @@ def _emit(ctx, gy):
     if ch.kind == "proportional":
         return E.proportional(ctx, gy, stabilizer=ch.stabilizer)
     if ch.kind == "product":
+        if ctx.op_type == "Mul" and sorted(ch.weights) == [0.0, 1.0]:
+            # all of it to one operand of an elementwise product (x * f(x), a gated signal): x * g * R / (x * g) is R,
+            # passed on without the division, which a stabilizer would bias where the product is tiny
+            keep = ch.weights.index(1.0)
+            return [r if k == keep else None for k, r in enumerate(E.pass_through(ctx, gy))]
         return E.proportional(ctx, gy, ch.weights)
     if ch.kind == "std-constant":
         return E.std_constant(ctx, gy, stabilizer=ch.stabilizer)
