@@ -232,19 +232,72 @@ def test_ruleset_selection_and_inspect(tmp_path, capsys):
 
 
 def test_product_gate_signal_and_split():
-    """x * sigmoid(x) (SiLU-like gate): all relevance to the signal by default; split gives half each."""
+    """x * sigmoid(x) (SiLU written as a product) is an activation: identity rule, all relevance to x under both gate
+    options and without a stabilized division. x1 * sigmoid(x2) (a squeeze-excitation-like gate): all to the signal
+    x1 by default, half each (uniform rule: x1 * g * R / (x1 * g) / 2 = R / 2, no stabilizer) with split."""
     nodes = [helper.make_node("Sigmoid", ["x"], ["g"], name="gate"),
              helper.make_node("Mul", ["x", "g"], ["scores"], name="mul")]
     m = _model(nodes, [4], 4, [])
     x = RNG.standard_normal((2, 4)).astype(np.float32)
     t = np.array([0, 3])
-    r = _explain(m, x, t, "epsilon").relevance
     y = x / (1 + np.exp(-x))
     R = seed(y.astype(np.float64), t)
-    np.testing.assert_allclose(r, R * y / _stab(y), rtol=1e-5, atol=1e-7)
-    r2 = _explain(m, x, t, "epsilon", gate="split").relevance
-    # split: half of R to x directly, half through the gate (sigmoid passes relevance) -> same total on x
-    np.testing.assert_allclose(r2.sum(1), R.sum(1), rtol=1e-4)
+    for gate in ("signal", "split"):
+        np.testing.assert_allclose(_explain(m, x, t, "epsilon", gate=gate).relevance, R, rtol=1e-6, atol=0)
+
+    nodes = [helper.make_node("Slice", ["x", "s0", "e0", "ax"], ["x1"], name="x1"),
+             helper.make_node("Slice", ["x", "e0", "e1", "ax"], ["x2"], name="x2"),
+             helper.make_node("Sigmoid", ["x2"], ["g"], name="gate"),
+             helper.make_node("Mul", ["x1", "g"], ["scores"], name="mul")]
+    m = _model(nodes, [8], 4, [("s0", np.array([0], np.int64)), ("e0", np.array([4], np.int64)),
+                               ("e1", np.array([8], np.int64)), ("ax", np.array([1], np.int64))])
+    x = RNG.standard_normal((2, 8)).astype(np.float32)
+    y = x[:, :4] / (1 + np.exp(-x[:, 4:]))
+    R = seed(y.astype(np.float64), t)
+    r = _explain(m, x, t, "epsilon").relevance
+    np.testing.assert_allclose(r, np.concatenate([R, 0 * R], 1), rtol=1e-6, atol=0)
+    r = _explain(m, x, t, "epsilon", gate="split").relevance
+    np.testing.assert_allclose(r, np.concatenate([0.5 * R, 0.5 * R], 1), rtol=1e-6, atol=0)   # sigmoid: pass
+
+
+def test_layernorm_std_constant_and_softmax_attnlrp():
+    """AttnLRP's LayerNorm (std held constant: R_x = x * J^T(R / y), J^T g = (w g - mean(w g)) / std) and softmax
+    (R_i = x_i (R_i - s_i sum_j R_j)) on one-node graphs, vs numpy written from those formulas."""
+    w = RNG.uniform(0.5, 1.5, 6).astype(np.float32)
+    bias = RNG.standard_normal(6).astype(np.float32) * 0.3
+    m = _model([helper.make_node("LayerNormalization", ["x", "w", "b"], ["scores"], name="ln", axis=-1, epsilon=1e-5)],
+               [6], 6, [("w", w), ("b", bias)])
+    x = RNG.standard_normal((3, 6)).astype(np.float32)
+    t = np.array([0, 2, 5])
+    x64 = x.astype(np.float64)
+    xc = x64 - x64.mean(1, keepdims=True)
+    std = np.sqrt((xc ** 2).mean(1, keepdims=True) + 1e-5)
+    y = xc / std * w + bias
+    R = seed(y, t)
+    g = w * (R / _stab(y, 1e-9))
+    ref = x64 * (g - g.mean(1, keepdims=True)) / std
+    rules = "attnlrp"
+    np.testing.assert_allclose(_explain(m, x, t, rules).relevance, ref, rtol=1e-4, atol=1e-6)
+
+    m = _model([helper.make_node("Softmax", ["x"], ["scores"], name="sm", axis=-1)], [5], 5, [])
+    x = RNG.standard_normal((3, 5)).astype(np.float32)
+    t = np.array([0, 1, 4])
+    e = np.exp(x.astype(np.float64))
+    sm = e / e.sum(1, keepdims=True)
+    R = seed(sm, t)
+    ref = x * (R - sm * R.sum(1, keepdims=True))
+    np.testing.assert_allclose(_explain(m, x, t, rules, keep_softmax="true").relevance, ref, rtol=1e-4, atol=1e-7)
+
+
+def test_treatment_params_and_misplaced_std_constant(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text('[[rule]]\nop = "Add"\nrule = "proportional"\nparams = { epsilon = 1 }\n'
+                 '[[rule]]\nkind = "linear"\nrule = "epsilon"\n')
+    with pytest.raises(XCompileError, match=r"rule #1: 'proportional' takes params: stabilizer"):
+        xcompile.compile(_relu_net(bias=True), "lrp", rules=str(p))
+    p.write_text('[[rule]]\nop = "Relu"\nrule = "std-constant"\n[[rule]]\nkind = "linear"\nrule = "epsilon"\n')
+    with pytest.raises(XCompileError, match=r"'relu' \(Relu\) for 'std-constant', which applies to LayerNormalization"):
+        xcompile.compile(_relu_net(bias=True), "lrp", rules=str(p))
 
 
 def test_vgg_recipe_maxpool_proportional():

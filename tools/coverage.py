@@ -172,7 +172,8 @@ def fold_batchnorm(model, pairs=None):
         with torch.no_grad():
             sc = bn.weight / torch.sqrt(bn.running_var + bn.eps)
             new = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                                  conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
+                                  conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+                                  dtype=conv.weight.dtype)
             new.weight.copy_(conv.weight * sc.view(-1, 1, 1, 1))
             b0 = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
             new.bias.copy_((b0 - bn.running_mean) * sc + bn.bias)
@@ -435,8 +436,12 @@ def main(argv=None) -> int:
     for extra in [m for m in a.merge.split(",") if m]:
         for key, entry in load_results(Path(extra)).get("results", {}).items():
             mine = db["results"].setdefault(key, {"families": {}})
+            for fr in entry.get("families", {}).values():  # provenance per family: a pair can mix two sweeps
+                fr.setdefault("measured", entry.get("measured"))
+            for fr in mine.get("families", {}).values():
+                fr.setdefault("measured", mine.get("measured"))
             fams = {**mine.get("families", {}), **entry.get("families", {})}
-            mine.update(entry)
+            mine.update({k: v for k, v in entry.items() if k not in ("families", "source", "measured")})
             mine["families"] = fams
         save_results(Path(a.results), db)
 
@@ -465,9 +470,12 @@ def main(argv=None) -> int:
                 res, secs = run_pair(name, exporter, fams, build, a.timeout)
                 key = f"{name}/{exporter}"
                 entry = db["results"].get(key) or {"families": {}}
-                entry.update(model=name, exporter=exporter, export=_export_info(rec), seconds=secs,
-                             measured=time.strftime("%Y-%m-%d"))
-                entry.pop("source", None)
+                for fr in entry.get("families", {}).values():
+                    fr.setdefault("measured", entry.get("measured"))
+                for fr in res.values():
+                    fr["measured"] = time.strftime("%Y-%m-%d")
+                entry.update(model=name, exporter=exporter, export=_export_info(rec), seconds=secs)
+                entry.pop("measured", None)
                 entry.setdefault("families", {}).update(res)
                 db["results"][key] = entry
                 save_results(Path(a.results), db)
@@ -599,9 +607,13 @@ def write_report(out: Path, db: dict, build: Path):
         pass
     dates = {}
     for r in rows:
-        if r.get("families"):
-            dates[r.get("measured", "?")] = dates.get(r.get("measured", "?"), 0) + 1
-    lines.append("- **measured on**: " + ", ".join(f"{d} ({n} pairs)" for d, n in sorted(dates.items())))
+        for fr in r.get("families", {}).values():
+            d = fr.get("measured") or r.get("measured") or "?"
+            dates[d] = dates.get(d, 0) + 1
+    lines.append("- **measured on** (pair x family results): "
+                 + ", ".join(f"{d}: {n}" for d, n in sorted(dates.items()))
+                 + " (the 2026-11-22 results were re-read from that day's report, the raw file having been lost with"
+                   " its machine; docs/coverage.json now keeps them)")
     lines += ["", "## Results", ""] + table + ["", "## Still missing", ""]
     # torchvision models with no export here
     missing = []

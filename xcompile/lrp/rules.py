@@ -193,9 +193,11 @@ class Flat(Rule):
 
 # treatments of non-linear nodes (not rules on weights, but selectable in rule files)
 # std-constant: LayerNormalization with its standard deviation held constant (AttnLRP), see emitters.std_constant
-TREATMENTS = ("pass", "gradient", "proportional", "std-constant")
+# product: a product of two activations (Mul, Div, MatMul), shares set by the gate option; its params set the
+# stabilizer of the bilinear (MatMul) case
+TREATMENTS = ("pass", "gradient", "proportional", "std-constant", "product")
 STD_CONSTANT_OPS = ("LayerNormalization",)
-TREATMENT_PARAMS = {"proportional": ("stabilizer",), "std-constant": ("stabilizer",)}
+TREATMENT_PARAMS = {"proportional": ("stabilizer",), "std-constant": ("stabilizer",), "product": ("stabilizer",)}
 
 
 def make_rule(name: str, params: dict) -> Rule:

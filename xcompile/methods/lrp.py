@@ -80,12 +80,12 @@ def _emit(ctx, gy):
     if ch.kind == "proportional":
         return E.proportional(ctx, gy, stabilizer=ch.stabilizer)
     if ch.kind == "product":
-        if ctx.op_type == "Mul" and sorted(ch.weights) == [0.0, 1.0]:
-            # all of it to one operand of an elementwise product (x * f(x), a gated signal): x * g * R / (x * g) is R,
-            # passed on without the division, which a stabilizer would bias where the product is tiny
-            keep = ch.weights.index(1.0)
-            return [r if k == keep else None for k, r in enumerate(E.pass_through(ctx, gy))]
-        return E.proportional(ctx, gy, ch.weights)
+        if ctx.op_type == "Mul":
+            # elementwise a * b: operand k's share w_k * a * b * R / (a * b) is w_k * R, passed on without the division
+            # (a stabilizer would bias it wherever the product is tiny)
+            return [None if r is None or w == 0.0 else r if w == 1.0 else ctx.b.mul(r, ctx.b.f32(w), "r_share")
+                    for r, w in zip(E.pass_through(ctx, gy), ch.weights)]
+        return E.proportional(ctx, gy, ch.weights, stabilizer=ch.stabilizer)
     if ch.kind == "std-constant":
         return E.std_constant(ctx, gy, stabilizer=ch.stabilizer)
     if ch.kind == "maxpool-proportional":
@@ -171,6 +171,12 @@ class LRP(Method):
                 self.choices[key] = self.choose_linear(rs, n, info)
             else:
                 e = rs.match_other(info)
+                if e is not None and e.rule == "product":
+                    ch = self.default_choice(n)
+                    if ch.kind == "product":
+                        ch.stabilizer = float(e.params.get("stabilizer", E.STAB))
+                    self.choices[key] = ch   # a product of one activation and a constant stays what it was
+                    continue
                 if e is not None and e.rule == "std-constant" and n.op_type not in STD_CONSTANT_OPS:
                     raise XCompileError(f"rule set {rs.name!r}: {e.label()} selects node {info['name']!r} ({n.op_type}) "
                                         f"for 'std-constant', which applies to {', '.join(STD_CONSTANT_OPS)} only")
