@@ -203,6 +203,22 @@ def zennit_epsilon(name, model, x, target):
 
 
 # ------------------------------------------------------------------------------------------------ worker
+def _relevance_at_basic(proto_bytes, x, target, batch_size):
+    import numpy as np
+    import onnxruntime as ort
+
+    if proto_bytes is None:
+        return np.full_like(x, np.nan)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(proto_bytes, so, providers=["CPUExecutionProvider"])
+    data = next(i.name for i in sess.get_inputs() if i.name != "target")
+    step = batch_size or len(x)
+    return np.concatenate([sess.run(["relevance"], {data: x[i:i + step], "target": target[i:i + step]})[0]
+                           for i in range(0, len(x), step)])
+
+
 def one_line(e: BaseException, n: int = 240) -> str:
     s = str(e).strip().splitlines()
     s = s[0] if s else ""
@@ -222,6 +238,7 @@ def worker(name: str, exporter: str, families: list[str], build: Path) -> dict:
     torch.set_num_threads(1)
     import xcompile
     from model_zoo.zoo import torch_model
+    from xcompile.protobuf_limit import too_large
 
     path = build / f"{name}_{exporter}.onnx"
     rec = json.loads((build / f"{name}_{exporter}.json").read_text())
@@ -260,6 +277,7 @@ def worker(name: str, exporter: str, families: list[str], build: Path) -> dict:
             except Exception as e:  # noqa: BLE001
                 r.update(status="run-fail", error=one_line(e), traceback=traceback.format_exc()[-2000:])
                 continue
+            proto_bytes = proto.SerializeToString() if fam == "gradient" and not too_large(proto) else None
             del proto
             r["run_s"] = round(time.perf_counter() - t0, 2)
             scores, rel = np.asarray(res.scores), np.asarray(res.relevance)
@@ -290,6 +308,12 @@ def worker(name: str, exporter: str, families: list[str], build: Path) -> dict:
                     r["oracle"] = "autograd-f64+f32"
                 within = (r["err"] <= GRAD_TOL or r.get("err_f32", 1.0) <= GRAD_TOL
                           or r["err"] <= 3 * r.get("f32_noise", 0.0))
+                if not within:
+                    # the same explainer file under onnxruntime's basic graph optimizations: where only ENABLE_ALL
+                    # (NCHWc / fused conv kernels, other float32 rounding in the forward) misses, a ReLU at a near-tie
+                    # flips; the file is right and the model's own forward is equally affected
+                    r["err_ort_basic"] = rel_err(_relevance_at_basic(proto_bytes, x, target, batch_size), g.numpy())
+                    within = r["err_ort_basic"] <= GRAD_TOL
                 ok = within and r["score_err"] <= GRAD_TOL and r["finite"]
                 r["status"] = "match" if ok else "mismatch"
             elif fam == "attnlrp":
@@ -459,6 +483,7 @@ def main(argv=None) -> int:
             if a.skip_done and key in db["results"]:
                 have = db["results"][key].get("families", {})
                 fams = [f for f in families if f not in have or have[f].get("status") in ("timeout", "crash")]
+            fams = [f for f in fams if f != "attnlrp" or ATTN_OPS & set(rec.get("op_types") or [])]
             if fams:
                 todo.append((name, exporter, rec, fams))
         t_start = time.perf_counter()
@@ -480,7 +505,7 @@ def main(argv=None) -> int:
                 db["results"][key] = entry
                 save_results(Path(a.results), db)
                 write_report(Path(a.out), db, build)
-                brief = " ".join(f"{f}={res[f]['status']}" for f in fams)
+                brief = " ".join(f"{f}={res[f]['status']}" for f in fams if f in res)
                 prog.console.print(f"{name:22s} {exporter:6s} {secs:6.1f}s  {brief}")
                 prog.update(task, advance=1, last=brief)
         print(f"measured {len(todo)} pairs in {time.perf_counter() - t_start:.0f}s")
@@ -501,6 +526,8 @@ def _cell(fr: dict | None) -> str:
         return "-"
     s = fr.get("status", "?")
     if s == "match":
+        if fr.get("err_ort_basic") is not None:
+            return f"✅ match {fr['err_ort_basic']:.1e} at ORT basic opt. ({fr['err']:.1e} at ENABLE_ALL: near-tie)"
         if fr.get("f32_noise") is not None and fr["err"] > (GRAD_TOL if "pearson" not in fr else LRP_TOL):
             return f"✅ match {fr['err']:.1e} (f32 noise {fr['f32_noise']:.1e})"
         return f"✅ match {fr['err']:.1e}"
