@@ -685,7 +685,29 @@ def _group_why(rows):
 
 
 NOTES = """
-## Findings
+## Findings (2026-12-01)
+
+- **The whole torchvision list measured**: the rows of 2026-11-22 were re-read from that day's report (its raw JSON
+  was in the ignored build folder and went with its machine; docs/coverage.json is now committed and accumulates
+  across sessions: `--skip-done` continues from it). This session built and measured the 28 models missing then
+  (VGG-13/16-BN/19, RegNet 8-128 GF, ResNeXt-101, Wide-ResNet, Swin-B, Swin-V2-B, EfficientNet-B7/V2,
+  MNASNet, ViT-L/H) and the pairs left open.
+- **Models over 2 GiB** (vit_h_14 2.5 GB, regnet_y_128gf 2.6 GB of float32 weights): protobuf cannot serialize them,
+  so every place that handed a ModelProto to onnxruntime or the checker, or wrote it, now goes through external
+  data (`xcompile/protobuf_limit.py`; tests/test_large_models.py lowers the limit to exercise that path on the
+  digits CNN). Measuring one takes 12-16 GB of RSS: run them one at a time (two beside other jobs were OOM-killed).
+- **lrp (attnlrp)**: the AttnLRP rule set (rules/attnlrp.toml; docs/lrp_parity.md) on every model with LayerNorm;
+  torchvision ViTs against the LXT-style reference. The comparison found and fixed a stabilizer bias in products of
+  two activations (vit_b_16 1.1e-2 -> 4.5e-5).
+- **onnxruntime ENABLE_ALL near-ties** (new evidence): resnext101_32x8d (dynamo) gradient, row 1, is 3.8e-4 off
+  autograd with the default ENABLE_ALL optimizations and 8.4e-7 with the same explainer file at DISABLE_ALL or BASIC
+  (PyTorch's own float32 is 8.7e-7 off float64). The tool now re-runs a mismatching gradient at ORT_ENABLE_BASIC and
+  reports both numbers; the row counts as a match only when the basic run is within 1e-4.
+- **float32 rule for LRP**: where the Zennit comparison misses, Zennit is also run in float64 on the same weights (as
+  for the gradient): the VGG family at 224 px (PyTorch's own float32 gradient is 2-4 % off float64 there) is
+  ill-conditioned for both libraries.
+
+## Earlier findings (2026-11-22)
 
 - **Compile gaps found by the first run, closed** (by general passes/emitters, not per model): batch-invariant
   run-time shape arithmetic is frozen to constants for the compiled sample shape (`freeze_shape_arithmetic`: Slice

@@ -55,3 +55,25 @@ def inference_session(model: onnx.ModelProto, so=None, providers=("CPUExecutionP
         return ort.InferenceSession(model.SerializeToString(), so, providers=list(providers))
     with on_disk(model) as p:  # the session has read the weights when it returns: the files may go
         return ort.InferenceSession(p, so, providers=list(providers))
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """``onnx.checker.check_model`` for a model of any size (raises onnx.checker.ValidationError)."""
+    if not too_large(model):
+        onnx.checker.check_model(model)
+        return
+    with on_disk(model) as p:
+        onnx.checker.check_model(p)
+
+
+def infer_shapes(model: onnx.ModelProto, **kw) -> onnx.ModelProto:
+    """``onnx.shape_inference.infer_shapes`` for a model of any size: a large one is inferred on disk and gets the
+    inferred value_info (its weights stay the caller's)."""
+    if not too_large(model):
+        return onnx.shape_inference.infer_shapes(model, **kw)
+    with on_disk(model) as p:
+        onnx.shape_inference.infer_shapes_path(p, p + ".inferred", **kw)
+        inferred = onnx.load(p + ".inferred", load_external_data=False)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    return model

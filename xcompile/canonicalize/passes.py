@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from ..protobuf_limit import inference_session
+from ..protobuf_limit import inference_session, too_large
 
 RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
@@ -226,7 +226,8 @@ def _rank(model, name):
     r = lookup(model.graph)
     if r is None:
         try:
-            r = lookup(onnx.shape_inference.infer_shapes(model).graph)
+            # a model over 2 GiB got its value_info in the loader; inferring again would copy its weights
+            r = None if too_large(model) else lookup(onnx.shape_inference.infer_shapes(model).graph)
         except Exception:  # noqa: BLE001
             r = None
     return r

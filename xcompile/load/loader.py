@@ -9,6 +9,7 @@ import onnx
 from onnx import helper, shape_inference, version_converter
 
 from ..errors import XCompileError
+from ..protobuf_limit import check_model, infer_shapes, too_large
 
 MIN_OPSET = 11
 MAX_OPSET = 23
@@ -49,7 +50,7 @@ def prepare(model: onnx.ModelProto, where: str = "model") -> onnx.ModelProto:
     if len(m.graph.node) == 0:
         raise XCompileError(f"{where}: the graph has no nodes")
     try:
-        onnx.checker.check_model(m)
+        check_model(m)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
         raise XCompileError(f"{where}: invalid ONNX model: {first}") from None
@@ -62,12 +63,15 @@ def prepare(model: onnx.ModelProto, where: str = "model") -> onnx.ModelProto:
     if opset < MIN_OPSET or opset > MAX_OPSET:
         raise XCompileError(f"{where}: opset {opset} is not supported (supported: {MIN_OPSET} to {MAX_OPSET})")
     if opset < WORK_OPSET:
+        if too_large(m):
+            raise XCompileError(f"{where}: opset {opset} in a model over 2 GiB: convert it to opset {WORK_OPSET} first "
+                                "(onnx.version_converter works on models that fit one protobuf)")
         try:
             m = version_converter.convert_version(m, WORK_OPSET)
         except Exception as e:  # noqa: BLE001
             raise XCompileError(f"{where}: cannot convert opset {opset} to {WORK_OPSET}: {str(e).splitlines()[0]}") from None
     try:
-        m = shape_inference.infer_shapes(m, data_prop=True)
+        m = infer_shapes(m, data_prop=True)
     except Exception:  # noqa: BLE001 - shape info is a convenience; the probe measures shapes anyway
         pass
     return m
