@@ -47,10 +47,12 @@ def on_disk(model: onnx.ModelProto):
         yield p
 
 
-def inference_session(model: onnx.ModelProto, so=None, providers=("CPUExecutionProvider",)):
-    """``onnxruntime.InferenceSession`` for an in-memory model of any size."""
+def inference_session(model, so=None, providers=("CPUExecutionProvider",)):
+    """``onnxruntime.InferenceSession`` for a path or an in-memory model of any size."""
     import onnxruntime as ort
 
+    if not isinstance(model, onnx.ModelProto):
+        return ort.InferenceSession(os.fspath(model), so, providers=list(providers))
     if not too_large(model):
         return ort.InferenceSession(model.SerializeToString(), so, providers=list(providers))
     with on_disk(model) as p:  # the session has read the weights when it returns: the files may go

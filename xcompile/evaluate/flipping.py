@@ -37,7 +37,6 @@ class Scorer:
 
     def __init__(self, model, score: str = "softmax", batch_size: int = 256, threads: int | None = None,
                  providers=None):
-        import onnx
         import onnxruntime as ort
         if score not in ("softmax", "logit"):
             raise XCompileError(f"score {score!r}: use 'softmax' or 'logit'")
@@ -48,8 +47,7 @@ class Scorer:
         from ..protobuf_limit import inference_session
         providers = providers or ["CPUExecutionProvider"]
         try:
-            self.session = (inference_session(model, so, providers) if isinstance(model, onnx.ModelProto)
-                            else ort.InferenceSession(os.fspath(model), so, providers=providers))
+            self.session = inference_session(model, so, providers)
         except Exception as e:  # noqa: BLE001
             raise XCompileError(f"{model if isinstance(model, (str, os.PathLike)) else 'model'}: onnxruntime "
                                 f"cannot load it: {str(e).strip().splitlines()[0]}") from None

@@ -61,8 +61,7 @@ class Explainer:
         providers = providers or providers_for(device)
         try:
             so = session_options(threads, cuda_only)
-            self.session = (inference_session(data, so, providers) if isinstance(data, onnx.ModelProto)
-                            else ort.InferenceSession(data, so, providers=providers))
+            self.session = inference_session(data, so, providers)
         except Exception as e:  # noqa: BLE001
             raise XCompileError(f"{self.where}: onnxruntime cannot load it: {str(e).strip().splitlines()[0]}") from None
         ins = self.session.get_inputs()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import onnx
@@ -81,8 +82,13 @@ def save(model: onnx.ModelProto, path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        if too_large(model):  # weights beside it in <name>.data (written in place: the final name is referenced)
-            save_external(model, tmp, location=path.name + ".data")
+        if too_large(model):
+            # weights beside it in <name>.data: both are staged in a folder next to the target, then moved, so a
+            # failed write leaves neither a partial .onnx nor a partial .data
+            with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as d:
+                save_external(model, Path(d) / path.name, location=path.name + ".data")
+                os.replace(Path(d) / (path.name + ".data"), path.with_name(path.name + ".data"))
+                os.replace(Path(d) / path.name, tmp)
         else:
             tmp.write_bytes(model.SerializeToString(deterministic=True))
         os.replace(tmp, path)
