@@ -26,9 +26,24 @@ class Explanation:
         return np.asarray(self.scores).argmax(axis=1)
 
 
-def session_options(threads: int | None = None, cuda_only: bool = False) -> ort.SessionOptions:
+# onnxruntime graph-optimization levels by name. Kernels differ between levels (fused Conv+Add, other GEMM
+# orders), so a unit whose pre-activation lies within float32 rounding of a kink (ReLU at 0, a MaxPool tie) can
+# take the other branch at another level: "basic" (or "disable") gives results that do not depend on fusions.
+OPTIMIZATION_LEVELS = {
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+}
+
+
+def session_options(threads: int | None = None, cuda_only: bool = False,
+                    optimization: str = "all") -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if optimization not in OPTIMIZATION_LEVELS:
+        raise XCompileError(f"optimization {optimization!r}: expected one of {', '.join(OPTIMIZATION_LEVELS)}")
+    so.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
     if threads:
         so.intra_op_num_threads = threads
     if cuda_only:
@@ -47,9 +62,14 @@ def providers_for(device: str):
 
 
 class Explainer:
-    """``Explainer(path_or_model).explain(x, target=None)`` -> Explanation(scores, relevance, extras)."""
+    """``Explainer(path_or_model).explain(x, target=None)`` -> Explanation(scores, relevance, extras).
 
-    def __init__(self, model, providers=None, device: str = "cpu", threads: int | None = None):
+    ``optimization`` is onnxruntime's graph-optimization level ("all" default, "extended", "basic", "disable"):
+    explanations of inputs with a unit within float32 rounding of a kink can differ between levels; "basic"
+    is the reproducible setting (the same kernels on every CPU)."""
+
+    def __init__(self, model, providers=None, device: str = "cpu", threads: int | None = None,
+                 optimization: str = "all"):
         if isinstance(model, onnx.ModelProto):
             data, self.where = model, "explainer"
         else:
@@ -59,8 +79,8 @@ class Explainer:
             data, self.where = str(path), str(path)
         cuda_only = providers is None and device == "cuda"
         providers = providers or providers_for(device)
+        so = session_options(threads, cuda_only, optimization)
         try:
-            so = session_options(threads, cuda_only)
             self.session = inference_session(data, so, providers)
         except Exception as e:  # noqa: BLE001
             raise XCompileError(f"{self.where}: onnxruntime cannot load it: {str(e).strip().splitlines()[0]}") from None
