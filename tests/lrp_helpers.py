@@ -293,15 +293,17 @@ def compare(ours: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     return err, r
 
 
-def our_relevance(onnx_path, x, ruleset, target=None):
+def our_relevance(onnx_path, x, ruleset, target=None, decisions: bool = False):
+    """Our scores and relevance; decisions=True also returns the branch taken at every kink of the explainer's
+    forward (model_zoo/tie_oracle.py), for a tie-aware reference: ``with TieAware(d): zennit_relevance(...)``."""
     import xcompile
+    from model_zoo.tie_oracle import ProbedExplainer
     extra = {}
     if ruleset == "epsilon-gamma-box":
         extra = dict(low="0", high="1", mean=",".join(map(str, MEAN)), std=",".join(map(str, STD)))
     m = xcompile.compile(str(onnx_path), "lrp", rules=ruleset, **extra)
-    ex = xcompile.Explainer(m)
-    res = ex.explain(x, target if target is not None else -1)
-    return res.scores, res.relevance
+    res, d = ProbedExplainer(m).explain(x, target if target is not None else -1)
+    return (res.scores, res.relevance, d) if decisions else (res.scores, res.relevance)
 
 
 def vgg16_small(fold: bool = True):
