@@ -217,7 +217,7 @@ def test_conservation(rule, tmp_path):
 
 
 def test_ruleset_selection_and_inspect(tmp_path, capsys):
-    from xcompile.inspect import inspect_model
+    from xcompile.commands.inspect_model import inspect_model
     m = _relu_net(bias=True)
     path = tmp_path / "m.onnx"
     onnx.save(m, path)

@@ -90,7 +90,7 @@ def test_attention_rules_differ_and_the_default_keeps_working(vit):
 def test_gelu_written_as_a_product_gets_the_identity_rule(vit):
     """`xcompile inspect`-level check: in the legacy export the Mul x * (1 + erf(...)) is an activation, so all of
     its relevance goes to x (product 1/0), also under the uniform (split) gate option."""
-    from xcompile.inspect import inspect_model
+    from xcompile.commands.inspect_model import inspect_model
 
     _, paths = vit
     lines = []

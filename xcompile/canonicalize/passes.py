@@ -10,10 +10,10 @@ from typing import Optional
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from ..protobuf_limit import inference_session, too_large
+from ..protobuf_limit import too_large
+from ..sessions import session
 
 RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
@@ -116,10 +116,8 @@ def fold_constants(model: onnx.ModelProto) -> int:
         sub = helper.make_graph(foldable, "fold", [], [onnx.ValueInfoProto(name=o) for o in needed],
                                 initializer=[t for t in g.initializer])
         m = helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version)
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
         try:
-            vals = inference_session(m, so).run(needed, {})
+            vals = session(m).run(needed, {})
         except Exception:  # noqa: BLE001 - leave the graph as it is; folding is an optimisation
             return 0
         for name, v in zip(needed, vals):

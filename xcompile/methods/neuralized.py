@@ -73,12 +73,6 @@ def _to_double(b: Builder, x: str) -> str:
     return b.cast(x, _D, "x_f64")
 
 
-def _sign_stabilize(b: Builder, z: str, eps: float, hint: str) -> str:
-    """z + eps * sign(z), sign(0) = +1."""
-    pos = b.op("GreaterOrEqual", [z, _c(b, 0.0)], "is_nonneg")
-    return b.add(z, b.where(pos, _c(b, eps), _c(b, -eps), "eps_signed"), hint)
-
-
 def _sqdist_expanded(b: Builder, xd: str, xsq: str, U: np.ndarray, hint: str) -> str:
     """‖x - u_j‖² = ‖x‖² - 2 x·u_j + ‖u_j‖², clamped at 0 (float64)."""
     xu = b.op("Gemm", [xd, _c(b, U, "support_vectors"), _c(b, (U * U).sum(1), "support_sqnorm")],
@@ -147,7 +141,7 @@ def emit_kmeans_head(b: Builder, features: str, centroids: np.ndarray, *, target
         logits = b.where(is_c, _c(b, -_BIG), b.neg(b.mul(h, beta_t, "beta_h")), "softmin_logits")
         p = b.op("Softmax", [logits], "softmin", axis=1)
         R_k = b.mul(p, f, "R_k")
-        s = b.where(is_c, _c(b, 0.0), b.div(R_k, _sign_stabilize(b, h, epsilon, "h_stab"), "R_over_h"), "s")
+        s = b.where(is_c, _c(b, 0.0), b.div(R_k, b.stabilize(h, epsilon, "h_stab", dtype=np.float64), "R_over_h"), "s")
         # R_i = Σ_k (2x_i - μ_ci - μ_ki)(μ_ci - μ_ki) s_k = μ_ci(2x_i - μ_ci) S - 2 x_i (sM)_i + (sM²)_i
         S = b.reduce("ReduceSum", s, [1], keepdims=1, hint="s_sum")
         mu_c = b.op("Gather", [_c(b, M, "centroids"), c], "mu_c", axis=0)

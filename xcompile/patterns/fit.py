@@ -39,14 +39,13 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..errors import XCompileError
+from ..graph import attr as _attr
+from ..kinds import AFFINE_OPS, RELU_LIKE_OPS, linear_view
 
 FORMAT = "xcompile-patterns"
 VERSION = 1
 VEC = ("sy", "sy_pos", "n_pos", "syy", "syy_pos")  # [C] each
 MAT = ("sxy", "sxy_pos", "sx_pos")                 # [C, Dg] each
-ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "PRelu", "Elu", "Selu", "Softplus", "Gelu", "HardSwish",
-               "Sigmoid", "Tanh")
-AFFINE = ("Add", "Sub", "Mul", "Div")
 
 
 # ---------------------------------------------------------------------------------------------- layers
@@ -92,13 +91,6 @@ class LinearLayer:
                 "weight_shape": list(self.weight_shape), "positions": self.positions}
 
 
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _find_gate(g, t: str) -> str:
     """The post-activation tensor of a linear layer: follow single-consumer per-channel affine ops
     (bias Add, BatchNormalization, Mul/Div by constants) to a Relu/Clip; else the layer output itself."""
@@ -110,10 +102,10 @@ def _find_gate(g, t: str) -> str:
         if len(cons) != 1:
             break
         n = cons[0]
-        if n.op_type in ("Relu", "Clip", "LeakyRelu", "PRelu"):
+        if n.op_type in RELU_LIKE_OPS:
             return n.output[0]
         if n.op_type == "BatchNormalization" or (
-                n.op_type in AFFINE and len(n.input) == 2 and n.input[0] == cur and g.is_const(n.input[1])):
+                n.op_type in AFFINE_OPS and len(n.input) == 2 and n.input[0] == cur and g.is_const(n.input[1])):
             try:
                 if g.shape(n.output[0]) != g.shape(cur):
                     break
@@ -132,12 +124,11 @@ def linear_layers(g, where: str = "model") -> list[LinearLayer]:
     live, nodes = Engine(g, Builder(g.opset)).paths()
     out = []
     for node in nodes:
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+        view = linear_view(g, node, live, need_const_bias=False)
+        if view is None or view.slot != 0:  # patterns: x @ W (or W * x for Conv) with the activation in slot 0
             continue
         x, wname = node.input[0], node.input[1]
         W = g.const(wname)
-        if W is None or x not in live:
-            continue
         name = node.name or node.output[0]
         key = node.output[0]
         gate = _find_gate(g, key)
@@ -504,8 +495,8 @@ def iter_batches(path, sample_shape, batch_size: int = 64, preprocess=None, star
 # --------------------------------------------------------------------------------------------- fit
 def forward_graph(model, where: str = "model", **common):
     """The canonical forward graph exactly as `compile` sees it (same canonicalization, same names)."""
-    from ..compiler import load_forward, split_params
     from ..graph import ForwardGraph
+    from ..load.forward import load_forward, split_params
     if isinstance(model, ForwardGraph):
         return model
     c, rest = split_params(common)

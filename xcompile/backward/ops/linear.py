@@ -126,7 +126,7 @@ def _bshape(ea, eb, rank, left):
 
 def _einsum_terms(ctx):
     eq = ctx.attr("equation")
-    eq = (eq.decode() if isinstance(eq, bytes) else eq).replace(" ", "")
+    eq = eq.replace(" ", "")
     require("." not in eq, ctx, "Einsum with an ellipsis ('...')")
     lhs, _, out = eq.partition("->")
     ins = lhs.split(",")

@@ -2,10 +2,10 @@
 linear layer, pass / proportional / gradient elsewhere), and every unsupported node."""
 from __future__ import annotations
 
-from .backward.builder import Builder
-from .backward.table import NON_DIFFERENTIABLE
-from .compiler import load_forward, make_method, method_class
-from .errors import UnsupportedOperatorsError
+from ..backward.builder import Builder
+from ..backward.table import NON_DIFFERENTIABLE
+from ..compiler import load_forward, make_method, method_class
+from ..errors import UnsupportedOperatorsError
 
 
 def inspect_model(model_path, method: str, rules, params: dict, echo) -> int:
