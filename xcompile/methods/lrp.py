@@ -46,14 +46,28 @@ class LRP(Method):
 
     choices: dict = {}  # forward node (its first output) -> the LRPRule chosen by prepare()
 
+    def rule_for(self, node) -> LRPRule:
+        """The rule chosen for `node` (the gradient before prepare() and off the relevance path)."""
+        return self.choices.get(node.output[0], _GRADIENT)
+
+    @staticmethod
+    def _slots(op):
+        return TABLE[op].inputs if op in TABLE else (0,)
+
     def backward_for(self, node) -> Optional[Backward]:
-        """The chosen rule's emitter, with the op table's relevance slots ((0,) for ops the table lacks)."""
+        """The chosen rule's emitter, with the op table's relevance slots ((0,) for pass-through ops it lacks)."""
         op = node.op_type
         if op not in TABLE and op not in PASS_OPS:
             return None
-        inputs = TABLE[op].inputs if op in TABLE else (0,)
-        chosen = self.choices.get(node.output[0])
-        return Backward(chosen.emit if chosen is not None else _GRADIENT.emit, inputs)
+        return Backward(self.rule_for(node).emit, self._slots(op))
+
+    @property
+    def overrides(self):
+        """The ops LRP treats (the op table's and the pass-through ones), as table entries; the rule is per node."""
+        return {op: Backward(self._emit, self._slots(op)) for op in set(TABLE) | PASS_OPS}
+
+    def _emit(self, ctx, gy):
+        return self.rule_for(ctx.node).emit(ctx, gy)
 
     # ---------------------------------------------------------------------------------- rule choice
     def ruleset(self):
