@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import collections
 import copy
-import os
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from cuda_kernels import CUDA_KERNELS, CUDA_TYPES
 from onnx import TensorProto, defs, helper, shape_inference
 
 import xcompile
 from xcompile.methods import METHODS
-
-from cuda_kernels import CUDA_KERNELS, CUDA_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "xcompile" / "data" / "digits_cnn.onnx"

@@ -7,11 +7,11 @@ both must get the identity rule. Tolerance: max|ours - ref| <= 2e-5 max|ref| (fl
 reference; measured 1.6e-6 (attnlrp) and 2.0e-6 (cp-lrp), both exporters)."""
 from __future__ import annotations
 
+import attnlrp_reference as REF
 import numpy as np
 import pytest
 import torch
 
-import attnlrp_reference as REF
 import xcompile
 from model_zoo.zoo import export_onnx
 

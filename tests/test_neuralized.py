@@ -18,12 +18,12 @@ import pytest
 pytest.importorskip("sklearn")
 pytest.importorskip("skl2onnx")
 
+from skl2onnx import to_onnx  # noqa: E402
 from sklearn.cluster import KMeans, MiniBatchKMeans  # noqa: E402
 from sklearn.ensemble import RandomForestClassifier  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.svm import SVC, SVR, OneClassSVM  # noqa: E402
-from skl2onnx import to_onnx  # noqa: E402
 
 from xcompile.errors import XCompileError  # noqa: E402
 from xcompile.methods.neuralized import compile_neuralized  # noqa: E402

@@ -228,6 +228,7 @@ def grid(path, x, relevances: dict):
 
 def effnet_inputs():
     from skimage import data
+
     from model_zoo.zoo import preprocess
     xs, names = [], []
     for name in PHOTOS:
@@ -293,6 +294,7 @@ def effnet_section(args, md: list, summary: dict):
     # SpRAY on photos: random crops of the photos, relevance for the tiger-cat class
     if "lrp:epsilon-gamma-box{low=-1,high=1}" in exs or "gradient" in exs:
         from skimage import data
+
         from model_zoo.zoo import preprocess
         rng = np.random.default_rng(0)
         xs, src = [], []

@@ -12,7 +12,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import networkx as nx
-import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 

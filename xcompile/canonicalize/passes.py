@@ -5,7 +5,6 @@ They preserve the model's function (up to float rounding) and the names of graph
 from __future__ import annotations
 
 from collections import defaultdict
-
 from typing import Optional
 
 import numpy as np

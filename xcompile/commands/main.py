@@ -112,7 +112,7 @@ def main(argv=None):
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except (typer.BadParameter, SystemExit) as e:  # pragma: no cover - click handles its own
+    except (typer.BadParameter, SystemExit):  # pragma: no cover - click handles its own
         raise
     except Exception as e:  # click usage errors
         import click

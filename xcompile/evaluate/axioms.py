@@ -177,7 +177,7 @@ def fold_batchnorm_variant(model) -> onnx.ModelProto:
         g.initializer.extend([numpy_helper.from_array(wn, wname), numpy_helper.from_array(bnew, bname)])
         del conv.input[1:]
         conv.input.extend([wname, bname])
-        conv.output[0], bn_out = bn.output[0], conv.output[0]  # conv now writes the BN's output
+        conv.output[0] = bn.output[0]  # conv now writes the BN's output
         drop.append(bn)
         folded += 1
     if not folded:

@@ -6,12 +6,24 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..canonicalize.passes import canonicalize, find_explained_scores, freeze_shape_arithmetic, remove_unused_initializers
+from ..canonicalize.passes import (
+    canonicalize,
+    find_explained_scores,
+    freeze_shape_arithmetic,
+    remove_unused_initializers,
+)
 from ..errors import XCompileError
 from ..graph import ForwardGraph
 from ..options import Param, as_bool
-from .loader import (default_opset, find_data_input, find_score_output, input_dims, make_batch_symbolic, prepare,
-                     read_model)
+from .loader import (
+    default_opset,
+    find_data_input,
+    find_score_output,
+    input_dims,
+    make_batch_symbolic,
+    prepare,
+    read_model,
+)
 from .probe import probe
 
 # options every method accepts (they shape how the model is read, not how it is explained)

@@ -3,10 +3,11 @@ node. See rules/README.md for the format. Parsing errors are one-line XCompileEr
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+import tomllib
 
 from ..errors import XCompileError
 from .rules import make_rule, selectable

@@ -15,13 +15,25 @@ import numpy as np
 from ..backward.builder import Builder
 from ..backward.table import TABLE, Backward
 from ..errors import XCompileError
-from ..kinds import (GATE_OPS, LINEAR_OPS, PASS_OPS, PRODUCT_OPS, PROPORTIONAL_OPS, RELU_TRANSPARENT_OPS, ROUTE_OPS,
-                     SCALE_OPS, SELF_GATE_OPS, SUM_OPS, linear_view)
+from ..kinds import (
+    GATE_OPS,
+    LINEAR_OPS,
+    PASS_OPS,
+    PRODUCT_OPS,
+    PROPORTIONAL_OPS,
+    RELU_TRANSPARENT_OPS,
+    ROUTE_OPS,
+    SCALE_OPS,
+    SELF_GATE_OPS,
+    SUM_OPS,
+    linear_view,
+)
 from ..lrp import rulesets
 from ..lrp.rules import Gradient, LRPRule, MaxPoolProportional, Pass, Product, Proportional, make_rule
 from ..options import as_floats as _floats
 from ..options import as_str
 from .base import Method, Param, register
+
 
 @register
 class LRP(Method):

@@ -75,7 +75,7 @@ class _PatternMethod(Method):
                  "MatMul": Backward(_matmul, TABLE["MatMul"].inputs)}
 
     def prepare(self, g, where):
-        from ..patterns.fit import DataSource, Fitter, fit_patterns, fingerprint, linear_layers, load_stats
+        from ..patterns.fit import DataSource, Fitter, fingerprint, fit_patterns, linear_layers, load_stats
         layers = linear_layers(g, where)
         fp = fingerprint(g, layers)
         if self["patterns"]:

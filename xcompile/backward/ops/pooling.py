@@ -135,7 +135,6 @@ def reduce_sum_mean(ctx, gy):
 def reduce_max(ctx, gy):
     # ties share the gradient equally (as torch.amax/amin do)
     b, g = ctx.b, gy[0]
-    in_shape = ctx.in_shape(0)
     axes = reduce_axes(ctx)
     y = ctx.y()
     if not ctx.attr("keepdims", 1):

@@ -39,8 +39,20 @@ from ...backward.builder import Builder
 from ...errors import XCompileError
 from ...write.writer import check
 from ..base import Method, register
-from .heads import (_D, _F, _I64, IR_VERSION, OPSET, PREFIX, SUPPORTED, NeuralizedHead, _c,  # noqa: F401
-                    emit_kmeans_head, emit_ocsvm_head, emit_svc_head)
+from .heads import (  # noqa: F401
+    _D,
+    _F,
+    _I64,
+    IR_VERSION,
+    OPSET,
+    PREFIX,
+    SUPPORTED,
+    NeuralizedHead,
+    _c,
+    emit_kmeans_head,
+    emit_ocsvm_head,
+    emit_svc_head,
+)
 from .recognize import _recognize
 
 __all__ = ["compile_neuralized", "emit_kmeans_head", "emit_ocsvm_head", "emit_svc_head", "NeuralizedHead",

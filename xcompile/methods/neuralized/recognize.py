@@ -11,6 +11,7 @@ from ...errors import XCompileError
 from ...graph import attrs as _attrs
 from .heads import _F, SUPPORTED
 
+
 def _nname(node, idx) -> str:
     return node.name or f"#{idx}"
 
