@@ -1,4 +1,4 @@
-"""Every op an explainer contains must have a CUDA kernel in onnxruntime (SPEC §5), so that the explainer runs
+"""Every op an explainer contains must have a CUDA kernel in onnxruntime (README, "GPU"), so that the explainer runs
 with ``session.disable_cpu_ep_fallback = "1"`` on the CUDA execution provider.
 
 No GPU is needed: each compiled graph is checked statically against the CUDA kernel table of onnxruntime

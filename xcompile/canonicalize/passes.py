@@ -149,11 +149,6 @@ def _init(g, name):
     return None
 
 
-def _set_init(g, name, arr):
-    t = _init(g, name)
-    t.CopyFrom(numpy_helper.from_array(np.asarray(arr, dtype=numpy_helper.to_array(t).dtype), name))
-
-
 def _bn_affine(g, node):
     vals = [_init(g, i) for i in node.input[1:5]]
     if any(v is None for v in vals):
@@ -301,18 +296,19 @@ def expose_maxpool_indices(model: onnx.ModelProto) -> int:
 
 def find_explained_scores(model: onnx.ModelProto, score_output: str, keep_softmax: bool = False) -> str:
     """The tensor whose entries are explained: the score output, or the logits before a trailing
-    Softmax/LogSoftmax (possibly behind Identity/Flatten/Reshape) unless keep_softmax."""
+    Softmax/LogSoftmax (possibly behind Identity/Flatten/Reshape/Squeeze) unless keep_softmax. Behind a shape op the
+    logits are taken only where they are [N, classes] already (rank 2), else the score output stays explained."""
     if keep_softmax:
         return score_output
     producer = {o: n for n in model.graph.node for o in n.output}
-    t = score_output
+    t, reshaped = score_output, False
     while t in producer and producer[t].op_type in ("Identity", "Flatten", "Reshape", "Squeeze"):
-        if producer[t].op_type != "Identity":
-            break
+        reshaped |= producer[t].op_type != "Identity"
         t = producer[t].input[0]
     node = producer.get(t)
     if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
-        return node.input[0]
+        if not reshaped or _rank(model, node.input[0]) == 2:
+            return node.input[0]
     return score_output
 
 

@@ -1,4 +1,6 @@
-"""The seed's axioms table, measured for any compiled explainer (seed 003, "Approach 2: Axioms"):
+"""The axioms table (conservation and positivity: Montavon et al. 2018, "Methods for interpreting and understanding
+deep neural networks"; implementation invariance: Sundararajan et al. 2017; docs/evaluation.md), measured for any
+compiled explainer:
 
 | axiom | measured as | expected to hold for |
 |---|---|---|

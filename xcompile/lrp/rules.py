@@ -201,7 +201,7 @@ class ZBox(Rule):
 @rule("wsquare", "w2")
 class WSquare(Rule):
     """w^2: R_i = sum_j w_ij^2 / sum_i' w_i'j^2 R_j. ``bias = true`` (default) is Zennit's WSquare, which squares
-    the bias too and keeps it in the denominator (parity); ``bias = false`` is the formula of SPEC / Montavon et al.
+    the bias too and keeps it in the denominator (parity); ``bias = false`` is the formula of Montavon et al.
     2017 (used by deep_taylor): the bias would otherwise absorb relevance at every w^2 layer."""
     params = {"stabilizer": 1e-6, "bias": True}
     input = "ones"
