@@ -52,6 +52,7 @@ class ForwardGraph:
     fixed_batch: bool = False
     opset: int = 17
     _consts: dict = field(default_factory=dict)
+    canonicalization: list = field(default_factory=list)  # the rewrite rules' decisions (canonicalize.rewrite)
 
     def __post_init__(self):
         g = self.model.graph

@@ -56,7 +56,8 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     m = prepare(read_model(model), where)
     data = find_data_input(m, common["input"], where)
     score = find_score_output(m, common["output"], where)
-    canonicalize(m)
+    decisions: list = []
+    canonicalize(m, decisions=decisions)
     explained = find_explained_scores(m, score, common["keep_softmax"])
     dims = input_dims(data)
     sample = common["input_shape"] or tuple(dims[1:])
@@ -72,11 +73,12 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
             vi.type.tensor_type.shape.dim.add().dim_value = d
     make_batch_symbolic(m, data.name, score)
     shapes, dtypes, at_one, fixed, at_two = probe(m, data.name, tuple(sample), dtype, where=where)
-    if freeze_shape_arithmetic(m, data.name, at_one, at_two):
+    if freeze_shape_arithmetic(m, data.name, at_one, at_two, decisions):
         remove_unused_initializers(m)
     shapes[data.name] = (None,) + tuple(sample)
     _declare_measured_shapes(m, shapes)
     g = ForwardGraph(m, data.name, score, explained, shapes, dtypes, fixed, default_opset(m))
+    g.canonicalization = decisions
     if len(g.shape(explained)) != 2:
         raise XCompileError(f"{where}: the explained output {explained!r} has shape {list(g.shape(explained))}; expected [N, classes]")
     return g
