@@ -9,6 +9,7 @@ import numpy as np
 import typer
 
 from ..errors import XCompileError
+from ..graph import TARGET
 
 
 def _progress():
@@ -23,7 +24,7 @@ def _sample_shape(model) -> tuple:
         s = session(str(model))
     except Exception as e:  # noqa: BLE001
         raise XCompileError(f"{model}: onnxruntime cannot load it: {str(e).strip().splitlines()[0]}") from None
-    inp = next((i for i in s.get_inputs() if i.name != "target"), s.get_inputs()[0])
+    inp = next((i for i in s.get_inputs() if i.name != TARGET), s.get_inputs()[0])
     return tuple(inp.shape[1:])
 
 

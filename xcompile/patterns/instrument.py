@@ -9,6 +9,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..graph import attr as _attr
+from ..graph import attrs as attrs_of
 from ..sessions import session
 from .layers import LinearLayer
 
@@ -39,7 +40,7 @@ def instrument(g, layers: list[LinearLayer], raw: bool = False) -> tuple[onnx.Mo
         with b.scope(f"L{i}"):
             m_src = b.cast(b.op("Greater", [L.gate, b.f32(0.0)], "active"), TensorProto.FLOAT, "gate")
             if L.op == "Conv":
-                attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+                attrs = attrs_of(node)
                 kernel = tuple(L.weight_shape[2:])
                 attrs["kernel_shape"] = list(kernel)
                 y = b.op("Conv", [L.input, L.weight_name], "y_prebias", **attrs)

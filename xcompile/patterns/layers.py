@@ -130,6 +130,7 @@ def fingerprint(g, layers: list[LinearLayer]) -> str:
     h.update(json.dumps([list(g.shape(g.data_input)[1:])]).encode())
     for L in layers:
         node = g.producer[L.key]
+        # raw attribute values (bytes as bytes): the fingerprint of files already written must not change
         attrs = sorted((a.name, str(helper.get_attribute_value(a))) for a in node.attribute)
         h.update(json.dumps([L.key, L.op, list(L.weight_shape), attrs]).encode())
         h.update(np.ascontiguousarray(g.const(L.weight_name), dtype=np.float32).tobytes())

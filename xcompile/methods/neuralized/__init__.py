@@ -37,6 +37,7 @@ from onnx import helper
 
 from ...backward.builder import Builder
 from ...errors import XCompileError
+from ...graph import RELEVANCE, TARGET
 from ...write.writer import check
 from ..base import Method, register
 from .heads import (  # noqa: F401
@@ -109,7 +110,7 @@ def compile_neuralized(model: onnx.ModelProto, *, target=None, beta=None, data=N
     label_name = next((o.name for o in orig_outs if o.type.tensor_type.elem_type == _I64), "label")
     score_name = next((o.name for o in orig_outs if o.type.tensor_type.elem_type == _F), "scores")
 
-    reserved = {xname, "target", "relevance", "explained_score", "explained_target", "score_samples",
+    reserved = {xname, TARGET, RELEVANCE, "explained_score", "explained_target", "score_samples",
                 "decision_function", label_name, score_name}
     b = Builder(OPSET, PREFIX, reserved=reserved)
     feat = xname
@@ -132,31 +133,31 @@ def compile_neuralized(model: onnx.ModelProto, *, target=None, beta=None, data=N
             beta = _kmeans_beta_from_data(M, Z)
         elif data is not None:
             _load_data(data, D)
-        head = emit_kmeans_head(b, feat, M, target="target", default_target=target, beta=beta, epsilon=epsilon)
+        head = emit_kmeans_head(b, feat, M, target=TARGET, default_target=target, beta=beta, epsilon=epsilon)
         outputs = [(head.label, label_name, _I64, ["N"]), (head.extra["distances"], score_name, _F, ["N", K]),
-                   (head.relevance, "relevance", _F, ["N", D]), (head.score, "explained_score", _F, ["N"]),
+                   (head.relevance, RELEVANCE, _F, ["N", D]), (head.score, "explained_score", _F, ["N"]),
                    (head.target, "explained_target", _I64, ["N"])]
     elif rec.kind == "ocsvm":
         if target is not None or beta is not None:
             raise XCompileError("neuralized: options target/beta do not apply to a OneClassSVM")
         head = emit_ocsvm_head(b, feat, epsilon=epsilon, **rec.params)
         outputs = [(head.label, label_name, _I64, ["N"]), (head.extra["decision"], score_name, _F, ["N", 1]),
-                   (head.relevance, "relevance", _F, ["N", D]), (head.score, "explained_score", _F, ["N"]),
+                   (head.relevance, RELEVANCE, _F, ["N", D]), (head.score, "explained_score", _F, ["N"]),
                    (head.extra["score_samples"], "score_samples", _F, ["N"])]
     else:
         if beta is not None:
             raise XCompileError("neuralized: option beta does not apply to an SVC")
         if target is not None and target not in (0, 1):
             raise XCompileError(f"neuralized: option target={target} must be a class index 0 or 1 for a binary SVC")
-        tgt = "target"
+        tgt = TARGET
         if target is not None:
             with b.scope("svc"):
-                tgt = b.where(b.op("Less", ["target", _c(b, 0, dtype=np.int64)], "target_is_default"),
-                              b.add(b.mul("target", _c(b, 0, dtype=np.int64), "zero_i64"),
-                                    _c(b, target, dtype=np.int64), "default_target"), "target", "target_resolved")
+                tgt = b.where(b.op("Less", [TARGET, _c(b, 0, dtype=np.int64)], "target_is_default"),
+                              b.add(b.mul(TARGET, _c(b, 0, dtype=np.int64), "zero_i64"),
+                                    _c(b, target, dtype=np.int64), "default_target"), TARGET, "target_resolved")
         head = emit_svc_head(b, feat, target=tgt, epsilon=epsilon, **rec.params)
         outputs = [(head.label, label_name, _I64, ["N"]), (head.extra["decision"], "decision_function", _F, ["N"]),
-                   (head.relevance, "relevance", _F, ["N", D]), (head.score, "explained_score", _F, ["N"]),
+                   (head.relevance, RELEVANCE, _F, ["N", D]), (head.score, "explained_score", _F, ["N"]),
                    (head.target, "explained_target", _I64, ["N"])]
 
     nodes = list(b.nodes)
@@ -165,7 +166,7 @@ def compile_neuralized(model: onnx.ModelProto, *, target=None, beta=None, data=N
         nodes.append(helper.make_node("Identity", [src], [name], name=f"{PREFIX}/output/{name}"))
         outs_vi.append(helper.make_tensor_value_info(name, et, shape))
     inputs = [helper.make_tensor_value_info(xname, _F, ["N", D]),
-              helper.make_tensor_value_info("target", _I64, ["N"])]
+              helper.make_tensor_value_info(TARGET, _I64, ["N"])]
     graph = helper.make_graph(nodes, f"xcompile_neuralized_{rec.kind}", inputs, outs_vi, initializer=b.initializers)
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="xcompile",
                           ir_version=IR_VERSION)
