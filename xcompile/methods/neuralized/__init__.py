@@ -187,5 +187,5 @@ class Neuralized(Method):
     def compile_model(cls, model, rules=None, where="model", **params):
         if rules is not None:
             raise XCompileError(f"{where}: --rules is not used by --method neuralized on a scikit-learn model")
-        from ..load.loader import read_model
+        from ...load.loader import read_model
         return compile_neuralized(read_model(model), **params)
