@@ -16,8 +16,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from model_zoo.zoo import (BUILD, IMAGENET_CAT_CLASSES, build_efficientnet_lite0, efficientnet_lite0_torch,  # noqa: E402
-                           imagenet_classes, op_types, ort_run, preprocess, sha256)
+from model_zoo.zoo import (  # noqa: E402
+    BUILD,
+    IMAGENET_CAT_CLASSES,
+    build_efficientnet_lite0,
+    efficientnet_lite0_torch,
+    imagenet_classes,
+    op_types,
+    ort_run,
+    preprocess,
+    sha256,
+)
 
 
 def main(argv=None) -> int:

@@ -14,7 +14,7 @@ CUDA_KERNELS[op][0][0]), element types spelled as in the table without "tensor(.
 constraints matter for what xcompile emits are listed (indices, comparisons, masks, reductions, math);
 ops that take every fixed-size type (Reshape, Transpose, Concat, Slice, Squeeze, Identity, Cast, ...) are
 left out. Nothing of the ``ai.onnx.ml`` domain (or ``com.microsoft``) is listed here: an explainer node in
-another domain is an offender by definition (SPEC §5).
+another domain is an offender by definition (the backward uses the default domain only).
 """
 
 SOURCE = ("microsoft/onnxruntime", "docs/OperatorKernels.md", "8f063305aacd23aadf77cda4c52e0592a02a7161")

@@ -5,10 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import os
-import tempfile
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -95,9 +92,9 @@ def box_bounds(shape, dtype=torch.float32):
 
 def zennit_composite(ruleset: str, canonizers, shape, dtype=torch.float32):
     from zennit import composites as C
+    from zennit.layer import Sum
     from zennit.rules import Epsilon, Norm, Pass
     from zennit.types import Activation, AvgPool, BatchNorm, Linear
-    from zennit.layer import Sum
 
     if ruleset in ("zero", "epsilon"):
         eps = (lambda z: z + (z == 0).to(z)) if ruleset == "zero" else 1e-6

@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from oracle import rel_err
 
 import xcompile
-from oracle import rel_err
 from xcompile.canonicalize import passes as P
 
 RNG = np.random.default_rng(7)

@@ -1,6 +1,5 @@
 """The command line as a user meets it: the demo, compile -> run -> inspect, deterministic output, and bad input
 answered by ONE line naming the file/node/option at fault, exit code 2, no traceback, no partial output."""
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -62,7 +61,7 @@ def test_compile_run_inspect_round_trip(tmp_path):
     assert [i.name for i in model.graph.input][-1] == "target"
     assert [o.name for o in model.graph.output][:2] == ["scores", "relevance"]
     with np.load(DATA / "digits_heldout.npz") as z:
-        x, y = z["x"][:5].astype(np.float32), z["y"][:5]
+        x = z["x"][:5].astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     rc, out, err = cli("run", ex, "-i", tmp_path / "x.npy", "--out", tmp_path / "res", "-t", "3")
     assert rc == 0, err

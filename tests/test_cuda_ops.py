@@ -1,4 +1,4 @@
-"""Every op an explainer contains must have a CUDA kernel in onnxruntime (SPEC §5), so that the explainer runs
+"""Every op an explainer contains must have a CUDA kernel in onnxruntime (README, "GPU"), so that the explainer runs
 with ``session.disable_cpu_ep_fallback = "1"`` on the CUDA execution provider.
 
 No GPU is needed: each compiled graph is checked statically against the CUDA kernel table of onnxruntime
@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import collections
 import copy
-import os
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from cuda_kernels import CUDA_KERNELS, CUDA_TYPES
 from onnx import TensorProto, defs, helper, shape_inference
 
 import xcompile
 from xcompile.methods import METHODS
-
-from cuda_kernels import CUDA_KERNELS, CUDA_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "xcompile" / "data" / "digits_cnn.onnx"

@@ -222,6 +222,7 @@ def test_parse_specs():
 # ------------------------------------------------------------------ CLI
 def test_cli_commands(tmp_path):
     from typer.testing import CliRunner
+
     from xcompile.cli import app
     run = CliRunner().invoke
     x = np.load(HELDOUT)

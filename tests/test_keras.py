@@ -9,8 +9,9 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
 torch = pytest.importorskip("torch")
 
-import xcompile  # noqa: E402
 from oracle import rel_err  # noqa: E402
+
+import xcompile  # noqa: E402
 
 
 def test_keras_export_gradient_matches_autograd(tmp_path):

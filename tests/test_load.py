@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
+from oracle import rel_err
 
 import xcompile
-from oracle import rel_err
 
 RNG = np.random.default_rng(11)
 N_CLASSES = 4

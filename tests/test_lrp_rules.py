@@ -67,7 +67,7 @@ def dense_reference(rule, x, W, b, R, low=None, high=None, gamma=0.25, alpha=2.0
         L, H = np.broadcast_to(low, x.shape), np.broadcast_to(high, x.shape)
         s = R / _stab(x @ W - L @ Wp - H @ Wn)
         return x * (s @ W.T) - L * (s @ Wp.T) - H * (s @ Wn.T)
-    if rule in ("wsquare", "wsquare_nobias"):  # SPEC: sum_j w_ij^2 / sum_i' w_i'j^2 R_j; Zennit adds b^2
+    if rule in ("wsquare", "wsquare_nobias"):  # Montavon et al. 2017: sum_j w_ij^2 / sum_i' w_i'j^2 R_j; Zennit adds b^2
         s = R / _stab(np.ones_like(x) @ W ** 2 + (b ** 2 if rule == "wsquare" else 0))
         return s @ (W ** 2).T
     if rule == "flat":
@@ -217,7 +217,7 @@ def test_conservation(rule, tmp_path):
 
 
 def test_ruleset_selection_and_inspect(tmp_path, capsys):
-    from xcompile.inspect import inspect_model
+    from xcompile.commands.inspect_model import inspect_model
     m = _relu_net(bias=True)
     path = tmp_path / "m.onnx"
     onnx.save(m, path)

@@ -7,11 +7,11 @@ both must get the identity rule. Tolerance: max|ours - ref| <= 2e-5 max|ref| (fl
 reference; measured 1.6e-6 (attnlrp) and 2.0e-6 (cp-lrp), both exporters)."""
 from __future__ import annotations
 
+import attnlrp_reference as REF
 import numpy as np
 import pytest
 import torch
 
-import attnlrp_reference as REF
 import xcompile
 from model_zoo.zoo import export_onnx
 
@@ -90,7 +90,7 @@ def test_attention_rules_differ_and_the_default_keeps_working(vit):
 def test_gelu_written_as_a_product_gets_the_identity_rule(vit):
     """`xcompile inspect`-level check: in the legacy export the Mul x * (1 + erf(...)) is an activation, so all of
     its relevance goes to x (product 1/0), also under the uniform (split) gate option."""
-    from xcompile.inspect import inspect_model
+    from xcompile.commands.inspect_model import inspect_model
 
     _, paths = vit
     lines = []

@@ -3,9 +3,9 @@ modified), ``clip=true`` = the modified rule on Clip(x, 0, max) too. Oracle: aut
 import numpy as np
 import pytest
 import torch
+from oracle import rel_err
 
 import xcompile
-from oracle import rel_err
 
 
 class _Relu6(torch.autograd.Function):

@@ -1,7 +1,7 @@
-"""Neuralized scikit-learn models (issue 5, SPEC §3.4).
+"""Neuralized scikit-learn models (issue 5; docs/neuralized.md).
 
 Forward outputs are compared with scikit-learn; relevance with an independent numpy reference written
-straight from the SPEC §3.4 formulas (loops over clusters / support vectors, sklearn's own float64
+straight from the formulas of docs/neuralized.md (loops over clusters / support vectors, sklearn's own float64
 parameters, no code shared with xcompile). Relative errors are norm-wise per batch:
 max|a - b| / max|b| (element-wise relative error is meaningless for values that cross zero, e.g. a
 decision function near the boundary or a pixel with no relevance).
@@ -18,12 +18,12 @@ import pytest
 pytest.importorskip("sklearn")
 pytest.importorskip("skl2onnx")
 
+from skl2onnx import to_onnx  # noqa: E402
 from sklearn.cluster import KMeans, MiniBatchKMeans  # noqa: E402
 from sklearn.ensemble import RandomForestClassifier  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.svm import SVC, SVR, OneClassSVM  # noqa: E402
-from skl2onnx import to_onnx  # noqa: E402
 
 from xcompile.errors import XCompileError  # noqa: E402
 from xcompile.methods.neuralized import compile_neuralized  # noqa: E402
@@ -57,7 +57,7 @@ def stab(z, eps):
     return z + eps * np.where(z >= 0, 1.0, -1.0)
 
 
-# ----------------------------------------------------------------------------- references (SPEC §3.4)
+# ----------------------------------------------------------------------------- references (docs/neuralized.md)
 def ref_kmeans(X, mu, c, beta, eps=1e-9):
     """NEON k-means. X [N,D] (the model's feature space), mu [K,D], c [N] explained cluster."""
     X = X.astype(np.float64)
@@ -188,7 +188,7 @@ def test_ocsvm_forward_relevance_conservation(seed, d, gamma, nu):
     assert rel(out["score_samples"], oc.score_samples(Xt)) < TOL
     U, alpha = oc.support_vectors_, oc.dual_coef_.ravel()
     o_ref, R_ref = ref_rbf_pool(Xt, U, alpha, oc._gamma)
-    # the SPEC's o(x) and sklearn's score_samples: score_samples = Σα · exp(-γ o(x))
+    # the o(x) of docs/neuralized.md and sklearn's score_samples: score_samples = Σα · exp(-γ o(x))
     assert rel(alpha.sum() * np.exp(-oc._gamma * o_ref), oc.score_samples(Xt)) < TOL
     assert rel(out["explained_score"], o_ref) < TOL
     assert rel(out["relevance"], R_ref) < TOL

@@ -100,7 +100,7 @@ def test_matches_zennit_definition(digits, forward):
 
 def test_default_window_covers_the_8x8_digit(digits, forward):
     x, _ = digits
-    res = Explainer(xcompile.compile(MODEL, "occlusion")).explain(x)  # SPEC defaults: 8x8 window, stride 8, fill 0
+    res = Explainer(xcompile.compile(MODEL, "occlusion")).explain(x)  # defaults: 8x8 window, stride 8, fill 0
     t = res.predicted
     drop = forward(x)[np.arange(len(x)), t] - forward(np.zeros_like(x))[np.arange(len(x)), t]
     np.testing.assert_allclose(res.relevance, np.broadcast_to(drop[:, None, None, None], x.shape), atol=2e-5)

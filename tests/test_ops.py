@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from onnx import helper
-
 from oracle import autograd_reference, explain, one_op_model, rel_err
 
 RNG = np.random.default_rng(0)

@@ -2,9 +2,10 @@
 folder (as xcompile/rules) -- so a plain `pip install xcompile` (not editable) has them."""
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,8 +19,15 @@ pytest.importorskip("skimage")
 torch = pytest.importorskip("torch")
 
 import xcompile  # noqa: E402
-from model_zoo.zoo import (BUILD, EFFNET_LITE_NORMALIZATION, build_efficientnet_lite0,  # noqa: E402
-                           efficientnet_lite0_torch, imagenet_classes, ort_run, preprocess)
+from model_zoo.zoo import (  # noqa: E402
+    BUILD,
+    EFFNET_LITE_NORMALIZATION,
+    build_efficientnet_lite0,
+    efficientnet_lite0_torch,
+    imagenet_classes,
+    ort_run,
+    preprocess,
+)
 
 # ImageNet domestic cats: tabby, tiger cat, Persian, Siamese, Egyptian cat
 DOMESTIC_CATS = (281, 282, 283, 284, 285)

@@ -168,7 +168,6 @@ def test_concurrent_clients_with_adaptive_batching(explainer_path, local, digits
 @pytest.mark.parametrize("case", ["shape", "rank", "target_range", "unknown_input"])
 def test_bad_request_gets_clean_error_and_server_keeps_serving(server, local, digits, case):
     c = th.InferenceServerClient(server.url)
-    name = local.data_input.name
     if case == "shape":
         x = np.zeros((2, 1, 9, 9), np.float32)
         inputs, _ = request(local, x)

@@ -104,6 +104,7 @@ def export_model(name: str, custom: dict) -> dict:
         return rec
     if not path.exists():
         import torch
+
         from model_zoo import zoo
         t0 = time.perf_counter()
         x = torch.from_numpy(make_input(name, (3, 224, 224), 2))
@@ -218,7 +219,7 @@ def _ort_session(path, threads, device):
 
 def _setup(job):
     """-> (callable doing one timed call, info dict). Everything not in the callable is untimed."""
-    fw, method, device, threads, batch = job["framework"], job["method"], job["device"], job["threads"], job["batch"]
+    fw, device, threads, batch = job["framework"], job["device"], job["threads"], job["batch"]
     name, path = job["model"], Path(job["onnx"])
     x = make_input(name, input_shape(path), batch)
     info = {}

@@ -161,7 +161,7 @@ def digits_section(args, md: list, summary: dict):
         rows_md.append(f"| {s.label} | {cell(by['conservation'])} | {cell(by['positivity'])} | "
                        f"{cell(by['continuity'])} | {cell(by.get('implementation_invariance'))} |")
     summary["digits_axioms"] = ax_json
-    md += ["### Axioms (seed 003's table, measured on 64 held-out digits)", "",
+    md += ["### Axioms (measured on 64 held-out digits)", "",
            "(expected) marks the cells where the method claims the axiom (conservation: LRP / Deep Taylor, and IG's completeness "
            "Σ IG = f(x) − f(0); positivity: Deep Taylor / z⁺-only rule sets); elsewhere the value is information, not a bug. "
            "✓ = within the threshold (conservation 1 % max relative error over the inputs — LRP rules that drop or absorb "
@@ -228,6 +228,7 @@ def grid(path, x, relevances: dict):
 
 def effnet_inputs():
     from skimage import data
+
     from model_zoo.zoo import preprocess
     xs, names = [], []
     for name in PHOTOS:
@@ -267,7 +268,7 @@ def effnet_section(args, md: list, summary: dict):
            "Model: pretrained EfficientNet-Lite0 exported by `model_zoo/zoo.py build_efficientnet_lite0` (legacy "
            "exporter), inputs `preprocess()`-ed to [-1, 1]. Explained class: the predicted one. Score: softmax "
            "probability. Baseline `black` = the sample minimum. Occlusion uses a 16×16 window, stride 16 (196 occluded "
-           "copies per image in one graph call); the SPEC default 8×8 would need 784 forward passes per image, which "
+           "copies per image in one graph call); the default 8×8 would need 784 forward passes per image, which "
            "the same command runs, only 4× slower. PatternAttribution is left out here: it needs patterns fitted on a "
            "dataset, and 8 photos are not one.", ""]
     if skipped:
@@ -293,6 +294,7 @@ def effnet_section(args, md: list, summary: dict):
     # SpRAY on photos: random crops of the photos, relevance for the tiger-cat class
     if "lrp:epsilon-gamma-box{low=-1,high=1}" in exs or "gradient" in exs:
         from skimage import data
+
         from model_zoo.zoo import preprocess
         rng = np.random.default_rng(0)
         xs, src = [], []

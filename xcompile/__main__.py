@@ -1,4 +1,4 @@
 """`python -m xcompile ...` = the `xcompile` command."""
-from .cli import main
+from .commands.main import main
 
 main()

@@ -3,16 +3,42 @@
 It knows each tensor's measured shape (None at the batch dimension), its dtype, constant values,
 producers and consumers, and — through a networkx graph of differentiable edges — which tensors
 carry relevance from the data input to the explained scores. Shape arithmetic, constants and
-integer index paths never do (SPEC §5): they are left untouched and never differentiated."""
+integer index paths never do: they are left untouched and never differentiated.
+
+Also the two names every explainer adds (`TARGET` input, `RELEVANCE` output) and the one attribute reader."""
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import networkx as nx
-import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
+
+# the explainer's own I/O names (docs/ARCHITECTURE.md, "Emitted model")
+TARGET = "target"
+RELEVANCE = "relevance"
+
+
+def _decoded(v):
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, list) and v and isinstance(v[0], bytes):
+        return [x.decode() for x in v]
+    return v
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    """The value of attribute `name` of `node` (strings decoded to str), else `default`."""
+    for a in node.attribute:
+        if a.name == name:
+            return _decoded(helper.get_attribute_value(a))
+    return default
+
+
+def attrs(node: onnx.NodeProto) -> dict:
+    """Every attribute of `node` as {name: value} (strings decoded to str)."""
+    return {a.name: _decoded(helper.get_attribute_value(a)) for a in node.attribute}
 
 
 @dataclass
@@ -26,6 +52,7 @@ class ForwardGraph:
     fixed_batch: bool = False
     opset: int = 17
     _consts: dict = field(default_factory=dict)
+    canonicalization: list = field(default_factory=list)  # the rewrite rules' decisions (canonicalize.rewrite)
 
     def __post_init__(self):
         g = self.model.graph

@@ -118,9 +118,20 @@ class Builder:
     def negative(self, a, hint="neg"):
         return self.op("Min", [a, self.f32(0.0)], hint)
 
-    def stabilize(self, z: str, eps: float, hint="stabilized") -> str:
-        """z + eps * sign(z), with sign(0) = +1 (Zennit's stabilizer)."""
-        sign = self.where(self.op("Less", [z, self.f32(0.0)]), self.f32(-eps), self.f32(eps), "eps_signed")
+    def stabilize(self, z: str, eps: float, hint="stabilized", *, norm_scale: bool = False, rank: int = 2,
+                  dtype=np.float32) -> str:
+        """THE stabilizer: z + eps * sign(z), with sign(0) = +1 (Zennit's). ``eps == 0`` (LRP-0): zero denominators
+        become 1 (0/0 -> 0). ``norm_scale``: eps * sqrt(mean(z^2)) over the non-batch axes (Zennit's Stabilizer
+        norm_scale). ``dtype``: of the constants (float64 in the neuralized heads)."""
+        c = (lambda v: self.const(v, dtype))  # noqa: E731
+        if eps == 0.0:
+            return self.where(self.op("Equal", [z, c(0.0)], "is_zero"), c(1.0), z, "safe_z")
+        if norm_scale:
+            ms = self.reduce("ReduceMean", self.mul(z, z), list(range(1, rank)), keepdims=1, hint="ms")
+            e = self.mul(self.op("Sqrt", [ms], "rms"), c(eps), "eps_scaled")
+            sign = self.where(self.op("Less", [z, c(0.0)]), c(-1.0), c(1.0), "sign")
+            return self.add(z, self.mul(sign, e), hint)
+        sign = self.where(self.op("Less", [z, c(0.0)]), c(-eps), c(eps), "eps_signed")
         return self.add(z, sign, hint)
 
     # opset-dependent signatures

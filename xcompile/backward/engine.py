@@ -1,18 +1,16 @@
 """THE backward engine: one reverse walk over the forward graph for every method.
 
 It visits the nodes on relevance-carrying paths in reverse topological order, asks each node's emitter
-(from the op table, possibly overridden by the method) for the nodes that map output relevance to input
+(``method.backward_for(node)``: the op table, or the method's own choice for that node) for the nodes that map output relevance to input
 relevance, and sums relevance where a tensor has several consumers (fan-in)."""
 from __future__ import annotations
 
 from typing import Callable, Optional
 
-import numpy as np
 import onnx
-from onnx import helper
 
 from ..errors import UnsupportedOperatorsError
-from ..graph import ForwardGraph
+from ..graph import ForwardGraph, attr
 from . import ops  # noqa: F401 - registers the emitters
 from .builder import Builder
 from .table import NON_DIFFERENTIABLE, Backward, lookup
@@ -41,15 +39,17 @@ class NodeContext:
     def y(self, k: int = 0) -> str:
         return self.engine.fwd(self.node.output[k])
 
+    @property
+    def live(self) -> set:
+        """The tensors that carry relevance (on a path from the source to the explained scores)."""
+        return self._live
+
     def needs(self, k: int) -> bool:
         return k < len(self.node.input) and self.node.input[k] in self._live
 
     # attributes, shapes, constants
     def attr(self, name: str, default=None):
-        for a in self.node.attribute:
-            if a.name == name:
-                return helper.get_attribute_value(a)
-        return default
+        return attr(self.node, name, default)
 
     def in_shape(self, k: int = 0) -> tuple:
         return self.g.shape(self.node.input[k])
@@ -96,6 +96,9 @@ class Engine:
         self.explained = explained or graph.explained
 
     def spec(self, node: onnx.NodeProto) -> Optional[Backward]:
+        """The node's backward: the method decides (default: the op table with its overrides)."""
+        if self.method is not None:
+            return self.method.backward_for(node)
         return lookup(node.op_type, self.overrides)
 
     def _slots(self, node):

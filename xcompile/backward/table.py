@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+from ..kinds import NON_DIFFERENTIABLE  # noqa: F401 - re-exported: ops whose outputs never carry relevance
+
 ALL = "all"
 
 
@@ -24,14 +26,6 @@ class Backward:
 
 
 TABLE: dict[str, Backward] = {}
-
-# Ops whose outputs never carry relevance (shape arithmetic, comparisons, indices).
-NON_DIFFERENTIABLE = {
-    "Shape", "Size", "ArgMax", "ArgMin", "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual",
-    "Not", "And", "Or", "Xor", "NonZero", "ConstantOfShape", "Range", "EyeLike", "RandomNormal",
-    "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Constant", "IsNaN", "IsInf", "Sign",
-    "Floor", "Ceil", "Round", "OneHot", "TopK_indices", "Mod", "BitShift",
-}
 
 
 def backward(*op_types: str, inputs: Sequence[int] | str = (0,)):

@@ -1,4 +1,6 @@
-"""The seed's axioms table, measured for any compiled explainer (seed 003, "Approach 2: Axioms"):
+"""The axioms table (conservation and positivity: Montavon et al. 2018, "Methods for interpreting and understanding
+deep neural networks"; implementation invariance: Sundararajan et al. 2017; docs/evaluation.md), measured for any
+compiled explainer:
 
 | axiom | measured as | expected to hold for |
 |---|---|---|
@@ -177,7 +179,7 @@ def fold_batchnorm_variant(model) -> onnx.ModelProto:
         g.initializer.extend([numpy_helper.from_array(wn, wname), numpy_helper.from_array(bnew, bname)])
         del conv.input[1:]
         conv.input.extend([wname, bname])
-        conv.output[0], bn_out = bn.output[0], conv.output[0]  # conv now writes the BN's output
+        conv.output[0] = bn.output[0]  # conv now writes the BN's output
         drop.append(bn)
         folded += 1
     if not folded:

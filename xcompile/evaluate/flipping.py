@@ -37,17 +37,11 @@ class Scorer:
 
     def __init__(self, model, score: str = "softmax", batch_size: int = 256, threads: int | None = None,
                  providers=None):
-        import onnxruntime as ort
+        from ..sessions import session
         if score not in ("softmax", "logit"):
             raise XCompileError(f"score {score!r}: use 'softmax' or 'logit'")
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = threads
-        from ..protobuf_limit import inference_session
-        providers = providers or ["CPUExecutionProvider"]
         try:
-            self.session = inference_session(model, so, providers)
+            self.session = session(model, threads=threads, providers=providers)
         except Exception as e:  # noqa: BLE001
             raise XCompileError(f"{model if isinstance(model, (str, os.PathLike)) else 'model'}: onnxruntime "
                                 f"cannot load it: {str(e).strip().splitlines()[0]}") from None

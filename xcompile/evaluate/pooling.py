@@ -1,5 +1,6 @@
-"""Relevance pooling (seed 003): because conservative relevance sums to the score, it can be pooled over
-pixel regions and over a dataset. For a box per image: relevance inside, outside, and the seed's
+"""Relevance pooling (Lapuschkin et al. 2016, "Analyzing classifiers: Fisher vectors and deep neural networks";
+docs/evaluation.md): because conservative relevance sums to the score, it can be pooled over
+pixel regions and over a dataset. For a box per image: relevance inside, outside, and the
 "importance of context" = relevance outside the box / relevance inside the box, per image and over the
 dataset (ratio of the pooled sums, and the median of the per-image ratios)."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SpRAY (spectral relevance analysis, Lapuschkin et al. 2019; seed 003 "dataset-wide analyses"):
+"""SpRAY (spectral relevance analysis, Lapuschkin et al. 2019, "Unmasking Clever Hans predictors"):
 spectral clustering of one class's relevance maps over a dataset. Maps are summed over channels,
 optionally block-averaged to a small size, normalized per map (L2), then an affinity is built (default:
 self-tuning Gaussian with the k-th neighbour distance as local scale; ``affinity='knn'``: SpRAY's symmetric

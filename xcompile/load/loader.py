@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import onnx
-from onnx import helper, shape_inference, version_converter
+from onnx import helper, version_converter
 
 from ..errors import XCompileError
 from ..protobuf_limit import check_model, infer_shapes, too_large

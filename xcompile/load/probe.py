@@ -6,20 +6,16 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from ..errors import XCompileError
-from ..protobuf_limit import inference_session
+from ..sessions import session
 
 _NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
        onnx.TensorProto.FLOAT16: np.float16}
 
 
-def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    return inference_session(model, so)
+def _session(model: onnx.ModelProto):
+    return session(model, optimization="disable")
 
 
 def probe(model: onnx.ModelProto, data_input: str, sample_shape: tuple[int, ...], dtype,

@@ -1,42 +1,31 @@
-"""LRP emitters: ONE generic emitter for linear layers (Conv, Gemm, MatMul with a constant weight) driven by a
-Rule object, plus the pass / proportional (Zennit `Norm`) / product emitters. They plug into the generic engine
-as op-table overrides; every other op keeps its gradient entry (routing by position, winner-take-all)."""
+"""LRP emitters, called by the rule objects of `rules.py`: ONE generic emitter for linear layers (Conv, Gemm, MatMul
+with a constant weight) driven by a Rule's groups, plus the pass / proportional (Zennit `Norm`) / product /
+std-constant / maxpool-proportional emitters. Nothing here chooses a rule."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
-from onnx import helper
 
 from ..backward.ops.linear import conv_input_grad
+from ..backward.ops.normalization import normalization_vjp
 from ..backward.table import TABLE
-from .rules import Group, Part, Rule
+from ..graph import attrs
 
 STAB = 1e-6  # Zennit's default stabilizer for Norm
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def stabilize(b, z: str, eps: float, norm_scale: bool = False, rank: int = 2) -> str:
-    """z + eps * sign(z), sign(0) = +1 (Zennit). eps == 0 (LRP-0): zero denominators become 1 (0/0 -> 0)."""
-    if eps == 0.0:
-        return b.where(b.op("Equal", [z, b.f32(0.0)], "is_zero"), b.f32(1.0), z, "safe_z")
-    if not norm_scale:
-        return b.stabilize(z, eps)
-    rms = b.op("Sqrt", [b.reduce("ReduceMean", b.mul(z, z), list(range(1, rank)), keepdims=1, hint="ms")], "rms")
-    e = b.mul(rms, b.f32(eps), "eps_scaled")
-    sign = b.where(b.op("Less", [z, b.f32(0.0)]), b.f32(-1.0), b.f32(1.0), "sign")
-    return b.add(z, b.mul(sign, e), "stabilized")
 
 
 class Linear:
     """The node's linear map with a replaceable weight/bias: forward(inp, W, b) and adjoint(s, W)."""
 
-    def __init__(self, ctx, live: int, W: np.ndarray, bias):
-        self.ctx, self.b, self.live, self.W, self.bias = ctx, ctx.b, live, W, bias
+    def __init__(self, ctx, view):
+        self.ctx, self.b, self.live, self.view = ctx, ctx.b, view.slot, view
         self.op = ctx.op_type
 
     def _wname(self, w, original: bool, hint="w"):
         if original:
-            return self.ctx.node.input[1 - self.live] if self.op != "Conv" else self.ctx.node.input[1]
+            return self.ctx.node.input[self.view.weight_slot]
         return self.b.const(np.asarray(w, np.float32), hint=hint)
 
     def forward(self, inp, w, w_is_orig, bias):
@@ -44,8 +33,7 @@ class Linear:
         wn = self._wname(w, w_is_orig)
         bn = None if bias is None or not np.any(bias) else b.const(np.asarray(bias, np.float32), hint="b")
         if self.op == "Conv":
-            attrs = {a.name: helper.get_attribute_value(a) for a in ctx.node.attribute}
-            return b.op("Conv", [inp, wn] + ([bn] if bn else []), "z", **attrs)
+            return b.op("Conv", [inp, wn] + ([bn] if bn else []), "z", **attrs(ctx.node))
         if self.op == "Gemm":
             ta, tb = ctx.attr("transA", 0), ctx.attr("transB", 0)
             return b.op("Gemm", [inp, wn] + ([bn] if bn else []), "z", transA=ta or None, transB=tb or None)
@@ -67,47 +55,14 @@ class Linear:
         return b.op("MatMul", [s, wt] if self.live == 0 else [wt, s], "c")
 
 
-def linear_of(ctx):
-    """(live input slot, effective weight, effective bias) when the node is a linear layer with constant parameters
-    and ONE live input, else None. Gemm's alpha/beta are folded into W and C."""
-    op = ctx.op_type
-    if op == "Conv":
-        W = ctx.const(1)
-        if W is None or not ctx.needs(0) or ctx.needs(1):
-            return None
-        bias = ctx.const(2) if len(ctx.node.input) > 2 and ctx.node.input[2] else None
-        if len(ctx.node.input) > 2 and ctx.node.input[2] and bias is None:
-            return None
-        return 0, W, bias
-    if op == "Gemm":
-        W = ctx.const(1)
-        if W is None or not ctx.needs(0) or ctx.needs(1):
-            return None
-        C = None
-        if len(ctx.node.input) > 2 and ctx.node.input[2]:
-            C = ctx.const(2)
-            if C is None:
-                return None
-            C = C * ctx.attr("beta", 1.0)
-        alpha = ctx.attr("alpha", 1.0)
-        return 0, (W if alpha == 1.0 else W * alpha), C
-    if op == "MatMul":
-        for live in (0, 1):
-            W = ctx.const(1 - live)
-            if W is not None and ctx.needs(live) and not ctx.needs(1 - live) and W.ndim == 2 and len(ctx.in_shape(live)) >= 2:
-                return live, W, None
-    return None
-
-
 def _zero_pad_before(ctx, live):
     """The constant-zero Pad node feeding the layer (TF-style 'same' padding as a separate node), if any."""
     name = ctx.node.input[live]
     p = ctx.g.producer.get(name)
     if p is None or p.op_type != "Pad" or len(ctx.g.consumers.get(name, [])) != 1:
         return None
-    for a in p.attribute:
-        if a.name == "mode" and a.s not in (b"constant", b""):
-            return None
+    if attrs(p).get("mode", "constant") not in ("constant", ""):
+        return None
     if len(p.input) > 2 and p.input[2]:
         v = ctx.g.const(p.input[2])
         if v is None or np.any(v != 0):
@@ -117,7 +72,7 @@ def _zero_pad_before(ctx, live):
     return p
 
 
-def _input(ctx, kind: str, a: str, rule: Rule, pad=None) -> str:
+def _input(ctx, kind: str, a: str, rule, pad=None) -> str:
     b = ctx.b
     if kind in ("ones", "low", "high") and pad is not None:
         # constant inputs live on the unpadded tensor and get the same zero padding (as a conv's own pads would)
@@ -138,13 +93,13 @@ def _input(ctx, kind: str, a: str, rule: Rule, pad=None) -> str:
     raise ValueError(kind)
 
 
-def emit_rule(ctx, R: str, rule: Rule, lin) -> list:
-    """The four LRP steps for one linear node under `rule` (every group / part of it)."""
+def emit_rule(ctx, R: str, rule, view) -> list:
+    """The four LRP steps for one linear node (`view`: kinds.LinearView) under `rule` (every group / part of it)."""
     b = ctx.b
-    live, W, bias = lin
-    L = Linear(ctx, live, W, bias)
+    live, W, bias = view.slot, view.weight, view.bias
+    L = Linear(ctx, view)
     a = ctx.x(live)
-    orig_w = W is ctx.const(1 - live if ctx.op_type == "MatMul" else 1)
+    orig_w = W is ctx.const(view.weight_slot)
     rank = len(ctx.out_shape(0))
     inputs, total = {}, []
     pad = _zero_pad_before(ctx, live)
@@ -168,7 +123,7 @@ def emit_rule(ctx, R: str, rule: Rule, lin) -> list:
                 terms.append(z if part.sign > 0 else b.neg(z))
                 mods.append((part, inp, w, same))
             z = b.sum(terms, "z_sum")
-            s = b.div(R, stabilize(b, z, group.eps, group.norm_scale, rank), "s")
+            s = b.div(R, b.stabilize(z, group.eps, norm_scale=group.norm_scale, rank=rank), "s")
             if group.mask:
                 zo = ctx.y(0)
                 cond = b.op("Greater" if group.mask == "pos" else "Less", [zo, b.f32(0.0)], f"mask_{group.mask}")
@@ -186,10 +141,6 @@ def emit_rule(ctx, R: str, rule: Rule, lin) -> list:
 
 
 # ------------------------------------------------------------------------------- other treatments
-def gradient(ctx, gy):
-    return TABLE[ctx.op_type].fn(ctx, gy)
-
-
 def pass_through(ctx, gy):
     """Relevance unchanged (Zennit `Pass`), summed over broadcast axes for each live input."""
     out = []
@@ -220,6 +171,13 @@ def proportional(ctx, gy, weights=None, stabilizer: float = STAB):
     return out
 
 
+def product_shares(ctx, gy, weights):
+    """Elementwise a * b: operand k's share w_k * a * b * R / (a * b) is w_k * R, passed on without the division
+    (a stabilizer would bias it wherever the product is tiny)."""
+    return [None if r is None or w == 0.0 else r if w == 1.0 else ctx.b.mul(r, ctx.b.f32(w), "r_share")
+            for r, w in zip(pass_through(ctx, gy), weights)]
+
+
 def std_constant(ctx, gy, stabilizer: float = STAB):
     """LayerNorm as AttnLRP treats it (LXT: `y = (x - mean) / stop_gradient(std)`): with the standard deviation held
     constant, x -> scale * (x - mean(x)) / std + bias is linear, and relevance goes through that map by LRP-0
@@ -227,24 +185,22 @@ def std_constant(ctx, gy, stabilizer: float = STAB):
     b = ctx.b
     rank = len(ctx.in_shape(0))
     axes = list(range(ctx.attr("axis", -1) % rank, rank))
-    x = ctx.x(0)
-    xc = b.sub(x, b.reduce("ReduceMean", x, axes, keepdims=1, hint="mean"), "centered")
-    var = b.reduce("ReduceMean", b.mul(xc, xc), axes, keepdims=1, hint="var")
-    inv = b.op("Reciprocal", [b.op("Sqrt", [b.add(var, b.f32(ctx.attr("epsilon", 1e-5)))])], "inv_std")
     gh = b.mul(b.div(gy[0], b.stabilize(ctx.y(0), stabilizer), "s"), ctx.x(1), "s_scaled")
-    g = b.mul(inv, b.sub(gh, b.reduce("ReduceMean", gh, axes, keepdims=1)), "vjp")
-    return [b.mul(x, g, "r")] + [None] * (len(ctx.node.input) - 1)
+    g = normalization_vjp(b, ctx.x(0), gh, axes, ctx.attr("epsilon", 1e-5), hold_std=True)
+    return [b.mul(ctx.x(0), g, "r")] + [None] * (len(ctx.node.input) - 1)
 
 
 def maxpool_proportional(ctx, gy):
     """MaxPool as the overview's VGG recipe does: relevance spread in proportion to the window's activations
     (the average-pool backward), instead of winner-take-all."""
+    from onnx import helper
+
     from ..backward.engine import NodeContext
-    attrs = {k: ctx.attr(k) for k in ("kernel_shape", "strides", "pads", "ceil_mode", "auto_pad") if ctx.attr(k) is not None}
-    fake = helper.make_node("AveragePool", [ctx.node.input[0]], [ctx.node.output[0]], name=ctx.node.name, **attrs)
-    fctx = NodeContext(ctx.engine, fake, ctx._live)
+    pool = {k: ctx.attr(k) for k in ("kernel_shape", "strides", "pads", "ceil_mode", "auto_pad") if ctx.attr(k) is not None}
+    fake = helper.make_node("AveragePool", [ctx.node.input[0]], [ctx.node.output[0]], name=ctx.node.name, **pool)
+    fctx = NodeContext(ctx.engine, fake, ctx.live)
     b = ctx.b
-    avg = b.op("AveragePool", [ctx.x(0)], "window_mean", **attrs)
+    avg = b.op("AveragePool", [ctx.x(0)], "window_mean", **pool)
     s = b.div(gy[0], b.stabilize(avg, STAB), "s")
     v = TABLE["AveragePool"].fn(fctx, [s])[0]
     return [b.mul(ctx.x(0), v, "r")]

@@ -1,24 +1,35 @@
-"""LRP rules as small objects (after Zennit's BasicHook / RelevancePropagation.jl).
+"""LRP rules as small objects (after Zennit's BasicHook / composites and RelevancePropagation.jl's `rules.jl`).
 
-A rule never walks the graph. It only says, for one linear layer z = W a + b, which *terms* to build:
+Every treatment a rule set can name is a rule object registered by name with ``@rule("name")``; each one has
+``compatible(node)`` (can it treat this forward node?) and ``emit(ctx, gy)`` (append the nodes that map the
+output relevance ``gy`` to input relevance, like an op-table emitter). Two families:
+
+* rules on a linear layer z = W a + b (`Rule`: zero, epsilon, gamma, z+, alpha-beta, z^B, w^2, flat). A rule never
+  walks the graph. It only says which *terms* to build:
 
     group g:  z_g = sum_p  sign_p * (rho_p(W) in_p + rho_p(b))          (stabilised: z + eps * sign(z))
               s_g = R / z_g            (optionally masked by the sign of the layer's real output z)
     R_in     = sum_g coef_g * sum_p sign_p * in_p  (.)  rho_p(W)^T s_g
 
-where in_p is one of the symbolic inputs "x" (the activation), "pos" (x+), "neg" (x-), "ones", "low", "high"
-(z^B bounds). A plain rule overrides the four hooks `input`, `modify_weight`, `modify_bias`, `eps`; rules made of
-several terms (gamma, alpha-beta, z+, z^B) override `groups()`. Weights are numpy arrays: modified weights
-become initializers at compile time; `modify_weight` returning its argument unchanged shares the original.
+  where in_p is one of the symbolic inputs "x" (the activation), "pos" (x+), "neg" (x-), "ones", "low", "high"
+  (z^B bounds). A plain rule overrides the four hooks `input`, `modify_weight`, `modify_bias`, `eps`; rules made of
+  several terms (gamma, alpha-beta, z+, z^B) override `groups()`. Weights are numpy arrays: modified weights
+  become initializers at compile time; `modify_weight` returning its argument unchanged shares the original.
+* treatments of any other node (`Treatment`): pass, gradient, proportional (Zennit `Norm`), std-constant
+  (AttnLRP's LayerNorm), product (of two activations), maxpool-proportional.
 
 Adding a rule = a subclass of ~10 lines + `@rule("name")`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
+
+from ..backward.table import TABLE
+from ..kinds import LINEAR_OPS, PRODUCT_OPS, linear_view
+from . import emitters as E
 
 RULES: dict[str, type] = {}
 
@@ -32,7 +43,7 @@ def rule(*names):
     return deco
 
 
-def identity(w):
+def _same(w):
     return w
 
 
@@ -65,11 +76,13 @@ class Group:
     norm_scale: bool = False                     # eps * sqrt(mean(z^2)) over the non-batch axes (Zennit Stabilizer norm_scale)
 
 
-class Rule:
-    """Base rule = LRP-epsilon shape: one group, one part built from the four hooks."""
+class LRPRule:
+    """What every rule object has: parameters (with defaults), `compatible(node)`, `emit(ctx, gy)`, `describe()`."""
     name = "rule"
     params: dict = {}            # parameter -> default (Zennit's defaults)
-    input = "x"                  # modify_input: which symbolic input the single part reads
+    linear = False               # a rule on a linear layer's weights (Rule) or a treatment of any node
+    selectable = True            # may a rule file name it?
+    applies_to = "any node"      # for messages: what `compatible` accepts
 
     def __init__(self, **given):
         unknown = set(given) - set(self.params)
@@ -77,6 +90,28 @@ class Rule:
             raise ValueError(f"unknown parameter(s) {sorted(unknown)} for rule {self.name!r} "
                              f"(known: {', '.join(sorted(self.params)) or 'none'})")
         self.p = {**self.params, **given}
+
+    def compatible(self, node) -> bool:
+        return True
+
+    def emit(self, ctx, gy) -> list:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+
+class Rule(LRPRule):
+    """Base rule on a linear layer = LRP-epsilon shape: one group, one part built from the four hooks."""
+    linear = True
+    applies_to = ", ".join(LINEAR_OPS)
+    input = "x"                  # modify_input: which symbolic input the single part reads
+
+    def compatible(self, node) -> bool:
+        return node.op_type in LINEAR_OPS
+
+    def emit(self, ctx, gy) -> list:
+        return E.emit_rule(ctx, gy[0], self, linear_view(ctx.g, ctx.node, ctx.live))
 
     # hooks -------------------------------------------------------------------------------------------
     def modify_weight(self, w):
@@ -108,7 +143,7 @@ class Epsilon(Rule):
     params = {"epsilon": 1e-6, "norm_scale": False}
 
     def groups(self):
-        return [Group([Part("x", identity, identity)], eps=float(self.p["epsilon"]),
+        return [Group([Part("x", _same, _same)], eps=float(self.p["epsilon"]),
                       norm_scale=bool(self.p["norm_scale"]))]
 
 
@@ -159,14 +194,14 @@ class ZBox(Rule):
     params = {"low": None, "high": None, "stabilizer": 1e-6}
 
     def groups(self):
-        return [Group([Part("x", identity, identity), Part("low", pos, pos, -1.0), Part("high", neg, neg, -1.0)],
+        return [Group([Part("x", _same, _same), Part("low", pos, pos, -1.0), Part("high", neg, neg, -1.0)],
                       eps=self.eps)]
 
 
 @rule("wsquare", "w2")
 class WSquare(Rule):
     """w^2: R_i = sum_j w_ij^2 / sum_i' w_i'j^2 R_j. ``bias = true`` (default) is Zennit's WSquare, which squares
-    the bias too and keeps it in the denominator (parity); ``bias = false`` is the formula of SPEC / Montavon et al.
+    the bias too and keeps it in the denominator (parity); ``bias = false`` is the formula of Montavon et al.
     2017 (used by deep_taylor): the bias would otherwise absorb relevance at every w^2 layer."""
     params = {"stabilizer": 1e-6, "bias": True}
     input = "ones"
@@ -191,16 +226,104 @@ class Flat(Rule):
         return None
 
 
-# treatments of non-linear nodes (not rules on weights, but selectable in rule files)
-# std-constant: LayerNormalization with its standard deviation held constant (AttnLRP), see emitters.std_constant
-# product: a product of two activations (Mul, Div, MatMul), shares set by the gate option; its params set the
-# stabilizer of the bilinear (MatMul) case
-TREATMENTS = ("pass", "gradient", "proportional", "std-constant", "product")
-STD_CONSTANT_OPS = ("LayerNormalization",)
-TREATMENT_PARAMS = {"proportional": ("stabilizer",), "std-constant": ("stabilizer",), "product": ("stabilizer",)}
+# ------------------------------------------------------------------------ treatments of any other node
+class Treatment(LRPRule):
+    """A rule for a node that is not a linear layer with a constant weight (Zennit's Pass / Norm beside Gamma)."""
+
+    @property
+    def stabilizer(self) -> float:
+        return float(self.p.get("stabilizer", E.STAB))
 
 
-def make_rule(name: str, params: dict) -> Rule:
+@rule("pass")
+class Pass(Treatment):
+    """Relevance unchanged (Zennit `Pass`): activations, elementwise maps, unfolded normalisation."""
+
+    def emit(self, ctx, gy):
+        return E.pass_through(ctx, gy)
+
+
+@rule("gradient")
+class Gradient(Treatment):
+    """The op's own backward (routing by position, winner-take-all MaxPool)."""
+    applies_to = "operators with a backward in the op table"
+
+    def compatible(self, node):
+        return node.op_type in TABLE
+
+    def emit(self, ctx, gy):
+        return TABLE[ctx.op_type].fn(ctx, gy)
+
+
+@rule("proportional")
+class Proportional(Treatment):
+    """Zennit `Norm`: inputs get relevance in proportion to their contributions (residual sums, average pools)."""
+    params = {"stabilizer": E.STAB}
+    applies_to = "operators with a backward in the op table"
+
+    def compatible(self, node):
+        return node.op_type in TABLE
+
+    def emit(self, ctx, gy):
+        return E.proportional(ctx, gy, stabilizer=self.stabilizer)
+
+
+@rule("std-constant")
+class StdConstant(Treatment):
+    """LayerNormalization with its standard deviation held constant (AttnLRP), see emitters.std_constant."""
+    params = {"stabilizer": E.STAB}
+    applies_to = "LayerNormalization"
+
+    def compatible(self, node):
+        return node.op_type == "LayerNormalization"
+
+    def emit(self, ctx, gy):
+        return E.std_constant(ctx, gy, stabilizer=self.stabilizer)
+
+
+@rule("product")
+class Product(Treatment):
+    """A product of two activations (Mul, Div, MatMul): operand k gets the share `weights[k]` (set by the method
+    from the gate option: the gate is a constant weight, or both split); params set the stabilizer of the bilinear
+    (MatMul) case."""
+    params = {"stabilizer": E.STAB}
+    applies_to = ", ".join(PRODUCT_OPS + LINEAR_OPS)
+
+    def __init__(self, weights=None, **given):
+        super().__init__(**given)
+        self.weights = weights
+
+    def compatible(self, node):
+        return node.op_type in PRODUCT_OPS + LINEAR_OPS
+
+    def emit(self, ctx, gy):
+        if ctx.op_type == "Mul":
+            return E.product_shares(ctx, gy, self.weights)
+        return E.proportional(ctx, gy, self.weights, stabilizer=self.stabilizer)
+
+    def describe(self):
+        return "product " + "/".join(f"{w:g}" for w in self.weights)
+
+
+@rule("maxpool-proportional")
+class MaxPoolProportional(Treatment):
+    """MaxPool as the overview's VGG recipe does (`--set maxpool=proportional` or a rule set's option)."""
+    selectable = False
+    applies_to = "MaxPool"
+
+    def compatible(self, node):
+        return node.op_type == "MaxPool"
+
+    def emit(self, ctx, gy):
+        return E.maxpool_proportional(ctx, gy)
+
+
+def make_rule(name: str, params: dict) -> LRPRule:
     if name not in RULES:
         raise KeyError(name)
     return RULES[name](**params)
+
+
+def selectable() -> dict[str, type]:
+    """The rules a rule file may name."""
+    return {n: c for n, c in RULES.items() if c.selectable}

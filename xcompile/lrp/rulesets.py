@@ -3,13 +3,14 @@ node. See rules/README.md for the format. Parsing errors are one-line XCompileEr
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import tomllib
+
 from ..errors import XCompileError
-from .rules import RULES, TREATMENT_PARAMS, TREATMENTS, make_rule
+from .rules import make_rule, selectable
 
 SELECTORS = ("op", "kind", "position", "layers", "name", "name_regex")
 ENTRY_KEYS = set(SELECTORS) | {"rule", "params", "note"}
@@ -66,7 +67,8 @@ class RuleSet:
         return next((e for e in self.entries if _matches(e, info, linear=True)), None)
 
     def match_other(self, info: dict) -> Optional[Entry]:
-        return next((e for e in self.entries if not e.linear_only and e.rule in TREATMENTS and _matches(e, info, linear=False)), None)
+        """The first entry that may treat a node which is no linear layer (entries naming a treatment)."""
+        return next((e for e in self.entries if not e.linear_only and _matches(e, info, linear=False)), None)
 
 
 def _as_list(v):
@@ -135,24 +137,26 @@ def load(spec) -> RuleSet:
         if "rule" not in raw or not isinstance(raw["rule"], str):
             raise XCompileError(f"{label}: missing 'rule = \"NAME\"'")
         name = raw["rule"]
-        if name not in RULES and name not in TREATMENTS:
-            raise XCompileError(f"{label}: unknown rule {name!r} (known: {', '.join(sorted(set(RULES) | set(TREATMENTS)))})")
+        known = selectable()
+        if name not in known:
+            raise XCompileError(f"{label}: unknown rule {name!r} (known: {', '.join(sorted(known))})")
+        cls = known[name]
         sel = {k: raw[k] for k in SELECTORS if k in raw}
         _check_selectors(label, sel)
         params = raw.get("params", {})
         if not isinstance(params, dict):
             raise XCompileError(f"{label}: params must be a table, e.g. params = {{ epsilon = 0.25 }}")
-        if name in RULES:
+        if cls.linear:
             try:
                 make_rule(name, params)
             except (ValueError, TypeError) as e:
                 raise XCompileError(f"{label}: {e}") from None
-        elif set(params) - set(TREATMENT_PARAMS.get(name, ())):
-            allowed = ", ".join(TREATMENT_PARAMS.get(name, ())) or "none"
+        elif set(params) - set(cls.params):
+            allowed = ", ".join(cls.params) or "none"
             raise XCompileError(f"{label}: {name!r} takes params: {allowed} (got {', '.join(sorted(params))})")
         elif not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in params.values()):
             raise XCompileError(f"{label}: {name!r} params must be non-negative numbers")
-        linear_only = bool({"kind", "position", "layers"} & set(sel)) or name in RULES
+        linear_only = bool({"kind", "position", "layers"} & set(sel)) or cls.linear
         rs.entries.append(Entry(i, sel, name, dict(params), linear_only))
     return rs
 

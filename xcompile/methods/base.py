@@ -3,41 +3,17 @@ op table. ``Method.build`` appends the explanation to the builder and returns th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
-
-import onnx
+from typing import Optional
 
 from ..backward.builder import Builder
 from ..backward.engine import Engine
-from ..errors import XCompileError
-from ..graph import ForwardGraph
+from ..backward.table import Backward, lookup
+from ..errors import UnsupportedOperatorsError
+from ..graph import TARGET, ForwardGraph
+from ..options import Param, as_bool, as_float, as_int, parse_params
 
-TARGET = "target"
-
-
-@dataclass(frozen=True)
-class Param:
-    default: Any
-    help: str
-    parse: Callable[[Any], Any] = lambda v: v
-
-
-def as_int(v):
-    return int(v)
-
-
-def as_float(v):
-    return float(v)
-
-
-def as_bool(v):
-    if isinstance(v, bool):
-        return v
-    if str(v).lower() in ("1", "true", "yes", "on"):
-        return True
-    if str(v).lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(v)
+__all__ = ["Method", "Param", "Built", "METHODS", "register", "as_int", "as_float", "as_bool", "TARGET",
+           "resolve_target", "make_seed"]
 
 
 @dataclass
@@ -58,16 +34,7 @@ class Method:
 
     @classmethod
     def parse_params(cls, given: dict) -> dict:
-        out = {k: p.default for k, p in cls.params.items()}
-        for k, v in given.items():
-            if k not in cls.params:
-                known = ", ".join(sorted(cls.params)) or "none"
-                raise XCompileError(f"option {k!r} is not known for method {cls.name!r} (known: {known})")
-            try:
-                out[k] = cls.params[k].parse(v)
-            except (TypeError, ValueError):
-                raise XCompileError(f"option {k}={v!r}: {cls.params[k].help}") from None
-        return out
+        return parse_params(cls.params, given, f"method {cls.name!r}")
 
     def __getitem__(self, key):
         return self.values[key]
@@ -76,12 +43,15 @@ class Method:
     def prepare(self, g: ForwardGraph, where: str) -> None:
         """Hook for methods that need to look at the whole graph first (rule choice, patterns)."""
 
+    def backward_for(self, node) -> Optional[Backward]:
+        """The backward of one forward node: by default the op table, with this method's `overrides`."""
+        return lookup(node.op_type, self.overrides)
+
     def engine(self, g: ForwardGraph, b: Builder, **kw) -> Engine:
-        return Engine(g, b, overrides=self.overrides, params=self.values, method=self, **kw)
+        return Engine(g, b, params=self.values, method=self, **kw)
 
     def check(self, g: ForwardGraph, where: str) -> None:
         """Raise (listing every unsupported node at once) before anything is built."""
-        from ..errors import UnsupportedOperatorsError
         bad = self.engine(g, Builder(g.opset)).unsupported()
         if bad:
             raise UnsupportedOperatorsError(bad, where)

@@ -1,120 +1,38 @@
 """LRP and Deep Taylor: the relevance family on the generic engine.
 
-`prepare()` chooses, for every node on the relevance path, a treatment: a Rule (linear layers), "pass"
-(activations, elementwise affine maps with a constant, unfolded normalisation), "proportional" (Zennit's Norm:
-residual Add/Sum, average pools, means/sums), "product" (elementwise/matrix product of two activations: the gate
-is a constant weight), "maxpool-proportional" (option) or "gradient" (routing by position, winner-take-all). The
-single emitter `_emit` reads that choice through ctx.method; traversal stays the engine's."""
+`prepare()` chooses, for every node on the relevance path, a rule object (`lrp/rules.py`): a rule on the weights
+for linear layers (epsilon, z+, gamma, ...), else a treatment: pass (activations, elementwise affine maps with a
+constant, unfolded normalisation), proportional (Zennit's Norm: residual Add/Sum, average pools, means/sums),
+product (elementwise/matrix product of two activations: the gate is a constant weight), maxpool-proportional
+(option) or gradient (routing by position, winner-take-all). The engine asks `backward_for(node)` and calls the
+chosen rule's `emit`; traversal stays the engine's."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
 from ..backward.builder import Builder
 from ..backward.table import TABLE, Backward
 from ..errors import XCompileError
-from ..lrp import emitters as E
+from ..kinds import (
+    GATE_OPS,
+    LINEAR_OPS,
+    PASS_OPS,
+    PRODUCT_OPS,
+    PROPORTIONAL_OPS,
+    RELU_TRANSPARENT_OPS,
+    ROUTE_OPS,
+    SCALE_OPS,
+    SELF_GATE_OPS,
+    SUM_OPS,
+    linear_view,
+)
 from ..lrp import rulesets
-from ..lrp.rules import STD_CONSTANT_OPS, Rule, make_rule
+from ..lrp.rules import Gradient, LRPRule, MaxPoolProportional, Pass, Product, Proportional, make_rule
+from ..options import as_floats as _floats
+from ..options import as_str
 from .base import Method, Param, register
-
-LINEAR = ("Conv", "Gemm", "MatMul")
-PASS_OPS = {
-    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
-    "Softplus", "Softsign", "Gelu", "Erf", "Mish", "ThresholdedRelu", "Shrink",
-    "Identity", "Dropout", "Cast", "Neg", "Abs", "Sqrt", "Exp", "Log", "Reciprocal", "Pow",
-    "BatchNormalization", "LayerNormalization", "InstanceNormalization", "GroupNormalization",
-}
-PROPORTIONAL_OPS = {"AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum"}
-GATE_OPS = {"Sigmoid", "HardSigmoid", "Softmax"}
-# elementwise maps that make a "gate" f(x) of x (with constants as the other operands)
-SELF_GATE_OPS = {"Sigmoid", "HardSigmoid", "Tanh", "Erf", "Softplus", "Relu", "Clip", "Exp", "Neg", "Abs",
-                 "Add", "Sub", "Mul", "Div", "Identity", "Cast"}
-SCALE_OPS = {"Mul", "Div", "Neg", "Identity", "Cast"}
-ROUTE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Expand", "Identity", "Cast"}
-
-
-def _floats(v):
-    """'0', '0.1,0.2,0.3', '[0.1, 0.2]' or a number/list -> numpy float64 array."""
-    if v is None:
-        return None
-    if isinstance(v, str):
-        parts = [p for p in v.strip().strip("[]").replace("/", ",").split(",") if p.strip()]
-        return np.array([float(p) for p in parts], np.float64).reshape(-1) if len(parts) > 1 else np.float64(float(parts[0]))
-    return np.asarray(v, np.float64)
-
-
-def _choice(v):
-    return str(v)
-
-
-@dataclass
-class Choice:
-    kind: str                 # "rule" | "pass" | "proportional" | "product" | "gradient" | "maxpool-proportional"
-    rule: Optional[Rule] = None
-    weights: Any = None       # product shares per input
-    lin: Any = None
-    index: int = 0
-    stabilizer: float = E.STAB  # proportional / std-constant: R / (y + stabilizer * sign(y))
-
-    def describe(self) -> str:
-        if self.kind == "rule":
-            return self.rule.describe()
-        if self.kind == "product":
-            return "product " + "/".join(f"{w:g}" for w in self.weights)
-        return self.kind
-
-
-def _emit(ctx, gy):
-    m = ctx.method
-    ch = m.choices.get(ctx.node.output[0]) if m is not None else None
-    if ch is None or ch.kind == "gradient":
-        return E.gradient(ctx, gy)
-    if ch.kind == "rule":
-        lin = E.linear_of(ctx)
-        return E.emit_rule(ctx, gy[0], ch.rule, lin)
-    if ch.kind == "pass":
-        return E.pass_through(ctx, gy)
-    if ch.kind == "proportional":
-        return E.proportional(ctx, gy, stabilizer=ch.stabilizer)
-    if ch.kind == "product":
-        if ctx.op_type == "Mul":
-            # elementwise a * b: operand k's share w_k * a * b * R / (a * b) is w_k * R, passed on without the division
-            # (a stabilizer would bias it wherever the product is tiny)
-            return [None if r is None or w == 0.0 else r if w == 1.0 else ctx.b.mul(r, ctx.b.f32(w), "r_share")
-                    for r, w in zip(E.pass_through(ctx, gy), ch.weights)]
-        return E.proportional(ctx, gy, ch.weights, stabilizer=ch.stabilizer)
-    if ch.kind == "std-constant":
-        return E.std_constant(ctx, gy, stabilizer=ch.stabilizer)
-    if ch.kind == "maxpool-proportional":
-        return E.maxpool_proportional(ctx, gy)
-    raise AssertionError(ch.kind)
-
-
-class _FakeCtx:
-    """Just enough of NodeContext for linear_of() at prepare time."""
-
-    def __init__(self, g, node, live):
-        self.g, self.node, self._live = g, node, live
-        self.op_type = node.op_type
-
-    def const(self, k):
-        return self.g.const(self.node.input[k]) if k < len(self.node.input) else None
-
-    def needs(self, k):
-        return k < len(self.node.input) and self.node.input[k] in self._live
-
-    def attr(self, name, default=None):
-        from onnx import helper
-        for a in self.node.attribute:
-            if a.name == name:
-                return helper.get_attribute_value(a)
-        return default
-
-    def in_shape(self, k=0):
-        return self.g.shape(self.node.input[k])
 
 
 @register
@@ -129,8 +47,8 @@ class LRP(Method):
         "high": Param(None, "z^B upper bound of the data input: a number or per-channel list", _floats),
         "mean": Param(None, "per-channel mean to map low/high into a model that takes normalised input", _floats),
         "std": Param(None, "per-channel std to map low/high into a model that takes normalised input", _floats),
-        "maxpool": Param(None, "MaxPool backward: winner (default) or proportional", _choice),
-        "gate": Param(None, "product of two activations: signal (gate is a constant weight, default) or split", _choice),
+        "maxpool": Param(None, "MaxPool backward: winner (default) or proportional", as_str),
+        "gate": Param(None, "product of two activations: signal (gate is a constant weight, default) or split", as_str),
     }
 
     def __init__(self, **given):
@@ -138,10 +56,30 @@ class LRP(Method):
         if self.uses_rules:
             rulesets.load(self.values["rules"])  # fail early (one line) on an unknown or malformed rule set
 
+    choices: dict = {}  # forward node (its first output) -> the LRPRule chosen by prepare()
+
+    def rule_for(self, node) -> LRPRule:
+        """The rule chosen for `node` (the gradient before prepare() and off the relevance path)."""
+        return self.choices.get(node.output[0], _GRADIENT)
+
+    @staticmethod
+    def _slots(op):
+        return TABLE[op].inputs if op in TABLE else (0,)
+
+    def backward_for(self, node) -> Optional[Backward]:
+        """The chosen rule's emitter, with the op table's relevance slots ((0,) for pass-through ops it lacks)."""
+        op = node.op_type
+        if op not in TABLE and op not in PASS_OPS:
+            return None
+        return Backward(self.rule_for(node).emit, self._slots(op))
+
     @property
     def overrides(self):
-        ops = set(TABLE) | PASS_OPS
-        return {op: Backward(_emit, TABLE[op].inputs if op in TABLE else (0,)) for op in ops}
+        """The ops LRP treats (the op table's and the pass-through ones), as table entries; the rule is per node."""
+        return {op: Backward(self._emit, self._slots(op)) for op in set(TABLE) | PASS_OPS}
+
+    def _emit(self, ctx, gy):
+        return self.rule_for(ctx.node).emit(ctx, gy)
 
     # ---------------------------------------------------------------------------------- rule choice
     def ruleset(self):
@@ -158,58 +96,66 @@ class LRP(Method):
                     raise XCompileError(f"option {k}={self.values[k]!r}: expected one of {', '.join(rulesets.OPTIONS[k])}")
                 opts[k] = self.values[k]
         self.options = opts
+        self.choices = {}
         live, nodes = self.engine(g, Builder(g.opset)).paths()
         self.live, self.nodes = live, nodes
-        lin_nodes = [n for n in nodes if n.op_type in LINEAR and E.linear_of(_FakeCtx(g, n, live)) is not None]
+        lin_nodes = [n for n in nodes if n.op_type in LINEAR_OPS and linear_view(g, n, live) is not None]
         index = {n.output[0]: i + 1 for i, n in enumerate(lin_nodes)}
-        self.choices = {}
+        choices = {}
         for n in nodes:
             key = n.output[0]
             info = {"op": n.op_type, "name": n.name or key, "index": index.get(key, 0), "count": len(lin_nodes),
                     "kind": "conv" if n.op_type == "Conv" else "dense"}
             if key in index:
-                self.choices[key] = self.choose_linear(rs, n, info)
+                choices[key] = self.choose_linear(rs, n, info)
+                continue
+            e = rs.match_other(info)
+            if e is None:
+                choices[key] = self.default_choice(n)
+            elif e.rule == "product":
+                ch = self.default_choice(n)  # a product of one activation and a constant stays what it was
+                choices[key] = Product(ch.weights, **e.params) if isinstance(ch, Product) else ch
             else:
-                e = rs.match_other(info)
-                if e is not None and e.rule == "product":
-                    ch = self.default_choice(n)
-                    if ch.kind == "product":
-                        ch.stabilizer = float(e.params.get("stabilizer", E.STAB))
-                    self.choices[key] = ch   # a product of one activation and a constant stays what it was
-                    continue
-                if e is not None and e.rule == "std-constant" and n.op_type not in STD_CONSTANT_OPS:
-                    raise XCompileError(f"rule set {rs.name!r}: {e.label()} selects node {info['name']!r} ({n.op_type}) "
-                                        f"for 'std-constant', which applies to {', '.join(STD_CONSTANT_OPS)} only")
-                self.choices[key] = Choice(e.rule, **e.params) if e is not None else self.default_choice(n)
+                choices[key] = self._checked(rs, e, n, info, make_rule(e.rule, e.params))
+        self.choices = choices
 
-    def choose_linear(self, rs, n, info) -> Choice:
+    @staticmethod
+    def _checked(rs, e, n, info, r: LRPRule) -> LRPRule:
+        if not r.compatible(n):
+            raise XCompileError(f"rule set {rs.name!r}: {e.label()} selects node {info['name']!r} ({n.op_type}) "
+                                f"for {e.rule!r}, which applies to {r.applies_to} only")
+        return r
+
+    def choose_linear(self, rs, n, info) -> LRPRule:
         e = rs.match_linear(info)
         where = f"rule set {rs.name!r}"
         if e is None:
             raise XCompileError(f"{where}: no [[rule]] entry matches node {info['name']!r} ({n.op_type}, layer {info['index']} of {info['count']}); add a catch-all entry")
-        if e.rule in ("pass", "gradient", "proportional"):
-            return Choice(e.rule)
         params = dict(e.params)
         if e.rule in ("zbox", "zb"):
             params.update(self.box_bounds(n, params, where))
-        return Choice("rule", make_rule(e.rule, params), index=info["index"])
+        r = make_rule(e.rule, params)
+        if isinstance(r, Product):  # a layer with a constant weight is no product of two activations
+            raise XCompileError(f"{where}: {e.label()} selects the linear layer {info['name']!r} ({n.op_type}) for "
+                                f"'product', which applies to products of two activations only")
+        return self._checked(rs, e, n, info, r)
 
-    def default_choice(self, n) -> Choice:
+    def default_choice(self, n) -> LRPRule:
         op = n.op_type
         live_in = [k for k, i in enumerate(n.input) if i in self.live]
         if op in PASS_OPS:
-            return Choice("pass")
-        if op in ("Add", "Sum", "Sub"):
-            return Choice("proportional" if len(live_in) > 1 else "pass")
-        if op in ("Mul", "Div") or op in LINEAR:
+            return Pass()
+        if op in SUM_OPS:
+            return Proportional() if len(live_in) > 1 else Pass()
+        if op in PRODUCT_OPS or op in LINEAR_OPS:
             if len(live_in) <= 1:
-                return Choice("pass" if op in ("Mul", "Div") else "gradient")
-            return Choice("product", weights=self.product_weights(n, live_in))
+                return Pass() if op in PRODUCT_OPS else Gradient()
+            return Product(self.product_weights(n, live_in))
         if op in PROPORTIONAL_OPS:
-            return Choice("proportional")
+            return Proportional()
         if op == "MaxPool" and self.options["maxpool"] == "proportional":
-            return Choice("maxpool-proportional")
-        return Choice("gradient")
+            return MaxPoolProportional()
+        return Gradient()
 
     def product_weights(self, n, live_in):
         """Which operand of a product of two activations is the gate (a constant weight: it gets no relevance)."""
@@ -324,22 +270,17 @@ class LRP(Method):
                 lo, hi = np.minimum(a, b2), np.maximum(a, b2)
         return lo, hi
 
-    # ------------------------------------------------------------------------------------ reporting
-    def describe_nodes(self):
-        for n in self.nodes:
-            ch = self.choices.get(n.output[0])
-            yield n, (ch.describe() if ch is not None else "gradient")
-
 
 @register
 class DeepTaylor(LRP):
-    """Deep Taylor decomposition (SPEC 3.2): z+ on layers whose input is a ReLU output, z^B on the first layer
+    """Deep Taylor decomposition (Montavon et al. 2017, "Explaining nonlinear classification decisions with deep
+    Taylor decomposition"): z+ on layers whose input is a ReLU output, z^B on the first layer
     (bounds required), w^2 where the input is unbounded (first=wsquare, or a layer not fed by a ReLU)."""
     name = "deep_taylor"
     summary = "deep Taylor decomposition: z+ on ReLU layers, z^B first (bounds required), w^2 on unbounded inputs"
     uses_rules = False
     params = {k: v for k, v in LRP.params.items() if k != "rules"} | {
-        "first": Param("zbox", "rule of the first layer: zbox (needs low/high) or wsquare", _choice),
+        "first": Param("zbox", "rule of the first layer: zbox (needs low/high) or wsquare", as_str),
     }
 
     def ruleset(self):
@@ -351,14 +292,14 @@ class DeepTaylor(LRP):
     def choose_linear(self, rs, n, info):
         if info["index"] == 1:
             if self.values["first"] == "wsquare":
-                return Choice("rule", make_rule("wsquare", {"bias": False}), index=1)
+                return make_rule("wsquare", {"bias": False})
             if self.values.get("low") is None or self.values.get("high") is None:
                 raise XCompileError("deep_taylor: the first layer uses z^B and needs --set low=... --set high=... "
                                     "(or --set first=wsquare for unbounded inputs)")
-            return Choice("rule", make_rule("zbox", self.box_bounds(n, {}, "deep_taylor")), index=1)
+            return make_rule("zbox", self.box_bounds(n, {}, "deep_taylor"))
         if self._fed_by_relu(n):
-            return Choice("rule", make_rule("zplus", {}), index=info["index"])
-        return Choice("rule", make_rule("wsquare", {"bias": False}), index=info["index"])
+            return make_rule("zplus", {})
+        return make_rule("wsquare", {"bias": False})
 
     def _fed_by_relu(self, n):
         t = next(i for i in n.input if i in self.live)
@@ -369,9 +310,12 @@ class DeepTaylor(LRP):
             if p.op_type in ("Relu",) or (p.op_type == "Clip" and (self.g.const(p.input[1]) if len(p.input) > 1 and p.input[1] else None) is not None
                                           and float(np.asarray(self.g.const(p.input[1]))) >= 0):
                 return True
-            if p.op_type not in ROUTE_OPS | {"MaxPool", "AveragePool", "GlobalAveragePool", "Pad", "Concat", "ReduceMean"}:
+            if p.op_type not in RELU_TRANSPARENT_OPS:
                 return False
             t = next((i for i in p.input if i in self.live), None)
             if t is None:
                 return False
         return False
+
+
+_GRADIENT = Gradient()

@@ -1,4 +1,4 @@
-"""Occlusion as ONE batched graph (SPEC §3.1): every occluded copy of the input is built in-graph.
+"""Occlusion (Zeiler & Fergus 2014, "Visualizing and understanding convolutional networks") as ONE batched graph: every occluded copy of the input is built in-graph.
 
 For P window positions, constant masks M [P, 1, *spatial] (0 inside the window, 1 outside) turn the
 input x [N, C, *spatial] into x[:, None] * M + fill * (1 - M) = [N, P, C, *spatial]; a copy of the forward

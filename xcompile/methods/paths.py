@@ -33,7 +33,6 @@ class _PathMethod(Method):
         if chunk <= 0 or m <= 0:
             raise XCompileError(f"option chunk/steps must be positive for method {self.name!r}")
         sample = [int(d) for d in g.shape(g.data_input)[1:]]
-        rank = len(sample) + 1
         target = resolve_target(b, g, g.explained)
         n_classes = g.shape(g.explained)[1]
         total = []

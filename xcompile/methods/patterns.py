@@ -1,4 +1,4 @@
-"""PatternNet and PatternAttribution (SPEC §3.3, seed 000).
+"""PatternNet and PatternAttribution (Kindermans et al. 2018, "Learning how to explain neural networks: PatternNet and PatternAttribution"; docs/patterns.md).
 
 Backward per input: start from the target score; ReLUs gate by the forward activation (the gradient's
 entry); every fitted linear layer propagates with its pattern A in place of W (PatternNet) or with W ⊙ A
@@ -75,7 +75,7 @@ class _PatternMethod(Method):
                  "MatMul": Backward(_matmul, TABLE["MatMul"].inputs)}
 
     def prepare(self, g, where):
-        from ..patterns.fit import DataSource, Fitter, fit_patterns, fingerprint, linear_layers, load_stats
+        from ..patterns.fit import DataSource, Fitter, fingerprint, fit_patterns, linear_layers, load_stats
         layers = linear_layers(g, where)
         fp = fingerprint(g, layers)
         if self["patterns"]:

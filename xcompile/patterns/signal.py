@@ -1,4 +1,4 @@
-"""Signal-estimator quality (SPEC §3.3, the seed's ρ table), on held-out data, per neuron:
+"""Signal-estimator quality (the ρ table of Kindermans et al. 2018; docs/patterns.md), on held-out data, per neuron:
 
     ρ(S) = 1 − max_v corr(wᵀx, vᵀ(x − S(x)))
 

@@ -10,9 +10,8 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import XCompileError
+from ..graph import RELEVANCE, TARGET
 from ..protobuf_limit import inference_session
-
-TARGET, RELEVANCE = "target", "relevance"
 
 
 @dataclass

@@ -24,6 +24,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import XCompileError
+from ..graph import RELEVANCE, TARGET
 
 # ONNX TensorProto element type -> Triton DataType enum name (model_config.proto)
 TRITON_DTYPES = {
@@ -125,7 +126,7 @@ def export_triton(explainer_path, repo, name: str | None = None, max_batch: int 
         raise XCompileError(f"{src}: not a readable ONNX file ({str(e).strip().splitlines()[0]})") from None
     names_in = [i.name for i in header.graph.input]
     names_out = [o.name for o in header.graph.output]
-    if "target" not in names_in or "relevance" not in names_out:
+    if TARGET not in names_in or RELEVANCE not in names_out:
         raise XCompileError(f"{src}: not an xcompile explainer (needs a 'target' input and a 'relevance' output)")
     text = config_pbtxt(header, name, max_batch, gpu, instances, queue_delay_us, where=str(src))
 

@@ -13,12 +13,7 @@ import math
 import numpy as np
 from onnx import helper, numpy_helper
 
-
-def _attr(node, name, default):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
+from ..graph import attr as _attr
 
 
 def lower_for_cuda(nodes: list, initializers: list) -> tuple[list, int]:
@@ -41,7 +36,7 @@ def lower_for_cuda(nodes: list, initializers: list) -> tuple[list, int]:
         if node.op_type == "HardSwish":
             out += [helper.make_node("HardSigmoid", [x], [f"{p}/hsig"], name=f"{p}/hsig", alpha=1.0 / 6, beta=0.5),
                     helper.make_node("Mul", [x, f"{p}/hsig"], [y], name=p)]
-        elif _attr(node, "approximate", b"none") in (b"tanh", "tanh"):
+        elif _attr(node, "approximate", "none") == "tanh":
             out += [helper.make_node("Mul", [x, x], [f"{p}/x2"], name=f"{p}/x2"),
                     helper.make_node("Mul", [f"{p}/x2", x], [f"{p}/x3"], name=f"{p}/x3"),
                     helper.make_node("Mul", [f"{p}/x3", const(0.044715)], [f"{p}/cx3"], name=f"{p}/cx3"),

@@ -11,11 +11,9 @@ import onnx
 from onnx import TensorProto, helper, shape_inference
 
 from ..errors import XCompileError
+from ..graph import RELEVANCE, TARGET
 from ..protobuf_limit import on_disk, save_external, too_large
-from ..methods.base import TARGET
 from .lower import lower_for_cuda
-
-RELEVANCE = "relevance"
 
 
 def _with_batch(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:

@@ -106,8 +106,7 @@ def erf(ctx, gy):
 def gelu(ctx, gy):
     b = ctx.b
     x = ctx.x(0)
-    approx = ctx.attr("approximate", b"none")
-    approx = approx.decode() if isinstance(approx, bytes) else approx
+    approx = ctx.attr("approximate", "none")
     if approx == "tanh":
         k = math.sqrt(2.0 / math.pi)
         inner = b.mul(b.add(x, b.mul(b.mul(b.mul(x, x), x), b.f32(0.044715))), b.f32(k))

@@ -11,8 +11,7 @@ def spatial_params(ctx, in_shape, out_shape, kernel):
     n = len(kernel)
     strides = list(ctx.attr("strides", [1] * n))
     dil = list(ctx.attr("dilations", [1] * n))
-    auto = ctx.attr("auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
+    auto = ctx.attr("auto_pad", "NOTSET")
     spatial_in = in_shape[2:]
     if auto in ("NOTSET", "", None):
         pads = list(ctx.attr("pads", [0] * (2 * n)))

@@ -85,7 +85,6 @@ def matmul(ctx, gy):
     A, B = ctx.x(0), ctx.x(1)
     out = [None, None]
     # promote 1-D operands the way MatMul does, then undo it on the gradients
-    ga, gb_shape = g, so
     if len(sa) == 1:
         g = b.unsqueeze(g, [len(so) - 1 if len(sb) > 1 else 0])
         A = b.unsqueeze(A, [0])
@@ -95,7 +94,6 @@ def matmul(ctx, gy):
     ea = (1, sa[0]) if len(sa) == 1 else tuple(sa)
     eb = (sb[0], 1) if len(sb) == 1 else tuple(sb)
     rank_o = max(len(ea), len(eb))
-    eo = tuple(so) if len(sa) > 1 and len(sb) > 1 else None
     if ctx.needs(0):
         if len(eb) == 2 and len(ea) == 2:
             da = b.op("Gemm", [g, B], "dA", transB=1)
@@ -126,7 +124,7 @@ def _bshape(ea, eb, rank, left):
 
 def _einsum_terms(ctx):
     eq = ctx.attr("equation")
-    eq = (eq.decode() if isinstance(eq, bytes) else eq).replace(" ", "")
+    eq = eq.replace(" ", "")
     require("." not in eq, ctx, "Einsum with an ellipsis ('...')")
     lhs, _, out = eq.partition("->")
     ins = lhs.split(",")

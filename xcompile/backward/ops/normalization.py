@@ -19,41 +19,34 @@ def batchnorm(ctx, gy):
     return [ctx.b.mul(gy[0], ctx.b.const(k, hint="bn_scale"))] + [None] * 4
 
 
-@backward("LayerNormalization", inputs=(0,))
-def layernorm(ctx, gy):
-    b = ctx.b
-    rank = len(ctx.in_shape(0))
-    axis = ctx.attr("axis", -1) % rank
-    eps = ctx.attr("epsilon", 1e-5)
-    axes = list(range(axis, rank))
-    x = ctx.x(0)
+def normalization_vjp(b, x: str, gh: str, axes, eps: float, hold_std: bool = False) -> str:
+    """The one VJP of xhat = (x - mean(x)) / sqrt(var(x) + eps) over `axes`, applied to gh (the output gradient
+    already multiplied by the scale): inv_std * (gh - mean(gh) - xhat * mean(gh * xhat)). ``hold_std`` treats the
+    standard deviation as a constant (AttnLRP's LayerNorm): inv_std * (gh - mean(gh))."""
     mu = b.reduce("ReduceMean", x, axes, keepdims=1, hint="mean")
-    xc = b.sub(x, mu)
+    xc = b.sub(x, mu, "centered")
     var = b.reduce("ReduceMean", b.mul(xc, xc), axes, keepdims=1, hint="var")
     inv = b.op("Reciprocal", [b.op("Sqrt", [b.add(var, b.f32(eps))])], "inv_std")
-    xhat = b.mul(xc, inv)
-    gh = b.mul(gy[0], ctx.x(1))
     m1 = b.reduce("ReduceMean", gh, axes, keepdims=1)
+    if hold_std:
+        return b.mul(inv, b.sub(gh, m1), "vjp")
+    xhat = b.mul(xc, inv)
     m2 = b.reduce("ReduceMean", b.mul(gh, xhat), axes, keepdims=1)
-    dx = b.mul(inv, b.sub(b.sub(gh, m1), b.mul(xhat, m2)))
-    return [dx, None, None]
+    return b.mul(inv, b.sub(b.sub(gh, m1), b.mul(xhat, m2)))
+
+
+@backward("LayerNormalization", inputs=(0,))
+def layernorm(ctx, gy):
+    rank = len(ctx.in_shape(0))
+    axes = list(range(ctx.attr("axis", -1) % rank, rank))
+    gh = ctx.b.mul(gy[0], ctx.x(1))
+    return [normalization_vjp(ctx.b, ctx.x(0), gh, axes, ctx.attr("epsilon", 1e-5)), None, None]
 
 
 @backward("InstanceNormalization", inputs=(0,))
 def instancenorm(ctx, gy):
-    b = ctx.b
     rank = len(ctx.in_shape(0))
-    eps = ctx.attr("epsilon", 1e-5)
-    axes = list(range(2, rank))
-    x = ctx.x(0)
-    mu = b.reduce("ReduceMean", x, axes, keepdims=1, hint="mean")
-    xc = b.sub(x, mu)
-    var = b.reduce("ReduceMean", b.mul(xc, xc), axes, keepdims=1, hint="var")
-    inv = b.op("Reciprocal", [b.op("Sqrt", [b.add(var, b.f32(eps))])], "inv_std")
-    xhat = b.mul(xc, inv)
     scale = ctx.const(1)
     require(scale is not None, ctx, "InstanceNormalization with a non-constant scale")
-    gh = b.mul(gy[0], b.const(scale.reshape([-1] + [1] * (rank - 2)).astype(np.float32), hint="in_scale"))
-    m1 = b.reduce("ReduceMean", gh, axes, keepdims=1)
-    m2 = b.reduce("ReduceMean", b.mul(gh, xhat), axes, keepdims=1)
-    return [b.mul(inv, b.sub(b.sub(gh, m1), b.mul(xhat, m2))), None, None]
+    gh = ctx.b.mul(gy[0], ctx.b.const(scale.reshape([-1] + [1] * (rank - 2)).astype(np.float32), hint="in_scale"))
+    return [normalization_vjp(ctx.b, ctx.x(0), gh, list(range(2, rank)), ctx.attr("epsilon", 1e-5)), None, None]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper
 
+from ...graph import attrs as attrs_of
+from ...sessions import session
 from ..table import backward
 from .common import require, spatial_params, transpose_geometry
 
@@ -39,14 +40,14 @@ def _avgpool_inverse_divisor(ctx, in_shape, out_shape, kernel, strides, pb, pe):
     """1/divisor per output position, measured with onnxruntime's own AveragePool on a ones image
     (avg of ones = n_valid / divisor), so count_include_pad and ceil_mode behave exactly as forward."""
     spatial = list(in_shape[2:])
-    attrs = {a.name: helper.get_attribute_value(a) for a in ctx.node.attribute}
+    attrs = attrs_of(ctx.node)
     attrs.pop("auto_pad", None)
     attrs["pads"] = list(pb) + list(pe)
     node = helper.make_node("AveragePool", ["x"], ["y"], **attrs)
     graph = helper.make_graph([node], "avg", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1] + spatial)],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ctx.g.opset)], ir_version=8)
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = session(model)
     avg = sess.run(None, {"x": np.ones([1, 1] + spatial, np.float32)})[0][0, 0]
     n_valid = np.ones(avg.shape, np.float64)
     for i, (size, k, s, p) in enumerate(zip(spatial, kernel, strides, pb)):
@@ -134,7 +135,6 @@ def reduce_sum_mean(ctx, gy):
 def reduce_max(ctx, gy):
     # ties share the gradient equally (as torch.amax/amin do)
     b, g = ctx.b, gy[0]
-    in_shape = ctx.in_shape(0)
     axes = reduce_axes(ctx)
     y = ctx.y()
     if not ctx.attr("keepdims", 1):

@@ -93,8 +93,7 @@ def slice_(ctx, gy):
 @backward("Pad", inputs=(0,))
 def pad(ctx, gy):
     b = ctx.b
-    mode = ctx.attr("mode", b"constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    mode = ctx.attr("mode", "constant")
     require(mode == "constant", ctx, f"Pad mode {mode!r}")
     rank = len(ctx.in_shape(0))
     pads = ctx.attr("pads")
@@ -187,11 +186,12 @@ def tile(ctx, gy):
 def _resize_matrix(ctx, axis_in: int, axis_out: int, rank: int) -> np.ndarray:
     """[out, in] matrix of this Resize along one axis, measured with onnxruntime's own Resize on the
     basis vectors (so every mode / coordinate_transformation_mode behaves exactly as in the forward)."""
-    import onnx
-    import onnxruntime as ort
     from onnx import helper
 
-    attrs = {a.name: helper.get_attribute_value(a) for a in ctx.node.attribute if a.name not in ("axes", "keep_aspect_ratio_policy")}
+    from ...graph import attrs as attrs_of
+    from ...sessions import session
+
+    attrs = {k: v for k, v in attrs_of(ctx.node).items() if k not in ("axes", "keep_aspect_ratio_policy")}
     scales = np.ones(rank, np.float32)
     scales[-1] = axis_out / axis_in
     x_shape = [axis_in] + [1] * (rank - 2) + [axis_in]
@@ -200,7 +200,7 @@ def _resize_matrix(ctx, axis_in: int, axis_out: int, rank: int) -> np.ndarray:
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
                               initializer=[onnx.numpy_helper.from_array(scales, "scales")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(ctx.g.opset, 13))], ir_version=8)
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = session(model)
     basis = np.eye(axis_in, dtype=np.float32).reshape(x_shape)
     y = sess.run(None, {"x": basis})[0].reshape(axis_in, -1)  # row i: the image of e_i
     require(y.shape[1] == axis_out, ctx, "Resize whose output size differs from in*scale")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import XCompileError
+from ..errors import XCompileError
 
 # (label, method, rules, options); entries whose method is not installed are skipped
 DEMO_METHODS = [
@@ -28,10 +28,10 @@ def shipped(name: str) -> Path:
 
 
 def run_demo(out: Path, n: int, echo) -> dict:
-    from . import compile as compile_model
-    from .methods import METHODS
-    from .runtime.explainer import Explainer
-    from .write.writer import save
+    from .. import compile as compile_model
+    from ..methods import METHODS
+    from ..runtime.explainer import Explainer
+    from ..write.writer import save
 
     model = shipped("digits_cnn.onnx")
     data = np.load(shipped("digits_heldout.npz"))

@@ -37,8 +37,8 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(2, "--workers", help="with --engine ray: actors (= shards)"),
     ):
         """Fit PatternNet/PatternAttribution statistics (linear and two-component patterns) in one streaming pass."""
-        from ..cli import parse_sets
-        from .fit import fit_file
+        from ..options import parse_sets
+        from ..patterns.fit import fit_file
         if batch_size < 1:
             raise XCompileError(f"--batch-size {batch_size}: expected a positive integer")
         if engine not in ("local", "ray"):
@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "-o", "--out", help="the merged patterns .npz"),
     ):
         """Merge pattern statistics fitted on several shards (sums and counts add up exactly)."""
-        from .fit import merge_stats
+        from ..patterns.fit import merge_stats
         st = merge_stats(shards, out)
         typer.echo(f"wrote {out}: {len(shards)} shards, {st.rows} rows")
 
@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
         preprocess: Optional[str] = typer.Option(None, "--preprocess", help="for images, as `xcompile run --preprocess`"),
     ):
         """ρ(S) per layer for S_x, S_w, S_a, S_a+- (and a random-direction baseline), as in the PatternNet paper."""
-        from .signal import evaluate_signal, write_report
+        from ..patterns.signal import evaluate_signal, write_report
         res = evaluate_signal(model, patterns, data, max_rows=max_rows, max_neurons=max_neurons,
                               max_samples=max_samples, preprocess=preprocess, where=str(model))
         paths = write_report(res, out, title=model.name)

@@ -2,10 +2,10 @@
 linear layer, pass / proportional / gradient elsewhere), and every unsupported node."""
 from __future__ import annotations
 
-from .backward.builder import Builder
-from .backward.table import NON_DIFFERENTIABLE
-from .compiler import load_forward, make_method, method_class
-from .errors import UnsupportedOperatorsError
+from ..backward.builder import Builder
+from ..backward.table import NON_DIFFERENTIABLE
+from ..compiler import load_forward, make_method, method_class
+from ..errors import UnsupportedOperatorsError
 
 
 def inspect_model(model_path, method: str, rules, params: dict, echo) -> int:
@@ -39,6 +39,11 @@ def inspect_model(model_path, method: str, rules, params: dict, echo) -> int:
             spec = engine.spec(n)
             what = f"backward: {getattr(spec.fn, '__name__', str(spec.fn))}"
         echo(f"  {name:<{width}}  {n.op_type:<20} {what}")
+    kept = [d for d in g.canonicalization if not d.applied]
+    if kept:
+        echo(f"canonicalization: {len(g.canonicalization) - len(kept)} rewrites applied, {len(kept)} declined:")
+        for d in kept:
+            echo(f"  {d}")
     if bad:
         for name, op in bad:
             echo(f"unsupported: {name} ({op})")

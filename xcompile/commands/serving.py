@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         instances: int = typer.Option(1, "--instances", help="model instances in the instance group"),
     ):
         """Write REPO/NAME/1/model.onnx and REPO/NAME/config.pbtxt for Triton's onnxruntime backend."""
-        from .triton import export_triton
+        from ..serving.triton import export_triton
         folder = export_triton(explainer, repo, name, max_batch, gpu, instances)
         typer.echo(f"wrote {folder / 'config.pbtxt'} and {folder / '1' / 'model.onnx'}")
         typer.echo(f"serve: docker run --rm -p8000:8000 -p8001:8001 -v {repo.resolve()}:/models "
@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
     ):
         """Serve EXPLAINER with MLServer (KServe V2 / Open Inference Protocol) until Ctrl-C."""
         from ..errors import XCompileError
-        from .server import start_mlserver, stop, write_mlserver_dir
+        from ..serving.server import start_mlserver, stop, write_mlserver_dir
         if not explainer.is_file():
             raise XCompileError(f"{explainer}: no such explainer file")
         if device not in ("cpu", "cuda"):

@@ -9,6 +9,7 @@ import numpy as np
 import typer
 
 from ..errors import XCompileError
+from ..graph import TARGET
 
 
 def _progress():
@@ -18,14 +19,12 @@ def _progress():
 
 
 def _sample_shape(model) -> tuple:
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
+    from ..sessions import session
     try:
-        s = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+        s = session(str(model))
     except Exception as e:  # noqa: BLE001
         raise XCompileError(f"{model}: onnxruntime cannot load it: {str(e).strip().splitlines()[0]}") from None
-    inp = next((i for i in s.get_inputs() if i.name != "target"), s.get_inputs()[0])
+    inp = next((i for i in s.get_inputs() if i.name != TARGET), s.get_inputs()[0])
     return tuple(inp.shape[1:])
 
 
@@ -86,7 +85,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(256, "--batch-size", help="perturbed copies per onnxruntime call"),
     ):
         """Pixel-flipping / region-perturbation curves and AUC for several methods on the same inputs."""
-        from .run import evaluate, parse_specs
+        from ..evaluate.run import evaluate, parse_specs
         metrics = {"pixel-flipping": ["pixel_flipping"], "region-perturbation": ["region_perturbation"],
                    "both": ["pixel_flipping", "region_perturbation"]}.get(metric.replace("_", "-"))
         if metrics is None:
@@ -128,7 +127,7 @@ def register(app: typer.Typer) -> None:
         json_out: Optional[Path] = typer.Option(None, "--json", help="also write the table as JSON"),
     ):
         """Measure conservation, positivity, continuity and implementation invariance (the seed's axioms table)."""
-        from .axioms import as_explainer, check_axioms
+        from ..evaluate.axioms import as_explainer, check_axioms
         ex = as_explainer(explainer)
         x, _, _, _ = load_data(data, ex.sample_shape, preprocess, n)
         rows = check_axioms(ex, x, equivalent=equivalent, noise=noise, conservation_tol=conservation_tol,
@@ -157,8 +156,8 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", help="folder for pooling.json / pooling.csv"),
     ):
         """Relevance inside vs outside a box per image and over the dataset (importance of context = out / in)."""
-        from .axioms import as_explainer
-        from .pooling import parse_box, pool_relevance
+        from ..evaluate.axioms import as_explainer
+        from ..evaluate.pooling import parse_box, pool_relevance
         ex = as_explainer(explainer)
         x, y, names, _ = load_data(data, ex.sample_shape, preprocess)
         if box:
@@ -206,9 +205,9 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("xcompile_spray"), "--out", help="folder for eigengap.png, prototypes.png, spray.json"),
     ):
         """SpRAY: spectral clustering of one class's relevance maps, eigengap plot and cluster prototypes."""
-        from .axioms import as_explainer
-        from .plots import display_image, plot_eigengap, plot_prototypes
-        from .spray import spray
+        from ..evaluate.axioms import as_explainer
+        from ..evaluate.plots import display_image, plot_eigengap, plot_prototypes
+        from ..evaluate.spray import spray
         ex = as_explainer(explainer)
         x, y, _, _ = load_data(data, ex.sample_shape, preprocess)
         if select == "label":

@@ -1,0 +1,129 @@
+"""Command line: xcompile compile | run | inspect | demo (+ commands contributed by feature modules).
+
+Errors a user can cause print ONE line on stderr and exit with code 2 (no traceback)."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import XCompileError
+from ..options import parse_sets
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compile an ONNX classifier into an ONNX explainer that returns scores AND relevance in one call.")
+
+
+@app.command("compile")
+def compile_cmd(
+    model: Path = typer.Argument(..., help="the ONNX classifier (or skl2onnx model) to explain"),
+    method: str = typer.Option(..., "--method", "-m", help="gradient, input_x_gradient, smoothgrad, integrated_gradients, guided_backprop, deconvnet, gradcam, occlusion, lrp, deep_taylor, patternnet, patternattribution, neuralized"),
+    rules: Optional[str] = typer.Option(None, "--rules", "-r", help="LRP rule set: a built-in name (see rules/) or a path to a rule file"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="method option key=value (repeatable), e.g. --set steps=32"),
+    out: Path = typer.Option(..., "-o", "--out", help="where to write the explainer .onnx"),
+):
+    """Compile MODEL into an explainer: inputs (data, target), outputs (scores, relevance)."""
+    from .. import compiler
+    from ..write.writer import save
+    t0 = time.perf_counter()
+    explainer = compiler.compile(model, method, rules=rules, where=str(model), **parse_sets(set_))
+    save(explainer, out)
+    typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {len(explainer.graph.node)} nodes) in {time.perf_counter() - t0:.2f} s")
+
+
+@app.command("run")
+def run_cmd(
+    explainer: Path = typer.Argument(..., help="an explainer written by `xcompile compile`"),
+    input: Path = typer.Option(..., "--input", "-i", help=".npy array, image file (PNG/JPEG) or a folder of them"),
+    target: int = typer.Option(-1, "--target", "-t", help="class to explain (-1: the predicted class)"),
+    out: Path = typer.Option(Path("xcompile_out"), "--out", help="output folder for relevance .npy and heatmap PNGs"),
+    preprocess: Optional[str] = typer.Option(None, "--preprocess", help="for images: 'resize=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225' (pixels scaled to [0,1] first)"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    batch_size: int = typer.Option(32, "--batch-size", help="rows per onnxruntime call"),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (shards over a Ray cluster)"),
+    address: Optional[str] = typer.Option(None, "--address", help="with --engine ray: the cluster address (default: a local Ray)"),
+    workers: int = typer.Option(2, "--workers", help="with --engine ray: actors, one onnxruntime session each"),
+    shard_size: int = typer.Option(256, "--shard-size", help="with --engine ray: rows per shard file"),
+):
+    """Explain inputs with a compiled explainer; write relevance arrays and heatmaps."""
+    from ..runtime.explainer import Explainer
+    from ..runtime.io import load_inputs, write_results
+    if engine not in ("local", "ray"):
+        raise XCompileError(f"--engine {engine!r}: expected local or ray")
+    if batch_size < 1 or workers < 1:
+        raise XCompileError("--batch-size and --workers must be positive integers")
+    ex = Explainer(explainer, device=device)
+    x, names, images = load_inputs(input, ex.sample_shape, preprocess)
+    if engine == "ray":
+        from ..serving.ray_batch import run_with_ray
+        res = run_with_ray(explainer, x, target, out, address=address, workers=workers, shard_size=shard_size,
+                           batch_size=batch_size, device=device)
+    else:
+        res = ex.explain(x, target, batch_size=batch_size)
+    paths = write_results(out, names, x, images, res)
+    for name, score, pred in zip(names, res.scores, res.predicted):
+        typer.echo(f"{name}: predicted {int(pred)} (score {float(np.max(score)):.4g})")
+    typer.echo(f"wrote {len(paths)} files to {out}")
+
+
+@app.command("inspect")
+def inspect_cmd(
+    model: Path = typer.Argument(..., help="the ONNX model to inspect"),
+    method: str = typer.Option("gradient", "--method", "-m", help="method whose per-node treatment to show"),
+    rules: Optional[str] = typer.Option(None, "--rules", "-r", help="LRP rule set name or file"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="method option key=value"),
+):
+    """Print, per forward node, how the method treats it, and every unsupported node."""
+    from .inspect_model import inspect_model
+    code = inspect_model(model, method, rules, parse_sets(set_), typer.echo)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("xcompile_demo"), "--out", help="folder for the explainers and the PNG grid"),
+    n: int = typer.Option(8, "--n", help="held-out digits to show"),
+):
+    """Compile the shipped digits CNN with several methods, explain held-out digits, write a PNG grid."""
+    from .demo import run_demo
+    run_demo(out, n, typer.echo)
+
+
+# feature commands live beside this module, each with a `register(app)` function
+_PLUGINS = ["patterns", "evaluate", "serving"]
+for _mod in _PLUGINS:
+    if importlib.util.find_spec(f"{__package__}.{_mod}") is not None:
+        importlib.import_module(f"{__package__}.{_mod}").register(app)
+
+import numpy as np  # noqa: E402  (after the command definitions to keep --help fast)
+
+
+def main(argv=None):
+    try:
+        app(args=argv, standalone_mode=False)
+    except XCompileError as e:
+        typer.echo(f"xcompile: error: {e}", err=True)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except (typer.BadParameter, SystemExit):  # pragma: no cover - click handles its own
+        raise
+    except Exception as e:  # click usage errors
+        import click
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(2)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
