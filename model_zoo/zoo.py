@@ -20,8 +20,8 @@ import hashlib
 import io
 import json
 import logging
-import tempfile
 import os
+import tempfile
 import time
 import warnings
 import zlib

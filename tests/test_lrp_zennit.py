@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import copy
 
+import lrp_helpers as H
 import numpy as np
 import pytest
 import torch
 
-import lrp_helpers as H
 from model_zoo.tie_oracle import TieAware
 
 X = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)

@@ -17,11 +17,11 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
+from oracle import rel_err
 
 import xcompile
 from model_zoo.tie_oracle import KERNEL_CONFIGS, ProbedExplainer, TieAware
 from model_zoo.zoo import input_shape, torch_model
-from oracle import rel_err
 
 SLOW = pytest.mark.slow
 MODELS = ["resnet18", pytest.param("vgg11_bn", marks=SLOW), "densenet121", "mobilenet_v3_small",

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from onnx import helper
+from oracle import one_op_model, rel_err
 
 import xcompile
 from model_zoo.tie_oracle import TIE_TOL, ProbedExplainer, TieAware
-from oracle import one_op_model, rel_err
 
 TINY = 2.0 ** -25
 X = np.array([[[[0.25, 0.25 + TINY, -0.5, TINY],

@@ -556,7 +556,7 @@ def write_report(out: Path, db: dict, build: Path):
              "- **ops**: number of distinct ONNX op types in the export, then those beyond plain CNN ops.",
              "- **lrp (attnlrp)**: `rules=\"attnlrp\"` (rules/attnlrp.toml) on models with LayerNorm; for torchvision's"
              " VisionTransformer vs the AttnLRP reference of tests/attnlrp_reference.py (Gradient x Input in float64 with"
-             f" LXT's modified backward), same thresholds as lrp; '-' = not run (no LayerNorm) or not measured yet.",
+             " LXT's modified backward), same thresholds as lrp; '-' = not run (no LayerNorm) or not measured yet.",
              "- **compile s**: gradient / lrp (epsilon) [/ attnlrp] compile time.", ""]
     stats = {f: {"pairs": 0, "compile": 0, "run": 0, "match": 0, "oracle": 0, "f32": 0} for f in FAMILIES}
     worst = {f: (0.0, "") for f in FAMILIES}

@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 import lrp_helpers as H  # noqa: E402
-from model_zoo.tie_oracle import TieAware  # noqa: E402
 
+from model_zoo.tie_oracle import TieAware  # noqa: E402
 
 FOLD_VGG = True
 
