@@ -40,7 +40,7 @@ def resolve_rules(rules: Optional[str]):
 @app.command("compile")
 def compile_cmd(
     model: Path = typer.Argument(..., help="the ONNX classifier (or skl2onnx model) to explain"),
-    method: str = typer.Option(..., "--method", "-m", help="gradient, input_x_gradient, smoothgrad, integrated_gradients, guided_backprop, deconvnet, gradcam, occlusion, lrp, deep_taylor, patternnet, patternattribution, neuralized"),
+    method: str = typer.Option(..., "--method", "-m", help="gradient, input_x_gradient, smoothgrad, integrated_gradients, guided_backprop, deconvnet, gradcam, occlusion, lrp, deep_taylor, patternnet, patternattribution, deeplift, neuralized"),
     rules: Optional[str] = typer.Option(None, "--rules", "-r", help="LRP rule set: a built-in name (see rules/) or a path to a rule file"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="method option key=value (repeatable), e.g. --set steps=32"),
     out: Path = typer.Option(..., "-o", "--out", help="where to write the explainer .onnx"),
@@ -114,7 +114,7 @@ def demo_cmd(
 
 
 # feature modules contribute commands with a `register(app)` function
-_PLUGINS = ["xcompile.patterns.cli", "xcompile.evaluate.cli", "xcompile.serving.cli"]
+_PLUGINS = ["xcompile.patterns.cli", "xcompile.evaluate.cli", "xcompile.serving.cli", "xcompile.visualize"]
 for _mod in _PLUGINS:
     if importlib.util.find_spec(_mod.rsplit(".", 1)[0]) is not None and importlib.util.find_spec(_mod) is not None:
         importlib.import_module(_mod).register(app)
