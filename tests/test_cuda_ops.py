@@ -213,6 +213,7 @@ DIGITS_PARAMS = {
     "gradcam": [{}],
     "occlusion": [{"window": 4, "stride": 4}],
     "deep_taylor": [{"low": 0, "high": 1}, {"first": "wsquare"}],
+    "deeplift": [{}, {"baseline": 0.5}],
     # lrp: every rule set file (below); patternnet/patternattribution: fitted patterns (below)
 }
 

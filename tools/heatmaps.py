@@ -124,6 +124,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     ap.add_argument("--dpi", type=int, default=96)
     ap.add_argument("--list", action="store_true", help="list the columns and exit")
+    ap.add_argument("--patterns", default=None, help="a patterns .npz (tools/fit_effnet_patterns.py) instead of fitting on the 4 photos")
     args = ap.parse_args(argv)
 
     if args.list:
@@ -137,6 +138,9 @@ def main(argv=None) -> int:
         if unknown:
             ap.error(f"unknown --methods {unknown}; choose from {', '.join(SHORT)}")
         columns = {SHORT[k]: COLUMNS[SHORT[k]] for k in args.methods.split(",")}
+    if args.patterns:  # fitted patterns (e.g. on thousands of crops) replace the 8-photo fit
+        columns = {k: (m, r, {("patterns" if v == "@fit" else p): (args.patterns if v == "@fit" else v) for p, v in ps.items()})
+                   for k, (m, r, ps) in columns.items()}
     covered = {spec[0] for spec in COLUMNS.values()}
     log("xcompile methods: " + ", ".join(sorted(METHODS)) + "; not shown: "
         + (", ".join(sorted(set(METHODS) - covered)) or "none") + " (scikit-learn models only)")

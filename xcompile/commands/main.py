@@ -22,7 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 @app.command("compile")
 def compile_cmd(
     model: Path = typer.Argument(..., help="the ONNX classifier (or skl2onnx model) to explain"),
-    method: str = typer.Option(..., "--method", "-m", help="gradient, input_x_gradient, smoothgrad, integrated_gradients, guided_backprop, deconvnet, gradcam, occlusion, lrp, deep_taylor, patternnet, patternattribution, neuralized"),
+    method: str = typer.Option(..., "--method", "-m", help="gradient, input_x_gradient, smoothgrad, integrated_gradients, guided_backprop, deconvnet, gradcam, occlusion, lrp, deep_taylor, patternnet, patternattribution, deeplift, neuralized"),
     rules: Optional[str] = typer.Option(None, "--rules", "-r", help="LRP rule set: a built-in name (see rules/) or a path to a rule file"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="method option key=value (repeatable), e.g. --set steps=32"),
     out: Path = typer.Option(..., "-o", "--out", help="where to write the explainer .onnx"),
@@ -96,7 +96,7 @@ def demo_cmd(
 
 
 # feature commands live beside this module, each with a `register(app)` function
-_PLUGINS = ["patterns", "evaluate", "serving"]
+_PLUGINS = ["patterns", "evaluate", "serving", "visualize"]
 for _mod in _PLUGINS:
     if importlib.util.find_spec(f"{__package__}.{_mod}") is not None:
         importlib.import_module(f"{__package__}.{_mod}").register(app)

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import XCompileError
 from .layers import LinearLayer
+from .shrink import shrink
 
 FORMAT = "xcompile-patterns"
 VERSION = 1
@@ -83,8 +84,9 @@ class PatternStats:
             Exy_neg=(s["sxy"] - s["sxy_pos"]) / np.maximum(n_neg, 1),
             Eyy=s["syy"] / n)
 
-    def patterns2d(self, i: int, L: LinearLayer, kind: str) -> np.ndarray:
-        """[C, Dg] float64: kind = linear | relu (a₊) | relu_neg (a₋)."""
+    def patterns2d(self, i: int, L: LinearLayer, kind: str, raw: bool = False) -> np.ndarray:
+        """[C, Dg] float64: kind = linear | relu (a₊) | relu_neg (a₋). Unreliable patterns (few samples, tiny
+        covariance, huge gain) are shrunk toward the weight direction (patterns/shrink.py) unless `raw`."""
         M = self.moments(i, L)
         Ey = M["Ey"][:, None]
         if kind == "linear":
@@ -95,6 +97,9 @@ class PatternStats:
             num = M["Exy_neg"] - M["Ex_neg"] * Ey
         else:
             raise XCompileError(f"option pattern={kind!r}: expected relu, relu_all or linear")
+        if not raw:
+            count = {"linear": M["n"], "relu": M["n_pos"], "relu_neg": M["n"] - M["n_pos"]}[kind]
+            return shrink(num, L.w2d, count, M["Eyy"])[0]
         den = np.sum(L.w2d * num, axis=1, keepdims=True)
         den = np.where(den == 0, 1.0, den)
         return num / den
