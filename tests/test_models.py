@@ -174,9 +174,10 @@ def test_gradcam_vs_captum(name, layer, exporter, torchvision_onnx):
     t, tn = targets(model, x)
     cams = {}
 
-    def cam():
-        cams["map"] = LayerGradCam(model, getattr(model, layer)).attribute(T(x), target=t, relu_attributions=True)
-        return cams["map"].detach().numpy()
+    def cam():  # Captum's relu_attributions=True, applied outside the model (not a kink of the explained model)
+        raw = LayerGradCam(model, getattr(model, layer)).attribute(T(x), target=t, relu_attributions=False)
+        cams["map"] = raw.detach().clamp(min=0)
+        return cams["map"].numpy()
     agree(ex, x, tn, cam, value=lambda out: out.extras["gradcam_map"])
     up = LayerAttribution.interpolate(cams["map"], tuple(x.shape[2:]), "bilinear").detach().numpy()
     assert measured(rel_err(run(ex, x, tn).relevance, np.broadcast_to(up, x.shape))) < TOL
