@@ -191,9 +191,12 @@ def stored_noise(explainer: onnx.ModelProto) -> np.ndarray:
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("name", ["resnet18", pytest.param("efficientnet_b0", marks=SLOW)])
-def test_smoothgrad_vs_autograd_with_the_stored_noise(name, exporter, torchvision_onnx):
-    s, level = 4, 0.1
+@pytest.mark.parametrize("name,level", [("resnet18", 0.1), pytest.param("efficientnet_b0", 0.02, marks=SLOW)])
+def test_smoothgrad_vs_autograd_with_the_stored_noise(name, level, exporter, torchvision_onnx):
+    """efficientnet_b0 at noise 0.1 (sigma ~0.9 on N(0, 1) images) leaves the range its BatchNorm statistics were
+    calibrated on: logits reach 1e2 and PyTorch's own float32 gradient is 1e-3 off float64 there (a smooth network,
+    no kink: float32 conditioning); 0.02 keeps the noisy points in range."""
+    s = 4
     model, x, ex = setup(name, exporter, torchvision_onnx, "smoothgrad", samples=s, noise_level=level)
     t, tn = targets(model, x)
     noise = np.broadcast_to(stored_noise(ex), (2, s, *x.shape[1:]))
