@@ -167,3 +167,16 @@ def reduce_sum_square(ctx, gy):
     if not ctx.attr("keepdims", 1):
         g = b.unsqueeze(g, axes)
     return [b.mul(b.mul(ctx.x(0), b.f32(2.0)), g)]
+
+
+@backward("ReduceLogSumExp")
+def reduce_log_sum_exp(ctx, gy):
+    # y = log sum exp(x): dy/dx = softmax = exp(x - y)
+    b, g = ctx.b, gy[0]
+    axes = reduce_axes(ctx)
+    y = ctx.y()
+    if not axes:  # noop_with_empty_axes: the identity
+        return [g]
+    if not ctx.attr("keepdims", 1):
+        g, y = b.unsqueeze(g, axes), b.unsqueeze(y, axes)
+    return [b.mul(b.op("Exp", [b.sub(ctx.x(0), y)], "softmax"), g)]
