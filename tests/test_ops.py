@@ -206,6 +206,9 @@ NEW_CASES = {
     "selu": ([node("Selu", ["x"])], (3, 4, 4), (3, 4, 4), [], F.selu),
     "celu": ([node("Celu", ["x"], alpha=0.7)], (3, 4, 4), (3, 4, 4), [], lambda x: F.celu(x, 0.7)),
     "thresholded_relu": ([node("ThresholdedRelu", ["x"], alpha=0.5)], (3, 4, 4), (3, 4, 4), [], lambda x: F.threshold(x, 0.5, 0.0)),
+    "softsign": ([node("Softsign", ["x"])], (3, 4, 4), (3, 4, 4), [], F.softsign),
+    "shrink": ([node("Shrink", ["x"], lambd=0.4, bias=0.3)], (3, 4, 4), (3, 4, 4), [],
+               lambda x: torch.where(x < -0.4, x + 0.3, torch.where(x > 0.4, x - 0.3, torch.zeros(())))),
     "sin_cos": ([node("Sin", ["x"], ["s"]), node("Cos", ["s"])], (3, 4), (3, 4), [], lambda x: torch.cos(torch.sin(x))),
     "groupnorm_21": ([node("GroupNormalization", ["x", "gs", "gb"], num_groups=2, epsilon=1e-5)], (4, 3, 3), (4, 3, 3),
                      [("gs", GN_SCALE), ("gb", GN_BIAS)],
@@ -252,3 +255,29 @@ def test_mean_variance_normalization_default_axes():
     x = np.random.default_rng(3).standard_normal((3, *x_shape)).astype(np.float32)
     _, ref = autograd_reference(fn, x, w, np.array([1, 2, 0]))
     assert rel_err(explain(model, x, [1, 2, 0]).relevance, ref) < 1e-4
+
+
+@pytest.mark.parametrize("case", sorted(NEW_CASES))
+def test_new_ops_lrp_and_cuda(case):
+    """The added ops under LRP (epsilon rule set: relevance is conserved through pass / proportional / routing
+    treatments, to the stabilizer; Mean's constant operand absorbs its share), and every node the backward emits
+    has a CUDA kernel (the forward op itself may not: Mish, Celu, Hardmax, Col2Im are the model's own)."""
+    from test_cuda_ops import cuda_offenders
+
+    import xcompile
+    nodes, x_shape, y_shape, inits, fn, *opset = CASES[case]
+    model, w = one_op_model(nodes, x_shape, y_shape, inits, opset=opset[0] if opset else 17)
+    x = np.random.default_rng(5).standard_normal((3, *x_shape)).astype(np.float32)
+    t = np.array([0, 3, 1])
+    out = explain(model, x, t, "lrp", rules="epsilon")
+    ratio = out.relevance.reshape(3, -1).sum(1) / out.scores[np.arange(3), t]
+    assert np.all(np.isfinite(out.relevance))
+    if case != "mean_variadic":
+        np.testing.assert_allclose(ratio, 1.0, atol=1e-3)
+    for method in ("gradient", "lrp"):
+        ex = xcompile.compile(model, method, **({"rules": "epsilon"} if method == "lrp" else {}))
+        emitted = [n for n in ex.graph.node if n.name.startswith("xc/")]
+        del ex.graph.node[:]
+        ex.graph.node.extend(emitted)
+        bad = cuda_offenders(ex, f"{case}/{method}")
+        assert not bad, "\n".join(bad)

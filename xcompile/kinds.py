@@ -39,10 +39,21 @@ PASS_OPS = frozenset({
 # LRP: relevance in proportion to the inputs' contributions (Zennit `Norm`)
 PROPORTIONAL_OPS = frozenset({"AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "CumSum",
                               "Col2Im"})
+
+
+def is_proportional(node) -> bool:
+    """LRP: does the node sum its inputs' contributions (relevance in proportion to them)? PROPORTIONAL_OPS, and the
+    scatters that add their updates into the data (with reduction "none" they route by position)."""
+    if node.op_type in PROPORTIONAL_OPS:
+        return True
+    return node.op_type in ("ScatterND", "ScatterElements") and attr(node, "reduction", "none") == "add"
+
+
 # sums of several inputs: proportional when more than one carries relevance, else pass
 SUM_OPS = ("Add", "Sum", "Sub", "Mean")
 # LRP: routed by position by their gradient (each output value is a copy of one input value, or masked out; the
 # default treatment of ops in no other group). ReduceLogSumExp too: its gradient, the softmax, sums to 1.
+# (ScatterND with reduction "add" sums: is_proportional)
 POSITION_OPS = frozenset({"Gather", "GatherElements", "GatherND", "ScatterND", "Slice", "Pad", "Tile", "Concat",
                           "Split", "Trilu", "ReduceLogSumExp"})
 PRODUCT_OPS = ("Mul", "Div")

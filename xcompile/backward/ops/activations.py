@@ -185,3 +185,20 @@ def sin(ctx, gy):
 def cos(ctx, gy):
     b = ctx.b
     return [b.neg(b.mul(gy[0], b.op("Sin", [ctx.x(0)])))]
+
+
+@backward("Softsign")
+def softsign(ctx, gy):
+    # y = x / (1 + |x|): dy/dx = 1 / (1 + |x|)^2
+    b = ctx.b
+    d = b.add(b.op("Abs", [ctx.x(0)]), b.f32(1.0))
+    return [b.div(gy[0], b.mul(d, d))]
+
+
+@backward("Shrink")
+def shrink(ctx, gy):
+    # y = x -+ bias outside [-lambd, lambd], 0 inside: the gradient passes where x < -lambd or x > lambd
+    b = ctx.b
+    lambd = ctx.attr("lambd", 0.5)
+    out = b.op("Or", [b.op("Less", [ctx.x(0), b.f32(-lambd)]), b.op("Greater", [ctx.x(0), b.f32(lambd)])], "outside")
+    return [_gate(ctx, out, gy[0])]
