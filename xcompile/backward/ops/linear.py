@@ -43,7 +43,8 @@ def _stride1_as_conv(ctx, g, weight, in_shape, out_shape, kernel, strides, dil, 
     cout, cin_g = w.shape[0], w.shape[1]
     wt = w.reshape(grp, cout // grp, cin_g, *w.shape[2:]).swapaxes(1, 2).reshape(grp * cin_g, cout // grp, *w.shape[2:])
     wt = np.ascontiguousarray(wt[(slice(None), slice(None)) + (slice(None, None, -1),) * len(kernel)])
-    return ctx.b.op("Conv", [g, ctx.b.const(wt, dtype=wt.dtype, hint="w_flipped")], "conv_adjoint",
+    dt = np.float32 if wt.dtype.itemsize < 4 else wt.dtype  # the backward runs in float32 (float16 models too)
+    return ctx.b.op("Conv", [g, ctx.b.const(wt, dtype=dt, hint="w_flipped")], "conv_adjoint",
                     kernel_shape=list(kernel), dilations=list(dil), pads=begin + end, group=grp)
 
 
