@@ -172,6 +172,10 @@ NEW_CASES = {
     "gathernd": ([node("Transpose", ["x"], ["t"], perm=[1, 2, 0]), node("GatherND", ["t", "gnd"], ["g"]),
                   node("Transpose", ["g"], perm=[1, 0])], (4, 5), (3,), [("gnd", np.array([[0, 1], [3, -1], [0, 1]], I64))],
                  lambda x: x[:, [0, 3, 0], [1, 4, 1]]),
+    # batch_dims=1 with indices computed at run time (which row of each sample: an ArgMax, not differentiated)
+    "gathernd_batch_dims": ([node("ReduceSum", ["x", "ax2"], ["s"], keepdims=0), node("ArgMax", ["s"], ["a"], axis=1, keepdims=1),
+                             node("GatherND", ["x", "a"], batch_dims=1)], (4, 5), (5,), [("ax2", np.array([2], I64))],
+                            lambda x: x[torch.arange(x.shape[0]), x.sum(2).argmax(1)]),
     "scatternd": ([node("Transpose", ["x"], ["t"], perm=[1, 2, 0]), node("Slice", ["t", "z0", "two", "z0"], ["u"]),
                    node("Mul", ["u", "u"], ["u2"]), node("ScatterND", ["t", "snd", "u2"], ["s"]),
                    node("Transpose", ["s"], perm=[2, 0, 1])], (4, 5), (4, 5),

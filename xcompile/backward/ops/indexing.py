@@ -38,16 +38,36 @@ def _int64_indices(ctx, k):
 @backward("GatherND", inputs=(0,))
 def gather_nd(ctx, gy):
     """Adjoint of y = GatherND(x, indices): scatter-add the gradient back onto x's positions (repeated indices add).
-    batch_dims = 0 (indices address x from its first axis)."""
-    require(ctx.attr("batch_dims", 0) == 0, ctx, "GatherND with batch_dims > 0")
+    batch_dims > 0: the batch coordinates are prepended to the indices (ScatterND has no batch_dims)."""
     b = ctx.b
+    bd = int(ctx.attr("batch_dims", 0))
     idx = _int64_indices(ctx, 1)
     c = ctx.const(1)
-    if c is not None:  # negative indices: ScatterND wants them in range
+    if c is not None and bd == 0:  # negative indices: ScatterND wants them in range
         dims = np.array([d if d is not None else -1 for d in ctx.in_shape(0)[:c.shape[-1]]], np.int64)
         require(not np.any((c < 0) & (dims < 0)), ctx, "GatherND with negative indices into the batch axis")
         idx = b.const(np.where(c < 0, c + dims, c).astype(np.int64), dtype=np.int64, hint="indices")
+    if bd > 0:
+        idx = _with_batch_coordinates(ctx, idx, bd)
     return [b.op("ScatterND", [b.zeros_like(ctx.x(0)), idx, gy[0]], "scatter_add", reduction="add"), None]
+
+
+def _with_batch_coordinates(ctx, idx, bd):
+    """indices [B_1..B_bd, M.., k] -> [B_1..B_bd, M.., bd + k]: coordinate j of each index tuple is its position
+    along batch axis j (run-time shapes: the batch axis is dynamic)."""
+    b = ctx.b
+    rank = len(ctx.in_shape(1))
+    i64 = np.int64
+    idx_shape = b.op("Shape", [idx], "indices_shape")
+    lead = b.op("Concat", [b.slice(idx_shape, [0], [rank - 1], [0]), b.const([1], dtype=i64)], "coord_shape", axis=0)
+    data_shape = b.op("Shape", [ctx.x(0)], "data_shape")
+    coords = []
+    for j in range(bd):
+        dim = b.op("Gather", [data_shape, b.const(j, dtype=i64)], f"dim{j}")
+        r = b.op("Range", [b.const(0, dtype=i64), dim, b.const(1, dtype=i64)], f"positions{j}")
+        r = b.reshape(r, [1] * j + [-1] + [1] * (rank - 1 - j))
+        coords.append(b.op("Expand", [r, lead], f"coord{j}"))
+    return b.op("Concat", coords + [idx], "full_indices", axis=-1)
 
 
 @backward("ScatterND", inputs=(0, 2))
