@@ -217,8 +217,6 @@ NEW_CASES = {
     "groupnorm_21": ([node("GroupNormalization", ["x", "gs", "gb"], num_groups=2, epsilon=1e-5)], (4, 3, 3), (4, 3, 3),
                      [("gs", GN_SCALE), ("gb", GN_BIAS)],
                      lambda x: F.group_norm(x, 2, torch.tensor(GN_SCALE), torch.tensor(GN_BIAS), eps=1e-5), 21),
-    # (GroupNormalization-18, one scale per group, is handled by the emitter but onnx's checker rejects the op as
-    # deprecated, so such a model fails loading with that one line)
     "lpnorm_l2": ([node("LpNormalization", ["x"], axis=1, p=2)], (4, 5), (4, 5), [], lambda x: F.normalize(x, 2, 1)),
     "lpnorm_l1": ([node("LpNormalization", ["x"], axis=-1, p=1)], (4, 5), (4, 5), [], lambda x: F.normalize(x, 1, -1)),
     "mean_variance_normalization": ([node("MeanVarianceNormalization", ["x"], axes=[0, 2, 3])], (3, 4, 5), (3, 4, 5), [], _mvn),
@@ -285,3 +283,26 @@ def test_new_ops_lrp_and_cuda(case):
         ex.graph.node.extend(emitted)
         bad = cuda_offenders(ex, f"{case}/{method}")
         assert not bad, "\n".join(bad)
+
+
+def test_groupnorm_opset18_per_group_scale(monkeypatch):
+    """GroupNormalization-18 (one scale/bias per group) fails onnx's checker as deprecated: the loader rewrites it
+    into Reshape -> InstanceNormalization -> per-group affine -> Reshape; the gradient matches autograd."""
+    import onnx
+    checker = onnx.checker.check_model
+    monkeypatch.setattr(onnx.checker, "check_model", lambda *a, **k: None)  # one_op_model's check: the op is deprecated
+    model, w = one_op_model([node("GroupNormalization", ["x", "gs", "gb"], num_groups=2, epsilon=1e-5)], (4, 3, 3),
+                            (4, 3, 3), [("gs", GN_SCALE[:2]), ("gb", GN_BIAS[:2])], opset=18)
+    monkeypatch.setattr(onnx.checker, "check_model", checker)
+
+    def fn(x):
+        return F.group_norm(x, 2, torch.tensor(GN_SCALE[:2]).repeat_interleave(2),
+                            torch.tensor(GN_BIAS[:2]).repeat_interleave(2), eps=1e-5)
+    x = np.random.default_rng(7).standard_normal((3, 4, 3, 3)).astype(np.float32)
+    t = np.array([0, 3, 1])
+    ref_scores, ref = autograd_reference(fn, x, w, t)
+    out = explain(model, x, t)
+    assert rel_err(out.scores, ref_scores) < 1e-5
+    assert rel_err(out.relevance, ref) < 1e-4
+    lrp = explain(model, x, t, "lrp", rules="epsilon")
+    assert np.all(np.isfinite(lrp.relevance))
