@@ -4,6 +4,7 @@ relevance-carrying input: each backward is the adjoint map."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from ..table import backward
 from .common import require
@@ -119,3 +120,34 @@ def col2im(ctx, gy):
     return [ctx.reshape_to(g, in_shape), None, None]
 
 
+
+
+@backward("GatherElements", inputs=(0,))
+def gather_elements(ctx, gy):
+    """Adjoint of y = GatherElements(x, indices, axis): scatter-add the gradient back along the axis."""
+    b = ctx.b
+    rank = len(ctx.in_shape(0))
+    axis = ctx.attr("axis", 0) % rank
+    idx = b.cast(ctx.x(1), onnx.TensorProto.INT64)
+    dim = ctx.in_shape(0)[axis]
+    if dim is not None:  # negative indices counted from the end
+        idx = b.where(b.op("Less", [idx, b.const(0, dtype=np.int64)]), b.add(idx, b.const(dim, dtype=np.int64)), idx)
+    return [b.op("ScatterElements", [b.zeros_like(ctx.x(0)), idx, gy[0]], "scatter_add", axis=axis,
+                 reduction="add"), None]
+
+
+@backward("ScatterElements", inputs=(0, 2))
+def scatter_elements(ctx, gy):
+    """As ScatterND, element-wise along `axis`: data gets g with the written positions zeroed (none) or g (add);
+    the updates get g gathered at the indices."""
+    b, g = ctx.b, gy[0]
+    red = ctx.attr("reduction", "none")
+    require(red in ("none", "add"), ctx, f"ScatterElements reduction {red!r}")
+    axis = ctx.attr("axis", 0) % len(ctx.in_shape(0))
+    idx = ctx.x(1)
+    out = [None, None, None]
+    if ctx.needs(0):
+        out[0] = g if red == "add" else b.op("ScatterElements", [g, idx, b.zeros_like(ctx.x(2))], "unwritten", axis=axis)
+    if ctx.needs(2):
+        out[2] = b.op("GatherElements", [g, idx], "written", axis=axis)
+    return out
