@@ -142,6 +142,8 @@ CASES = {
 }
 
 # ------------------------------------------------------------------ issue 15, item 4: the operators added
+WT = RNG.standard_normal((3, 2, 3, 3)).astype(np.float32)
+WT_G = RNG.standard_normal((4, 1, 2, 3)).astype(np.float32)
 GN_SCALE = RNG.uniform(0.5, 1.5, 4).astype(np.float32)
 GN_BIAS = RNG.standard_normal(4).astype(np.float32)
 I64 = np.int64
@@ -189,6 +191,13 @@ NEW_CASES = {
                               node("ScatterElements", ["x", "i", "u"], axis=2, reduction="add")], (3, 4), (3, 4),
                              [("k2", np.array([2], I64)), ("z0", np.array([0], I64)), ("two", np.array([2], I64)), ("ax2", np.array([2], I64))],
                              lambda x: x.scatter_add(2, (-x).topk(2, 2).indices, (x * x)[:, :, :2]), 18),
+    "conv_transpose": ([node("ConvTranspose", ["x", "Wt", "Bt2"], strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])],
+                       (3, 4, 4), (2, 8, 8), [("Wt", WT), ("Bt2", BETA[:2])],
+                       lambda x: F.conv_transpose2d(x, torch.tensor(WT), torch.tensor(BETA[:2]), stride=2, padding=1, output_padding=1)),
+    "conv_transpose_output_shape_grouped": ([node("ConvTranspose", ["x", "Wg4"], strides=[2, 1], dilations=[1, 2], group=2,
+                                                  output_shape=[7, 7])], (4, 4, 3), (2, 7, 7), [("Wg4", WT_G)],
+                                            lambda x: F.conv_transpose2d(x, torch.tensor(WT_G), stride=(2, 1), dilation=(1, 2),
+                                                                         groups=2)[:, :, 1:, :]),
     "scatternd": ([node("Transpose", ["x"], ["t"], perm=[1, 2, 0]), node("Slice", ["t", "z0", "two", "z0"], ["u"]),
                    node("Mul", ["u", "u"], ["u2"]), node("ScatterND", ["t", "snd", "u2"], ["s"]),
                    node("Transpose", ["s"], perm=[2, 0, 1])], (4, 5), (4, 5),
@@ -275,7 +284,7 @@ def test_mean_variance_normalization_default_axes():
 @pytest.mark.parametrize("case", sorted(NEW_CASES))
 def test_new_ops_lrp_and_cuda(case):
     """The added ops under LRP (epsilon rule set: relevance is conserved through pass / proportional / routing
-    treatments, to the stabilizer; Mean's constant operand absorbs its share), and every node the backward emits
+    treatments, to the stabilizer; Mean's constant operand and ConvTranspose's bias absorb their share), and every node the backward emits
     has a CUDA kernel (the forward op itself may not: Mish, Celu, Hardmax, Col2Im are the model's own)."""
     from test_cuda_ops import cuda_offenders
 
@@ -287,7 +296,7 @@ def test_new_ops_lrp_and_cuda(case):
     out = explain(model, x, t, "lrp", rules="epsilon")
     ratio = out.relevance.reshape(3, -1).sum(1) / out.scores[np.arange(3), t]
     assert np.all(np.isfinite(out.relevance))
-    if case != "mean_variadic":
+    if case not in ("mean_variadic", "conv_transpose"):  # a constant operand / a bias absorbs its share
         np.testing.assert_allclose(ratio, 1.0, atol=1e-3)
     for method in ("gradient", "lrp"):
         ex = xcompile.compile(model, method, **({"rules": "epsilon"} if method == "lrp" else {}))

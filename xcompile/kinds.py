@@ -37,8 +37,9 @@ PASS_OPS = frozenset({
     "Identity", "Dropout", "Cast", "Neg", "Abs", "Sqrt", "Exp", "Log", "Reciprocal", "Pow", "Sin", "Cos",
 }) | NORMALIZATION_OPS
 # LRP: relevance in proportion to the inputs' contributions (Zennit `Norm`)
+# (ConvTranspose: a linear layer no weight rule handles yet; proportional is its LRP-0 / z-rule)
 PROPORTIONAL_OPS = frozenset({"AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "CumSum",
-                              "Col2Im"})
+                              "Col2Im", "ConvTranspose"})
 
 
 def is_proportional(node) -> bool:

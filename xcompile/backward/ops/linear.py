@@ -157,3 +157,30 @@ def einsum(ctx, gy):
             g = b.op("Expand", [g, b.op("Shape", [ctx.x(k)], "shape")], "broadcast")
         grads.append(g)
     return grads
+
+
+@backward("ConvTranspose", inputs=(0, 1))
+def conv_transpose(ctx, gy):
+    """Adjoint of a transposed convolution w.r.t. its input: the Conv with the same weight [C_in, C_out/group, k..],
+    strides, dilations, group and pads (measured shapes resolve output_shape / auto_pad / output_padding)."""
+    require(not ctx.needs(1), ctx, "a transposed-convolution weight computed from the input")
+    in_shape, out_shape = ctx.in_shape(0), ctx.out_shape(0)
+    w_shape = ctx.g.shape(ctx.node.input[1])
+    n = len(in_shape) - 2
+    kernel = list(w_shape[2:]) if w_shape is not None else list(ctx.attr("kernel_shape"))
+    strides = list(ctx.attr("strides", [1] * n))
+    dil = list(ctx.attr("dilations", [1] * n))
+    opad = list(ctx.attr("output_padding", [0] * n))
+    auto = ctx.attr("auto_pad", "NOTSET")
+    pads = ctx.attr("pads")
+    if pads is not None and ctx.attr("output_shape") is None and auto in ("NOTSET", "", None):
+        pb, pe = list(pads[:n]), list(pads[n:])
+    else:  # ONNX: total = s (in - 1) + output_padding + (k - 1) d + 1 - out, split by auto_pad
+        pb, pe = [], []
+        for i in range(n):
+            total = strides[i] * (in_shape[2 + i] - 1) + opad[i] + (kernel[i] - 1) * dil[i] + 1 - out_shape[2 + i]
+            half = total // 2
+            pb.append(half if auto == "SAME_UPPER" else total - half)
+            pe.append(total - half if auto == "SAME_UPPER" else half)
+    return [ctx.b.op("Conv", [gy[0], ctx.x(1)], "conv", kernel_shape=kernel, strides=strides, dilations=dil,
+                     pads=pb + pe, group=ctx.attr("group", 1)), None, None]
