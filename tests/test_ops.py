@@ -198,6 +198,23 @@ NEW_CASES = {
                                                   output_shape=[7, 7])], (4, 4, 3), (2, 7, 7), [("Wg4", WT_G)],
                                             lambda x: F.conv_transpose2d(x, torch.tensor(WT_G), stride=(2, 1), dilation=(1, 2),
                                                                          groups=2)[:, :, 1:, :]),
+    "reduce_l1_logsum": ([node("ReduceL1", ["x", "ax"], ["l"], keepdims=0), node("Abs", ["x"], ["a"]),
+                          node("ReduceLogSum", ["a", "ax2"], ["s"], keepdims=1), node("Unsqueeze", ["l", "ax"], ["lu"]),
+                          node("Mul", ["lu", "s"])], (3, 4, 5), (3, 4, 5),
+                         [("ax", np.array([1], I64)), ("ax2", np.array([3], I64))],
+                         lambda x: x.abs().sum(1, keepdim=True) * torch.log(x.abs().sum(3, keepdim=True)), 18),
+    "reduce_prod_with_zeros": ([node("Relu", ["x"], ["r"]), node("ReduceProd", ["r", "ax"], keepdims=0)], (3, 4), (3,),
+                               [("ax", np.array([2], I64))], lambda x: torch.prod(F.relu(x), 2), 18),
+    "reduce_prod": ([node("ReduceProd", ["x", "ax"], keepdims=1)], (3, 4), (3, 1), [("ax", np.array([2], I64))],
+                    lambda x: torch.prod(x, 2, keepdim=True), 18),
+    "lrn": ([node("LRN", ["x"], size=3, alpha=0.5, beta=0.75, bias=2.0)], (5, 3, 3), (5, 3, 3), [],
+            lambda x: F.local_response_norm(x, 3, alpha=0.5, beta=0.75, k=2.0)),
+    "depth_to_space_dcr": ([node("DepthToSpace", ["x"], blocksize=2)], (8, 2, 3), (2, 4, 6), [],
+                           lambda x: x.reshape(-1, 2, 2, 2, 2, 3).permute(0, 3, 4, 1, 5, 2).reshape(-1, 2, 4, 6)),
+    "depth_to_space_crd": ([node("DepthToSpace", ["x"], blocksize=2, mode="CRD")], (8, 2, 3), (2, 4, 6), [],
+                           lambda x: F.pixel_shuffle(x, 2)),
+    "space_to_depth": ([node("SpaceToDepth", ["x"], blocksize=2)], (2, 4, 6), (8, 2, 3), [],
+                       lambda x: x.reshape(-1, 2, 2, 2, 3, 2).permute(0, 3, 5, 1, 2, 4).reshape(-1, 8, 2, 3)),
     "scatternd": ([node("Transpose", ["x"], ["t"], perm=[1, 2, 0]), node("Slice", ["t", "z0", "two", "z0"], ["u"]),
                    node("Mul", ["u", "u"], ["u2"]), node("ScatterND", ["t", "snd", "u2"], ["s"]),
                    node("Transpose", ["s"], perm=[2, 0, 1])], (4, 5), (4, 5),
@@ -281,10 +298,15 @@ def test_mean_variance_normalization_default_axes():
     assert rel_err(explain(model, x, [1, 2, 0]).relevance, ref) < 1e-4
 
 
+# LRP does not conserve relevance here: a constant operand (Mean) or a bias (ConvTranspose) absorbs a share; a product
+# of reductions; ReduceProd (no LRP treatment: its gradient)
+NOT_CONSERVATIVE = ("mean_variadic", "conv_transpose", "reduce_l1_logsum", "reduce_prod", "reduce_prod_with_zeros")
+
+
 @pytest.mark.parametrize("case", sorted(NEW_CASES))
 def test_new_ops_lrp_and_cuda(case):
     """The added ops under LRP (epsilon rule set: relevance is conserved through pass / proportional / routing
-    treatments, to the stabilizer; Mean's constant operand and ConvTranspose's bias absorb their share), and every node the backward emits
+    treatments, to the stabilizer; NOT_CONSERVATIVE lists the exceptions), and every node the backward emits
     has a CUDA kernel (the forward op itself may not: Mish, Celu, Hardmax, Col2Im are the model's own)."""
     from test_cuda_ops import cuda_offenders
 
@@ -296,7 +318,7 @@ def test_new_ops_lrp_and_cuda(case):
     out = explain(model, x, t, "lrp", rules="epsilon")
     ratio = out.relevance.reshape(3, -1).sum(1) / out.scores[np.arange(3), t]
     assert np.all(np.isfinite(out.relevance))
-    if case not in ("mean_variadic", "conv_transpose"):  # a constant operand / a bias absorbs its share
+    if case not in NOT_CONSERVATIVE:
         np.testing.assert_allclose(ratio, 1.0, atol=1e-3)
     for method in ("gradient", "lrp"):
         ex = xcompile.compile(model, method, **({"rules": "epsilon"} if method == "lrp" else {}))

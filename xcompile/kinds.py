@@ -29,7 +29,7 @@ SHAPE_SOURCES = frozenset({"Shape", "Size"})
 IDENTITY_OPS = ("Identity", "Dropout")
 
 NORMALIZATION_OPS = frozenset({"BatchNormalization", "LayerNormalization", "InstanceNormalization",
-                               "GroupNormalization", "MeanVarianceNormalization", "LpNormalization"})
+                               "GroupNormalization", "MeanVarianceNormalization", "LpNormalization", "LRN"})
 # LRP: relevance passes through unchanged (Zennit `Pass`): activations, elementwise maps, unfolded normalisation
 PASS_OPS = frozenset({
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
@@ -39,7 +39,7 @@ PASS_OPS = frozenset({
 # LRP: relevance in proportion to the inputs' contributions (Zennit `Norm`)
 # (ConvTranspose: a linear layer no weight rule handles yet; proportional is its LRP-0 / z-rule)
 PROPORTIONAL_OPS = frozenset({"AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "CumSum",
-                              "Col2Im", "ConvTranspose"})
+                              "Col2Im", "ConvTranspose", "ReduceL1"})
 
 
 def is_proportional(node) -> bool:
@@ -55,8 +55,8 @@ SUM_OPS = ("Add", "Sum", "Sub", "Mean")
 # LRP: routed by position by their gradient (each output value is a copy of one input value, or masked out; the
 # default treatment of ops in no other group). ReduceLogSumExp too: its gradient, the softmax, sums to 1.
 # (ScatterND with reduction "add" sums: is_proportional)
-POSITION_OPS = frozenset({"Gather", "GatherElements", "GatherND", "ScatterND", "Slice", "Pad", "Tile", "Concat",
-                          "Split", "Trilu", "ReduceLogSumExp"})
+POSITION_OPS = frozenset({"Gather", "GatherElements", "GatherND", "ScatterND", "ScatterElements", "Slice", "Pad",
+                          "Tile", "Concat", "Split", "Trilu", "DepthToSpace", "SpaceToDepth", "ReduceLogSumExp"})
 PRODUCT_OPS = ("Mul", "Div")
 # a gate: an operand of a product that is a squashed activation
 GATE_OPS = frozenset({"Sigmoid", "HardSigmoid", "Softmax"})

@@ -264,3 +264,20 @@ def resize(ctx, gy):
             perm[axis], perm[-1] = perm[-1], perm[axis]
             g = b.transpose(b.op("MatMul", [b.transpose(g, perm), b.const(m, hint="resize_matrix")], "unresize"), perm)
     return [g] + [None] * (len(ctx.node.input) - 1)
+
+
+@backward("DepthToSpace", "SpaceToDepth")
+def depth_space(ctx, gy):
+    """Both are a reshape to 6-D, a transpose, a reshape: the gradient takes the way back."""
+    in_shape = ctx.in_shape(0)
+    bs = int(ctx.attr("blocksize"))
+    _, c, h, w = in_shape
+    if ctx.op_type == "SpaceToDepth":
+        six, perm = (None, c, h // bs, bs, w // bs, bs), [0, 3, 5, 1, 2, 4]
+    elif ctx.attr("mode", "DCR") == "CRD":
+        six, perm = (None, c // (bs * bs), bs, bs, h, w), [0, 1, 4, 2, 5, 3]
+    else:
+        six, perm = (None, bs, bs, c // (bs * bs), h, w), [0, 3, 4, 1, 5, 2]
+    g = ctx.reshape_to(gy[0], tuple(six[p] for p in perm))
+    g = ctx.b.transpose(g, list(np.argsort(perm)))
+    return [ctx.reshape_to(g, in_shape)]
