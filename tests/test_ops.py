@@ -316,9 +316,9 @@ def test_new_ops_lrp_and_cuda(case):
     x = np.random.default_rng(5).standard_normal((3, *x_shape)).astype(np.float32)
     t = np.array([0, 3, 1])
     out = explain(model, x, t, "lrp", rules="epsilon")
-    ratio = out.relevance.reshape(3, -1).sum(1) / out.scores[np.arange(3), t]
     assert np.all(np.isfinite(out.relevance))
     if case not in NOT_CONSERVATIVE:
+        ratio = out.relevance.reshape(3, -1).sum(1) / out.scores[np.arange(3), t]
         np.testing.assert_allclose(ratio, 1.0, atol=1e-3)
     for method in ("gradient", "lrp"):
         ex = xcompile.compile(model, method, **({"rules": "epsilon"} if method == "lrp" else {}))
