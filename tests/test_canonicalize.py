@@ -444,7 +444,7 @@ def test_canonicalize_whole():
     inits.update(zero=np.array(0, np.int64), minus1=np.array([-1], np.int64))
     m = mk(nodes, (2, 4, 4), inits=inits)
     out, report = apply(P.canonicalize, m)
-    assert report == {"constants_to_initializers": 1, "drop_identity": 2, "fold_constants": 4,
+    assert report == {"explicit_defaults": 0, "constants_to_initializers": 1, "drop_identity": 2, "fold_constants": 4,
                       "fold_batchnorm": 1, "expose_maxpool_indices": 1}
     assert ops(out) == ["Mul", "Conv", "Relu", "MaxPool", "Reshape", "MatMul", "Softmax"]
     assert_same_function(m, out, A(2, 2, 4, 4))

@@ -141,6 +141,137 @@ CASES = {
     "tile": ([node("Tile", ["x", "rep"])], (2, 3), (4, 3), [("rep", np.array([1, 2, 1], np.int64))], lambda x: x.repeat(1, 2, 1)),
 }
 
+# ------------------------------------------------------------------ issue 15, item 4: the operators added
+WT = RNG.standard_normal((3, 2, 3, 3)).astype(np.float32)
+WT_G = RNG.standard_normal((4, 1, 2, 3)).astype(np.float32)
+GN_SCALE = RNG.uniform(0.5, 1.5, 4).astype(np.float32)
+GN_BIAS = RNG.standard_normal(4).astype(np.float32)
+I64 = np.int64
+
+
+def _scatter_nd(x, rows, reduction="none"):
+    """ScatterND on x.permute(1, 2, 0) of (its first two rows) squared, at `rows`, permuted back."""
+    t = x.permute(1, 2, 0)
+    u = t[:2] ** 2
+    if reduction == "add":
+        y = t.index_add(0, torch.tensor(rows), u)
+    else:
+        y = t.clone()
+        y[torch.tensor(rows)] = u
+    return y.permute(2, 0, 1)
+
+
+def _mvn(x):
+    mu = x.mean((0, 2, 3), keepdim=True)
+    return (x - mu) / (x.var((0, 2, 3), unbiased=False, keepdim=True).sqrt() + 1e-9)
+
+
+def _rev_cumsum(x, d):
+    return torch.flip(torch.cumsum(torch.flip(x, [d]), d), [d])
+
+
+NEW_CASES = {
+    "gathernd": ([node("Transpose", ["x"], ["t"], perm=[1, 2, 0]), node("GatherND", ["t", "gnd"], ["g"]),
+                  node("Transpose", ["g"], perm=[1, 0])], (4, 5), (3,), [("gnd", np.array([[0, 1], [3, -1], [0, 1]], I64))],
+                 lambda x: x[:, [0, 3, 0], [1, 4, 1]]),
+    # batch_dims=1 with indices computed at run time (which row of each sample: an ArgMax, not differentiated)
+    "gathernd_batch_dims": ([node("ReduceSum", ["x", "ax2"], ["s"], keepdims=0), node("ArgMax", ["s"], ["a"], axis=1, keepdims=1),
+                             node("GatherND", ["x", "a"], batch_dims=1)], (4, 5), (5,), [("ax2", np.array([2], I64))],
+                            lambda x: x[torch.arange(x.shape[0]), x.sum(2).argmax(1)]),
+    # indices at run time (TopK's, not differentiated): the positions of each row's two largest / smallest values
+    "gather_elements": ([node("TopK", ["x", "k2"], ["v", "i"], axis=2), node("GatherElements", ["x", "i"], axis=2)],
+                        (3, 4), (3, 2), [("k2", np.array([2], I64))], lambda x: torch.gather(x, 2, x.topk(2, 2).indices)),
+    "scatter_elements": ([node("Neg", ["x"], ["nx"]), node("TopK", ["nx", "k2"], ["v", "i"], axis=2),
+                          node("Mul", ["x", "x"], ["x2"]), node("Slice", ["x2", "z0", "two", "ax2"], ["u"]),
+                          node("ScatterElements", ["x", "i", "u"], axis=2)], (3, 4), (3, 4),
+                         [("k2", np.array([2], I64)), ("z0", np.array([0], I64)), ("two", np.array([2], I64)), ("ax2", np.array([2], I64))],
+                         lambda x: x.scatter(2, (-x).topk(2, 2).indices, (x * x)[:, :, :2])),
+    "scatter_elements_add": ([node("Neg", ["x"], ["nx"]), node("TopK", ["nx", "k2"], ["v", "i"], axis=2),
+                              node("Mul", ["x", "x"], ["x2"]), node("Slice", ["x2", "z0", "two", "ax2"], ["u"]),
+                              node("ScatterElements", ["x", "i", "u"], axis=2, reduction="add")], (3, 4), (3, 4),
+                             [("k2", np.array([2], I64)), ("z0", np.array([0], I64)), ("two", np.array([2], I64)), ("ax2", np.array([2], I64))],
+                             lambda x: x.scatter_add(2, (-x).topk(2, 2).indices, (x * x)[:, :, :2]), 18),
+    "conv_transpose": ([node("ConvTranspose", ["x", "Wt", "Bt2"], strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])],
+                       (3, 4, 4), (2, 8, 8), [("Wt", WT), ("Bt2", BETA[:2])],
+                       lambda x: F.conv_transpose2d(x, torch.tensor(WT), torch.tensor(BETA[:2]), stride=2, padding=1, output_padding=1)),
+    "conv_transpose_output_shape_grouped": ([node("ConvTranspose", ["x", "Wg4"], strides=[2, 1], dilations=[1, 2], group=2,
+                                                  output_shape=[7, 7])], (4, 4, 3), (2, 7, 7), [("Wg4", WT_G)],
+                                            lambda x: F.conv_transpose2d(x, torch.tensor(WT_G), stride=(2, 1), dilation=(1, 2),
+                                                                         groups=2)[:, :, 1:, :]),
+    "reduce_l1_logsum": ([node("ReduceL1", ["x", "ax"], ["l"], keepdims=0), node("Abs", ["x"], ["a"]),
+                          node("ReduceLogSum", ["a", "ax2"], ["s"], keepdims=1), node("Unsqueeze", ["l", "ax"], ["lu"]),
+                          node("Mul", ["lu", "s"])], (3, 4, 5), (3, 4, 5),
+                         [("ax", np.array([1], I64)), ("ax2", np.array([3], I64))],
+                         lambda x: x.abs().sum(1, keepdim=True) * torch.log(x.abs().sum(3, keepdim=True)), 18),
+    "reduce_prod_with_zeros": ([node("Relu", ["x"], ["r"]), node("ReduceProd", ["r", "ax"], keepdims=0)], (3, 4), (3,),
+                               [("ax", np.array([2], I64))], lambda x: torch.prod(F.relu(x), 2), 18),
+    "reduce_prod": ([node("ReduceProd", ["x", "ax"], keepdims=1)], (3, 4), (3, 1), [("ax", np.array([2], I64))],
+                    lambda x: torch.prod(x, 2, keepdim=True), 18),
+    "lrn": ([node("LRN", ["x"], size=3, alpha=0.5, beta=0.75, bias=2.0)], (5, 3, 3), (5, 3, 3), [],
+            lambda x: F.local_response_norm(x, 3, alpha=0.5, beta=0.75, k=2.0)),
+    "depth_to_space_dcr": ([node("DepthToSpace", ["x"], blocksize=2)], (8, 2, 3), (2, 4, 6), [],
+                           lambda x: x.reshape(-1, 2, 2, 2, 2, 3).permute(0, 3, 4, 1, 5, 2).reshape(-1, 2, 4, 6)),
+    "depth_to_space_crd": ([node("DepthToSpace", ["x"], blocksize=2, mode="CRD")], (8, 2, 3), (2, 4, 6), [],
+                           lambda x: F.pixel_shuffle(x, 2)),
+    "space_to_depth": ([node("SpaceToDepth", ["x"], blocksize=2)], (2, 4, 6), (8, 2, 3), [],
+                       lambda x: x.reshape(-1, 2, 2, 2, 3, 2).permute(0, 3, 5, 1, 2, 4).reshape(-1, 8, 2, 3)),
+    "scatternd": ([node("Transpose", ["x"], ["t"], perm=[1, 2, 0]), node("Slice", ["t", "z0", "two", "z0"], ["u"]),
+                   node("Mul", ["u", "u"], ["u2"]), node("ScatterND", ["t", "snd", "u2"], ["s"]),
+                   node("Transpose", ["s"], perm=[2, 0, 1])], (4, 5), (4, 5),
+                  [("snd", np.array([[1], [3]], I64)), ("z0", np.array([0], I64)), ("two", np.array([2], I64))],
+                  lambda x: _scatter_nd(x, [1, 3]), 18),
+    "scatternd_add_repeated": ([node("Transpose", ["x"], ["t"], perm=[1, 2, 0]), node("Slice", ["t", "z0", "two", "z0"], ["u"]),
+                                node("Mul", ["u", "u"], ["u2"]), node("ScatterND", ["t", "snd", "u2"], ["s"], reduction="add"),
+                                node("Transpose", ["s"], perm=[2, 0, 1])], (4, 5), (4, 5),
+                               [("snd", np.array([[1], [1]], I64)), ("z0", np.array([0], I64)), ("two", np.array([2], I64))],
+                               lambda x: _scatter_nd(x, [1, 1], "add"), 18),
+    "pad_reflect": ([node("Pad", ["x", "pd"], mode="reflect")], (3, 5, 6), (3, 8, 9),
+                    [("pd", np.array([0, 0, 2, 1, 0, 0, 1, 2], I64))], lambda x: F.pad(x, (1, 2, 2, 1), mode="reflect")),
+    "pad_edge": ([node("Pad", ["x", "pd"], mode="edge")], (3, 5, 6), (3, 8, 9),
+                 [("pd", np.array([0, 0, 1, 3, 0, 0, 2, 0], I64))], lambda x: F.pad(x, (3, 0, 1, 2), mode="replicate")),
+    "pad_wrap": ([node("Pad", ["x", "pd"], mode="wrap")], (3, 5, 6), (3, 8, 9),
+                 [("pd", np.array([0, 0, 1, 2, 0, 0, 2, 1], I64))], lambda x: F.pad(x, (2, 1, 1, 2), mode="circular"), 19),
+    "col2im": ([node("Col2Im", ["x", "img", "blk"], pads=[1, 1, 1, 1])], (12, 36), (2, 5, 6),
+               [("img", np.array([5, 6], I64)), ("blk", np.array([2, 3], I64))],
+               lambda x: F.fold(x, (5, 6), (2, 3), padding=1), 18),
+    "col2im_strided_dilated": ([node("Col2Im", ["x", "img", "blk"], pads=[1, 0, 1, 0], strides=[2, 2], dilations=[2, 1])],
+                               (8, 9), (2, 6, 7), [("img", np.array([6, 7], I64)), ("blk", np.array([2, 2], I64))],
+                               lambda x: F.fold(x, (6, 7), (2, 2), dilation=(2, 1), padding=(1, 0), stride=2), 18),
+    "cumsum": ([node("CumSum", ["x", "cax"])], (3, 4), (3, 4), [("cax", np.array(2, I64))], lambda x: torch.cumsum(x, 2)),
+    "cumsum_exclusive_reverse": ([node("CumSum", ["x", "cax"], exclusive=1, reverse=1)], (3, 4), (3, 4),
+                                 [("cax", np.array(-1, np.int32))], lambda x: _rev_cumsum(x, 2) - x),
+    "cumsum_exclusive": ([node("CumSum", ["x", "cax"], exclusive=1)], (3, 4), (3, 4), [("cax", np.array(1, I64))],
+                         lambda x: torch.cumsum(x, 1) - x),
+    "trilu_upper": ([node("Trilu", ["x", "k1"])], (3, 4, 5), (3, 4, 5), [("k1", np.array(1, I64))], lambda x: torch.triu(x, 1)),
+    "trilu_lower": ([node("Trilu", ["x", "k1"], upper=0)], (3, 4, 5), (3, 4, 5), [("k1", np.array(-1, I64))],
+                    lambda x: torch.tril(x, -1)),
+    "mish": ([node("Mish", ["x"])], (3, 4, 4), (3, 4, 4), [], F.mish, 18),
+    "selu": ([node("Selu", ["x"])], (3, 4, 4), (3, 4, 4), [], F.selu),
+    "celu": ([node("Celu", ["x"], alpha=0.7)], (3, 4, 4), (3, 4, 4), [], lambda x: F.celu(x, 0.7)),
+    "thresholded_relu": ([node("ThresholdedRelu", ["x"], alpha=0.5)], (3, 4, 4), (3, 4, 4), [], lambda x: F.threshold(x, 0.5, 0.0)),
+    "softsign": ([node("Softsign", ["x"])], (3, 4, 4), (3, 4, 4), [], F.softsign),
+    "shrink": ([node("Shrink", ["x"], lambd=0.4, bias=0.3)], (3, 4, 4), (3, 4, 4), [],
+               lambda x: torch.where(x < -0.4, x + 0.3, torch.where(x > 0.4, x - 0.3, torch.zeros(())))),
+    "sin_cos": ([node("Sin", ["x"], ["s"]), node("Cos", ["s"])], (3, 4), (3, 4), [], lambda x: torch.cos(torch.sin(x))),
+    "groupnorm_21": ([node("GroupNormalization", ["x", "gs", "gb"], num_groups=2, epsilon=1e-5)], (4, 3, 3), (4, 3, 3),
+                     [("gs", GN_SCALE), ("gb", GN_BIAS)],
+                     lambda x: F.group_norm(x, 2, torch.tensor(GN_SCALE), torch.tensor(GN_BIAS), eps=1e-5), 21),
+    "lpnorm_l2": ([node("LpNormalization", ["x"], axis=1, p=2)], (4, 5), (4, 5), [], lambda x: F.normalize(x, 2, 1)),
+    "lpnorm_l1": ([node("LpNormalization", ["x"], axis=-1, p=1)], (4, 5), (4, 5), [], lambda x: F.normalize(x, 1, -1)),
+    "mean_variance_normalization": ([node("MeanVarianceNormalization", ["x"], axes=[0, 2, 3])], (3, 4, 5), (3, 4, 5), [], _mvn),
+    "reduce_logsumexp": ([node("ReduceLogSumExp", ["x", "ax"], keepdims=0)], (3, 4, 5), (3, 4),
+                         [("ax", np.array([-1], I64))], lambda x: torch.logsumexp(x, 3), 18),
+    "reduce_logsumexp_keepdims": ([node("ReduceLogSumExp", ["x"], axes=[1, 2], keepdims=1)], (3, 4, 5), (1, 1, 5), [],
+                                  lambda x: torch.logsumexp(x, (1, 2), keepdim=True)),
+    "mean_variadic": ([node("Relu", ["x"], ["r"]), node("Mean", ["x", "r", "C"])], (3, 4, 4), (3, 4, 4), [("C", BIAS_C)],
+                      lambda x: (x + F.relu(x) + torch.tensor(BIAS_C)) / 3),
+    "hardmax_path": ([node("Hardmax", ["x"], ["h"], axis=-1), node("Mul", ["x", "h"])], (3, 5), (3, 5), [],
+                     lambda x: x * F.one_hot(x.argmax(-1), 5).float()),
+    "argmax_path": ([node("ArgMax", ["x"], ["a"], axis=2, keepdims=1), node("Cast", ["a"], ["af"], to=1),
+                     node("Mul", ["x", "af"])], (3, 5), (3, 5), [], lambda x: x * x.argmax(-1, keepdim=True).float()),
+}
+CASES.update(NEW_CASES)
+
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_gradient_matches_autograd(case):
@@ -154,3 +285,68 @@ def test_gradient_matches_autograd(case):
     out = explain(model, x, target)
     assert rel_err(out.scores, ref_scores) < 1e-5
     assert rel_err(out.relevance, ref) < 1e-4, case
+
+
+def test_mean_variance_normalization_default_axes():
+    """MVN without `axes` fails onnx's full check (its function body reads the attribute): canonicalization writes
+    the default [0, 2, 3] so the explainer passes the checker; the gradient still matches autograd."""
+    nodes, x_shape, y_shape, inits, fn = CASES["mean_variance_normalization"]
+    model, w = one_op_model(nodes, x_shape, y_shape, inits)
+    del model.graph.node[0].attribute[:]
+    x = np.random.default_rng(3).standard_normal((3, *x_shape)).astype(np.float32)
+    _, ref = autograd_reference(fn, x, w, np.array([1, 2, 0]))
+    assert rel_err(explain(model, x, [1, 2, 0]).relevance, ref) < 1e-4
+
+
+# LRP does not conserve relevance here: a constant operand (Mean) or a bias (ConvTranspose) absorbs a share; a product
+# of reductions; ReduceProd (no LRP treatment: its gradient)
+NOT_CONSERVATIVE = ("mean_variadic", "conv_transpose", "reduce_l1_logsum", "reduce_prod", "reduce_prod_with_zeros")
+
+
+@pytest.mark.parametrize("case", sorted(NEW_CASES))
+def test_new_ops_lrp_and_cuda(case):
+    """The added ops under LRP (epsilon rule set: relevance is conserved through pass / proportional / routing
+    treatments, to the stabilizer; NOT_CONSERVATIVE lists the exceptions), and every node the backward emits
+    has a CUDA kernel (the forward op itself may not: Mish, Celu, Hardmax, Col2Im are the model's own)."""
+    from test_cuda_ops import cuda_offenders
+
+    import xcompile
+    nodes, x_shape, y_shape, inits, fn, *opset = CASES[case]
+    model, w = one_op_model(nodes, x_shape, y_shape, inits, opset=opset[0] if opset else 17)
+    x = np.random.default_rng(5).standard_normal((3, *x_shape)).astype(np.float32)
+    t = np.array([0, 3, 1])
+    out = explain(model, x, t, "lrp", rules="epsilon")
+    assert np.all(np.isfinite(out.relevance))
+    if case not in NOT_CONSERVATIVE:
+        ratio = out.relevance.reshape(3, -1).sum(1) / out.scores[np.arange(3), t]
+        np.testing.assert_allclose(ratio, 1.0, atol=1e-3)
+    for method in ("gradient", "lrp"):
+        ex = xcompile.compile(model, method, **({"rules": "epsilon"} if method == "lrp" else {}))
+        emitted = [n for n in ex.graph.node if n.name.startswith("xc/")]
+        del ex.graph.node[:]
+        ex.graph.node.extend(emitted)
+        bad = cuda_offenders(ex, f"{case}/{method}")
+        assert not bad, "\n".join(bad)
+
+
+def test_groupnorm_opset18_per_group_scale(monkeypatch):
+    """GroupNormalization-18 (one scale/bias per group) fails onnx's checker as deprecated: the loader rewrites it
+    into Reshape -> InstanceNormalization -> per-group affine -> Reshape; the gradient matches autograd."""
+    import onnx
+    checker = onnx.checker.check_model
+    monkeypatch.setattr(onnx.checker, "check_model", lambda *a, **k: None)  # one_op_model's check: the op is deprecated
+    model, w = one_op_model([node("GroupNormalization", ["x", "gs", "gb"], num_groups=2, epsilon=1e-5)], (4, 3, 3),
+                            (4, 3, 3), [("gs", GN_SCALE[:2]), ("gb", GN_BIAS[:2])], opset=18)
+    monkeypatch.setattr(onnx.checker, "check_model", checker)
+
+    def fn(x):
+        return F.group_norm(x, 2, torch.tensor(GN_SCALE[:2]).repeat_interleave(2),
+                            torch.tensor(GN_BIAS[:2]).repeat_interleave(2), eps=1e-5)
+    x = np.random.default_rng(7).standard_normal((3, 4, 3, 3)).astype(np.float32)
+    t = np.array([0, 3, 1])
+    ref_scores, ref = autograd_reference(fn, x, w, t)
+    out = explain(model, x, t)
+    assert rel_err(out.scores, ref_scores) < 1e-5
+    assert rel_err(out.relevance, ref) < 1e-4
+    lrp = explain(model, x, t, "lrp", rules="epsilon")
+    assert np.all(np.isfinite(lrp.relevance))

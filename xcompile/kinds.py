@@ -20,7 +20,7 @@ NON_DIFFERENTIABLE = frozenset({
     "Shape", "Size", "ArgMax", "ArgMin", "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual",
     "Not", "And", "Or", "Xor", "NonZero", "ConstantOfShape", "Range", "EyeLike", "RandomNormal",
     "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Constant", "IsNaN", "IsInf", "Sign",
-    "Floor", "Ceil", "Round", "OneHot", "Mod", "BitShift",
+    "Floor", "Ceil", "Round", "OneHot", "Mod", "BitShift", "Hardmax",
 })
 RANDOM_OPS = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
                         "Bernoulli"})
@@ -29,16 +29,34 @@ SHAPE_SOURCES = frozenset({"Shape", "Size"})
 IDENTITY_OPS = ("Identity", "Dropout")
 
 NORMALIZATION_OPS = frozenset({"BatchNormalization", "LayerNormalization", "InstanceNormalization",
-                               "GroupNormalization"})
+                               "GroupNormalization", "MeanVarianceNormalization", "LpNormalization", "LRN"})
 # LRP: relevance passes through unchanged (Zennit `Pass`): activations, elementwise maps, unfolded normalisation
 PASS_OPS = frozenset({
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
     "Softplus", "Softsign", "Gelu", "Erf", "Mish", "ThresholdedRelu", "Shrink",
-    "Identity", "Dropout", "Cast", "Neg", "Abs", "Sqrt", "Exp", "Log", "Reciprocal", "Pow",
+    "Identity", "Dropout", "Cast", "Neg", "Abs", "Sqrt", "Exp", "Log", "Reciprocal", "Pow", "Sin", "Cos",
 }) | NORMALIZATION_OPS
 # LRP: relevance in proportion to the inputs' contributions (Zennit `Norm`)
-PROPORTIONAL_OPS = frozenset({"AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum"})
-SUM_OPS = ("Add", "Sum", "Sub")
+# (ConvTranspose: a linear layer no weight rule handles yet; proportional is its LRP-0 / z-rule)
+PROPORTIONAL_OPS = frozenset({"AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "CumSum",
+                              "Col2Im", "ConvTranspose", "ReduceL1"})
+
+
+def is_proportional(node) -> bool:
+    """LRP: does the node sum its inputs' contributions (relevance in proportion to them)? PROPORTIONAL_OPS, and the
+    scatters that add their updates into the data (with reduction "none" they route by position)."""
+    if node.op_type in PROPORTIONAL_OPS:
+        return True
+    return node.op_type in ("ScatterND", "ScatterElements") and attr(node, "reduction", "none") == "add"
+
+
+# sums of several inputs: proportional when more than one carries relevance, else pass
+SUM_OPS = ("Add", "Sum", "Sub", "Mean")
+# LRP: routed by position by their gradient (each output value is a copy of one input value, or masked out; the
+# default treatment of ops in no other group). ReduceLogSumExp too: its gradient, the softmax, sums to 1.
+# (ScatterND with reduction "add" sums: is_proportional)
+POSITION_OPS = frozenset({"Gather", "GatherElements", "GatherND", "ScatterND", "ScatterElements", "Slice", "Pad",
+                          "Tile", "Concat", "Split", "Trilu", "DepthToSpace", "SpaceToDepth", "ReduceLogSumExp"})
 PRODUCT_OPS = ("Mul", "Div")
 # a gate: an operand of a product that is a squashed activation
 GATE_OPS = frozenset({"Sigmoid", "HardSigmoid", "Softmax"})

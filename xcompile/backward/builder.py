@@ -25,6 +25,7 @@ class Builder:
         self._consts: dict[tuple, str] = {}
         self._values: dict[str, np.ndarray] = {}
         self._scope: list[str] = [prefix]
+        self.float32_views: dict[str, str] = {}  # float16 forward tensor -> its Cast to float32 (engine.float32_view)
 
     # ---------------------------------------------------------------- naming
     @contextlib.contextmanager

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import numpy as np
 import onnx
 
 from ..errors import UnsupportedOperatorsError
@@ -32,12 +33,13 @@ class NodeContext:
         return self.node.op_type
 
     def x(self, k: int = 0) -> str:
-        """The forward value of input k, as it exists in the emitted graph."""
+        """The forward value of input k, as it exists in the emitted graph (float16 ones cast to float32)."""
         name = self.node.input[k]
-        return name if self.g.is_const(name) else self.engine.fwd(name)
+        return float32_view(self.b, self.g, name, name if self.g.is_const(name) else self.engine.fwd(name))
 
     def y(self, k: int = 0) -> str:
-        return self.engine.fwd(self.node.output[k])
+        name = self.node.output[k]
+        return float32_view(self.b, self.g, name, self.engine.fwd(name))
 
     @property
     def live(self) -> set:
@@ -154,6 +156,26 @@ class Engine:
                     pending.setdefault(name, []).append(gx)
         collect(self.source)
         return total
+
+
+def float32_view(b: Builder, g: ForwardGraph, name: str, emitted: Optional[str] = None) -> str:
+    """The backward runs in float32: a float16 forward tensor `name` (emitted as `emitted`) is read through one
+    Cast to float32 per tensor (a float16 model's explainer returns float32 relevance)."""
+    emitted = emitted or name
+    if g.is_const(name):
+        c = g.const(name)
+        low = c is not None and c.dtype == np.float16
+    elif name in g.dtypes:
+        low = g.dtypes[name] == np.float16
+    else:  # a graph input
+        low = any(i.name == name and i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for i in g.model.graph.input)
+    if not low:
+        return emitted
+    cache = b.float32_views
+    if emitted not in cache:
+        with b.scope("float32"):
+            cache[emitted] = b.cast(emitted, onnx.TensorProto.FLOAT, _short(emitted))
+    return cache[emitted]
 
 
 def _short(name: str) -> str:

@@ -65,8 +65,9 @@ class FoldBatchNorm(RewriteRule):
             return
         shape = [-1] + [1] * max(m.data["rank"] - 2, 0)
         kn, cn = f"{node.name or node.output[0]}/bn_scale", f"{node.name or node.output[0]}/bn_shift"
-        gi.add_initializer(numpy_helper.from_array(k.reshape(shape).astype(np.float32), kn))
-        gi.add_initializer(numpy_helper.from_array(c.reshape(shape).astype(np.float32), cn))
+        dt = gi.const(node.input[1]).dtype  # the model's float type (float16 models stay float16)
+        gi.add_initializer(numpy_helper.from_array(k.reshape(shape).astype(dt), kn))
+        gi.add_initializer(numpy_helper.from_array(c.reshape(shape).astype(dt), cn))
         mid = f"{node.output[0]}/scaled"
         gi.insert_before(node, [helper.make_node("Mul", [node.input[0], kn], [mid], name=f"{node.name}/scale"),
                                 helper.make_node("Add", [mid, cn], [node.output[0]], name=f"{node.name}/shift")])
@@ -81,7 +82,9 @@ def fold_batchnorm(model: onnx.ModelProto, decisions: Optional[list] = None) -> 
 
 
 def _merge_into_linear(gi: GraphIndex, lin, k, c) -> None:
-    w = gi.const(lin.input[1]).astype(np.float64)
+    w = gi.const(lin.input[1])
+    dt = w.dtype  # folded parameters keep the weight's float type (float16 models stay float16)
+    w = w.astype(np.float64)
     a = attrs(lin)
     if lin.op_type == "Conv":
         w2 = w * k.reshape([-1] + [1] * (w.ndim - 1))
@@ -96,32 +99,32 @@ def _merge_into_linear(gi: GraphIndex, lin, k, c) -> None:
         if len(lin.input) > 2 and lin.input[2]:
             b = gi.const(lin.input[2]).astype(np.float64) * beta
             b2 = (np.broadcast_to(b, k.shape) * k + c) / beta
-            _set_init_new(gi, lin, 2, b2)
+            _set_init_new(gi, lin, 2, b2, dt)
         else:
-            _add_bias(gi, lin, c / beta)
-        _set_init_new(gi, lin, 1, w2)
+            _add_bias(gi, lin, c / beta, dt)
+        _set_init_new(gi, lin, 1, w2, dt)
         return
     if len(lin.input) > 2 and lin.input[2]:
         b2 = gi.const(lin.input[2]).astype(np.float64) * k + c
-        _set_init_new(gi, lin, 2, b2)
+        _set_init_new(gi, lin, 2, b2, dt)
     else:
-        _add_bias(gi, lin, c)
-    _set_init_new(gi, lin, 1, w2)
+        _add_bias(gi, lin, c, dt)
+    _set_init_new(gi, lin, 1, w2, dt)
     return
 
 
-def _set_init_new(gi: GraphIndex, node, slot, arr):
+def _set_init_new(gi: GraphIndex, node, slot, arr, dt=np.float32):
     """Write a folded parameter under a new name (the old one may be shared by other nodes)."""
     name, j = f"{node.input[slot]}/bn_folded", 1
     while name in gi.inits:
         name, j = f"{node.input[slot]}/bn_folded_{j}", j + 1
-    gi.add_initializer(numpy_helper.from_array(np.asarray(arr, np.float32), name))
+    gi.add_initializer(numpy_helper.from_array(np.asarray(arr, dt), name))
     node.input[slot] = name
 
 
-def _add_bias(gi: GraphIndex, node, c):
+def _add_bias(gi: GraphIndex, node, c, dt=np.float32):
     name = f"{node.name or node.output[0]}/bias_bn_folded"
-    gi.add_initializer(numpy_helper.from_array(np.asarray(c, np.float32), name))
+    gi.add_initializer(numpy_helper.from_array(np.asarray(c, dt), name))
     while len(node.input) < 3:
         node.input.append("")
     node.input[2] = name

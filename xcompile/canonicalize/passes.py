@@ -13,13 +13,14 @@ import onnx
 
 from .batchnorm import FoldBatchNorm, fold_batchnorm  # noqa: F401 - re-exported
 from .constants import constants_to_initializers, fold_constants, remove_unused_initializers  # noqa: F401
+from .defaults import explicit_defaults  # noqa: F401 - re-exported
 from .identity import DropIdentity, drop_identity  # noqa: F401 - re-exported
 from .maxpool import expose_maxpool_indices  # noqa: F401 - re-exported
 from .rewrite import Decision, MatchResult, RewriteRule, apply_rules  # noqa: F401 - re-exported
 from .scores import find_explained_scores  # noqa: F401 - re-exported
 from .shapes import freeze_shape_arithmetic  # noqa: F401 - re-exported
 
-PASSES = [constants_to_initializers, drop_identity, fold_constants, fold_batchnorm, expose_maxpool_indices]
+PASSES = [explicit_defaults, constants_to_initializers, drop_identity, fold_constants, fold_batchnorm, expose_maxpool_indices]
 
 
 def canonicalize(model: onnx.ModelProto, passes=None, decisions: Optional[list] = None) -> dict:

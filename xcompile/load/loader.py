@@ -8,6 +8,7 @@ from pathlib import Path
 import onnx
 from onnx import helper, version_converter
 
+from ..canonicalize.groupnorm import expand_groupnorm18
 from ..errors import XCompileError
 from ..protobuf_limit import check_model, infer_shapes, too_large
 
@@ -49,6 +50,7 @@ def prepare(model: onnx.ModelProto, where: str = "model") -> onnx.ModelProto:
     m.CopyFrom(model)
     if len(m.graph.node) == 0:
         raise XCompileError(f"{where}: the graph has no nodes")
+    expand_groupnorm18(m)  # the deprecated GroupNormalization-18 fails onnx's checker: rewritten into what it computes
     try:
         check_model(m)
     except onnx.checker.ValidationError as e:

@@ -25,7 +25,7 @@ class Linear:
 
     def _wname(self, w, original: bool, hint="w"):
         if original:
-            return self.ctx.node.input[self.view.weight_slot]
+            return self.ctx.x(self.view.weight_slot)  # the initializer itself (float16 ones through a Cast)
         return self.b.const(np.asarray(w, np.float32), hint=hint)
 
     def forward(self, inp, w, w_is_orig, bias):

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..backward.builder import Builder
-from ..backward.engine import Engine
+from ..backward.engine import Engine, float32_view
 from ..backward.table import Backward, lookup
 from ..errors import UnsupportedOperatorsError
 from ..graph import TARGET, ForwardGraph
@@ -58,7 +58,7 @@ class Method:
 
     def build(self, g: ForwardGraph, b: Builder, where: str) -> Built:
         target = resolve_target(b, g, g.explained)
-        seed = make_seed(b, g.shape(g.explained)[1], g.explained, target, self.seed)
+        seed = make_seed(b, g.shape(g.explained)[1], float32_view(b, g, g.explained), target, self.seed)
         grads = self.engine(g, b).run(seed, where)
         r = grads.get(g.data_input)
         if r is None:

@@ -37,6 +37,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from ..backward.builder import Builder
+from ..backward.engine import float32_view
 from ..backward.table import TABLE, Backward
 from ..errors import XCompileError
 from ..graph import ForwardGraph
@@ -104,7 +105,7 @@ def baseline_array(value, sample: list[int], where: str = "option baseline") -> 
 # ---------------------------------------------------------------------------------------- emitters
 def _ref(ctx, name: str) -> str:
     """The tensor `name` in the reference forward pass (constants are shared)."""
-    return name if ctx.g.is_const(name) else ctx.method.reference(name)
+    return float32_view(ctx.b, ctx.g, name, name if ctx.g.is_const(name) else ctx.method.reference(name))
 
 
 def _safe_ratio(ctx, dy, dx, gy, grad, hint="multiplier"):
@@ -267,7 +268,12 @@ class DeepLift(Method):
         chunk = self.values["chunk"] or n_refs
         if chunk <= 0:
             raise XCompileError(f"{where}: option chunk={self.values['chunk']}: must be a positive integer (0: all)")
-        x = g.data_input
+        x = float32_view(b, g, g.data_input)
+        low = x != g.data_input  # a float16 input: the forward copies read float16, the backward float32
+
+        def model_dtype(t, hint):
+            return b.cast(t, TensorProto.FLOAT16, hint) if low else t
+
         n_classes = g.shape(g.explained)[1]
         target = resolve_target(b, g, g.explained)
         rel_parts, gap_parts = [], []
@@ -283,18 +289,18 @@ class DeepLift(Method):
                     ref_in = b.reshape(b.add(b.zeros_like(_repeat_rows(b, x, k, len(sample) + 1)), block),
                                        [-1] + sample, "baseline_batch")
                     t = b.reshape(_repeat_rows(b, target, k, 1), [-1], "targets")
-                    rename_x = clone_forward(g, b, xs, b.fresh("fwd"))
-                self._rename_ref = clone_forward(g, b, ref_in, b.fresh("ref"))
-                fx = (rename_x or (lambda n: n))(g.explained)
+                    rename_x = clone_forward(g, b, model_dtype(xs, "inputs_float16"), b.fresh("fwd"))
+                self._rename_ref = clone_forward(g, b, model_dtype(ref_in, "baseline_float16"), b.fresh("ref"))
+                fx = float32_view(b, g, g.explained, (rename_x or (lambda n: n))(g.explained))
                 seed = make_seed(b, n_classes, fx, t, "one")
                 grads = self.engine(g, b, rename=rename_x).run(seed, where)
-                mult = grads.get(x) or b.zeros_like(xs)
+                mult = grads.get(g.data_input) or b.zeros_like(xs)
                 delta = b.sub(xs, ref_in, "x_minus_baseline")
                 rel = b.mul(delta, mult, "contributions")
                 with b.scope("completeness"):
                     f_x = b.reduce("ReduceSum", b.mul(seed, fx), [1], keepdims=0, hint="score")
-                    f_ref = b.reduce("ReduceSum", b.mul(seed, self._rename_ref(g.explained)), [1], keepdims=0,
-                                     hint="reference_score")
+                    f_ref_scores = float32_view(b, g, g.explained, self._rename_ref(g.explained))
+                    f_ref = b.reduce("ReduceSum", b.mul(seed, f_ref_scores), [1], keepdims=0, hint="reference_score")
                     total = b.reduce("ReduceSum", rel, list(range(1, len(sample) + 1)), keepdims=0, hint="sum_relevance")
                     gap = b.sub(total, b.sub(f_x, f_ref), "gap")
                 if n_refs > 1:

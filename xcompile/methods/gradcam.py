@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backward.engine import float32_view
 from ..errors import XCompileError
 from .base import Built, Method, Param, make_seed, register, resolve_target
 
@@ -55,14 +56,14 @@ class GradCAM(Method):
         if layer not in g.shapes:
             raise XCompileError(f"option layer={layer!r}: no such tensor in the model")
         target = resolve_target(b, g, g.explained)
-        seed = make_seed(b, g.shape(g.explained)[1], g.explained, target, "one")
+        seed = make_seed(b, g.shape(g.explained)[1], float32_view(b, g, g.explained), target, "one")
         grads = self.engine(g, b, source=layer).run(seed, where)
         ga = grads.get(layer)
         if ga is None:
             raise XCompileError(f"option layer={layer!r}: the scores do not depend on this tensor")
         with b.scope("gradcam"):
             alpha = b.reduce("ReduceMean", ga, [2, 3], keepdims=1, hint="channel_weights")
-            cam = b.relu(b.reduce("ReduceSum", b.mul(alpha, layer), [1], keepdims=1, hint="weighted_sum"), "cam")
+            cam = b.relu(b.reduce("ReduceSum", b.mul(alpha, float32_view(b, g, layer)), [1], keepdims=1, hint="weighted_sum"), "cam")
             h, w = g.shape(layer)[2:]
             H, W = in_shape[2:]
             mode = self.values["interpolate"]

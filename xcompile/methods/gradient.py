@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backward.engine import float32_view
 from ..backward.table import TABLE, Backward
 from .base import Method, Param, as_bool, register
 
@@ -19,7 +20,7 @@ class InputXGradient(Method):
     summary = "x * dF_c/dx"
 
     def finish(self, g, b, r):
-        return b.mul(g.data_input, r, "input_x_gradient")
+        return b.mul(float32_view(b, g, g.data_input), r, "input_x_gradient")
 
 
 def _guided_relu(ctx, gy):

@@ -20,12 +20,12 @@ from ..kinds import (
     LINEAR_OPS,
     PASS_OPS,
     PRODUCT_OPS,
-    PROPORTIONAL_OPS,
     RELU_TRANSPARENT_OPS,
     ROUTE_OPS,
     SCALE_OPS,
     SELF_GATE_OPS,
     SUM_OPS,
+    is_proportional,
     linear_view,
 )
 from ..lrp import rulesets
@@ -151,7 +151,7 @@ class LRP(Method):
             if len(live_in) <= 1:
                 return Pass() if op in PRODUCT_OPS else Gradient()
             return Product(self.product_weights(n, live_in))
-        if op in PROPORTIONAL_OPS:
+        if is_proportional(n):
             return Proportional()
         if op == "MaxPool" and self.options["maxpool"] == "proportional":
             return MaxPoolProportional()

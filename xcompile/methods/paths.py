@@ -7,8 +7,10 @@ reusing the freed activation memory."""
 from __future__ import annotations
 
 import numpy as np
+from onnx import TensorProto
 
 from ..backward.builder import Builder
+from ..backward.engine import float32_view
 from ..errors import XCompileError
 from ..graph import ForwardGraph
 from .base import Built, Method, Param, as_float, as_int, make_seed, register, resolve_target
@@ -41,6 +43,8 @@ class _PathMethod(Method):
             with b.scope(f"chunk{c}"):
                 pts = self.points(g, b, start, k)  # [N, k, ...]
                 flat = b.reshape(pts, [-1] + sample, "points")
+                if float32_view(b, g, g.data_input) != g.data_input:  # float16 input: the forward clone reads float16
+                    flat = b.cast(flat, TensorProto.FLOAT16, "points_float16")
                 rename = clone_forward(g, b, flat, b.fresh("fwd"))
                 t = b.reshape(_repeat_rows(b, target, k, 1), [-1], "targets")
                 seed = make_seed(b, n_classes, rename(g.explained), t, "one")
@@ -68,14 +72,14 @@ class IntegratedGradients(_PathMethod):
     def points(self, g, b, start, k):
         m = self.values["steps"]
         rank = len(g.shape(g.data_input))
-        x, base = g.data_input, b.f32(self.values["baseline"])
+        x, base = float32_view(b, g, g.data_input), b.f32(self.values["baseline"])
         alphas = (np.arange(start, start + k, dtype=np.float64) + 1) / m
         a = b.const(alphas.reshape([1, k] + [1] * (rank - 1)).astype(np.float32), hint="alphas")
         diff = b.unsqueeze(b.sub(x, base, "x_minus_baseline"), [1])
         return b.add(b.mul(diff, a), base, "path_points")
 
     def finish(self, g, b, r):
-        return b.mul(b.sub(g.data_input, b.f32(self.values["baseline"])), r, "integrated_gradients")
+        return b.mul(b.sub(float32_view(b, g, g.data_input), b.f32(self.values["baseline"])), r, "integrated_gradients")
 
 
 @register
@@ -93,14 +97,14 @@ class SmoothGrad(_PathMethod):
         return self.values["samples"]
 
     def points(self, g, b, start, k):
-        x = g.data_input
-        rank = len(g.shape(x))
+        x = float32_view(b, g, g.data_input)
+        rank = len(g.shape(g.data_input))
         axes = list(range(1, rank))
         with b.scope("sigma"):
             span = b.sub(b.reduce("ReduceMax", x, axes, 1), b.reduce("ReduceMin", x, axes, 1))
             sigma = b.unsqueeze(b.mul(span, b.f32(self.values["noise_level"])), [1])
         base = _repeat_rows(b, x, k, rank)  # [N, k, ...]
-        sample_shape = list(g.shape(x))[1:]
+        sample_shape = list(g.shape(g.data_input))[1:]
         if all(isinstance(d, int) and d > 0 for d in sample_shape):
             # Why a stored table and not RandomNormalLike: onnxruntime's sampler advances its state on every
             # call, so the same input would get a different explanation each time. A seeded table

@@ -139,3 +139,66 @@ def log_softmax(ctx, gy):
     b = ctx.b
     s = b.reduce("ReduceSum", gy[0], [_axis(ctx)], keepdims=1)
     return [b.sub(gy[0], b.mul(b.op("Exp", [ctx.y()]), s))]
+
+
+@backward("Selu")
+def selu(ctx, gy):
+    # y = gamma * x (x > 0), gamma * alpha * (e^x - 1) else: dy/dx = gamma * alpha * e^x = y + gamma * alpha
+    b = ctx.b
+    alpha, gamma = ctx.attr("alpha", 1.67326319217681884765625), ctx.attr("gamma", 1.05070102214813232421875)
+    pos = b.mul(gy[0], b.f32(gamma))
+    neg = b.mul(gy[0], b.add(ctx.y(), b.f32(alpha * gamma)))
+    return [_gate(ctx, b.op("Greater", [ctx.x(0), b.f32(0.0)], "active"), pos, neg)]
+
+
+@backward("Celu")
+def celu(ctx, gy):
+    # y = max(0, x) + min(0, alpha * (exp(x / alpha) - 1)): dy/dx = 1 (x > 0), exp(x / alpha) else
+    b = ctx.b
+    alpha = ctx.attr("alpha", 1.0)
+    neg = b.mul(gy[0], b.op("Exp", [b.mul(ctx.x(0), b.f32(1.0 / alpha))]))
+    return [_gate(ctx, b.op("Greater", [ctx.x(0), b.f32(0.0)], "active"), gy[0], neg)]
+
+
+@backward("ThresholdedRelu")
+def thresholded_relu(ctx, gy):
+    b = ctx.b
+    return [_gate(ctx, b.op("Greater", [ctx.x(0), b.f32(ctx.attr("alpha", 1.0))], "active"), gy[0])]
+
+
+@backward("Mish")
+def mish(ctx, gy):
+    # y = x tanh(softplus(x)): dy/dx = t + x sigmoid(x) (1 - t^2), t = tanh(softplus(x))
+    b = ctx.b
+    x = ctx.x(0)
+    t = b.op("Tanh", [b.op("Softplus", [x])], "t")
+    d = b.add(t, b.mul(b.mul(x, b.op("Sigmoid", [x])), b.sub(b.f32(1.0), b.mul(t, t))))
+    return [b.mul(gy[0], d)]
+
+
+@backward("Sin")
+def sin(ctx, gy):
+    return [ctx.b.mul(gy[0], ctx.b.op("Cos", [ctx.x(0)]))]
+
+
+@backward("Cos")
+def cos(ctx, gy):
+    b = ctx.b
+    return [b.neg(b.mul(gy[0], b.op("Sin", [ctx.x(0)])))]
+
+
+@backward("Softsign")
+def softsign(ctx, gy):
+    # y = x / (1 + |x|): dy/dx = 1 / (1 + |x|)^2
+    b = ctx.b
+    d = b.add(b.op("Abs", [ctx.x(0)]), b.f32(1.0))
+    return [b.div(gy[0], b.mul(d, d))]
+
+
+@backward("Shrink")
+def shrink(ctx, gy):
+    # y = x -+ bias outside [-lambd, lambd], 0 inside: the gradient passes where x < -lambd or x > lambd
+    b = ctx.b
+    lambd = ctx.attr("lambd", 0.5)
+    out = b.op("Or", [b.op("Less", [ctx.x(0), b.f32(-lambd)]), b.op("Greater", [ctx.x(0), b.f32(lambd)])], "outside")
+    return [_gate(ctx, out, gy[0])]

@@ -121,3 +121,9 @@ def max_min(ctx, gy):
         mask = b.op("Equal", [ctx.x(k), ctx.y()])
         out.append(_to(ctx, k, b.where(mask, gy[0], b.f32(0.0))))
     return out
+
+
+@backward("Mean", inputs=ALL)
+def mean(ctx, gy):
+    g = ctx.b.mul(gy[0], ctx.b.f32(1.0 / len(ctx.node.input)))
+    return [_to(ctx, k, g) if ctx.needs(k) else None for k in range(len(ctx.node.input))]

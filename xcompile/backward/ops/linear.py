@@ -43,7 +43,8 @@ def _stride1_as_conv(ctx, g, weight, in_shape, out_shape, kernel, strides, dil, 
     cout, cin_g = w.shape[0], w.shape[1]
     wt = w.reshape(grp, cout // grp, cin_g, *w.shape[2:]).swapaxes(1, 2).reshape(grp * cin_g, cout // grp, *w.shape[2:])
     wt = np.ascontiguousarray(wt[(slice(None), slice(None)) + (slice(None, None, -1),) * len(kernel)])
-    return ctx.b.op("Conv", [g, ctx.b.const(wt, dtype=wt.dtype, hint="w_flipped")], "conv_adjoint",
+    dt = np.float32 if wt.dtype.itemsize < 4 else wt.dtype  # the backward runs in float32 (float16 models too)
+    return ctx.b.op("Conv", [g, ctx.b.const(wt, dtype=dt, hint="w_flipped")], "conv_adjoint",
                     kernel_shape=list(kernel), dilations=list(dil), pads=begin + end, group=grp)
 
 
@@ -156,3 +157,30 @@ def einsum(ctx, gy):
             g = b.op("Expand", [g, b.op("Shape", [ctx.x(k)], "shape")], "broadcast")
         grads.append(g)
     return grads
+
+
+@backward("ConvTranspose", inputs=(0, 1))
+def conv_transpose(ctx, gy):
+    """Adjoint of a transposed convolution w.r.t. its input: the Conv with the same weight [C_in, C_out/group, k..],
+    strides, dilations, group and pads (measured shapes resolve output_shape / auto_pad / output_padding)."""
+    require(not ctx.needs(1), ctx, "a transposed-convolution weight computed from the input")
+    in_shape, out_shape = ctx.in_shape(0), ctx.out_shape(0)
+    w_shape = ctx.g.shape(ctx.node.input[1])
+    n = len(in_shape) - 2
+    kernel = list(w_shape[2:]) if w_shape is not None else list(ctx.attr("kernel_shape"))
+    strides = list(ctx.attr("strides", [1] * n))
+    dil = list(ctx.attr("dilations", [1] * n))
+    opad = list(ctx.attr("output_padding", [0] * n))
+    auto = ctx.attr("auto_pad", "NOTSET")
+    pads = ctx.attr("pads")
+    if pads is not None and ctx.attr("output_shape") is None and auto in ("NOTSET", "", None):
+        pb, pe = list(pads[:n]), list(pads[n:])
+    else:  # ONNX: total = s (in - 1) + output_padding + (k - 1) d + 1 - out, split by auto_pad
+        pb, pe = [], []
+        for i in range(n):
+            total = strides[i] * (in_shape[2 + i] - 1) + opad[i] + (kernel[i] - 1) * dil[i] + 1 - out_shape[2 + i]
+            half = total // 2
+            pb.append(half if auto == "SAME_UPPER" else total - half)
+            pe.append(total - half if auto == "SAME_UPPER" else half)
+    return [ctx.b.op("Conv", [gy[0], ctx.x(1)], "conv", kernel_shape=kernel, strides=strides, dilations=dil,
+                     pads=pb + pe, group=ctx.attr("group", 1)), None, None]

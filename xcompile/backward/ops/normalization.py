@@ -50,3 +50,45 @@ def instancenorm(ctx, gy):
     require(scale is not None, ctx, "InstanceNormalization with a non-constant scale")
     gh = ctx.b.mul(gy[0], ctx.b.const(scale.reshape([-1] + [1] * (rank - 2)).astype(np.float32), hint="in_scale"))
     return [normalization_vjp(ctx.b, ctx.x(0), gh, list(range(2, rank)), ctx.attr("epsilon", 1e-5)), None, None]
+
+
+@backward("GroupNormalization", inputs=(0,))
+def groupnorm(ctx, gy):
+    """x [N, C, ...] normalised per (row, group of C/G channels). The scale is per group (opset 18) or per channel
+    (opset 21), told apart by its length; the VJP runs on the grouped view [N, G, C/G * spatial]."""
+    b = ctx.b
+    in_shape = ctx.in_shape(0)
+    require(len(in_shape) >= 2 and all(d is not None for d in in_shape[1:]), ctx, "GroupNormalization of this shape")
+    c, groups = int(in_shape[1]), int(ctx.attr("num_groups"))
+    spatial = int(np.prod(in_shape[2:], dtype=np.int64)) if len(in_shape) > 2 else 1
+    per = c // groups
+    scale_len = ctx.g.shape(ctx.node.input[1])[0]
+    g4 = ctx.reshape_to(gy[0], (None, groups, per, spatial))
+    scale = b.reshape(ctx.x(1), [groups, 1, 1] if scale_len == groups and groups != c else [groups, per, 1])
+    gh = ctx.reshape_to(b.mul(g4, scale), (None, groups, per * spatial))
+    x3 = ctx.reshape_to(ctx.x(0), (None, groups, per * spatial))
+    gx = normalization_vjp(b, x3, gh, [2], ctx.attr("epsilon", 1e-5))
+    return [ctx.reshape_to(gx, in_shape), None, None]
+
+
+@backward("MeanVarianceNormalization")
+def mean_variance_normalization(ctx, gy):
+    # y = (x - mean) / (std + 1e-9) over `axes` (default [0, 2, 3]: the batch axis too, as ONNX defines it)
+    rank = len(ctx.in_shape(0))
+    axes = sorted(int(a) % rank for a in ctx.attr("axes", [0, 2, 3]))
+    return [normalization_vjp(ctx.b, ctx.x(0), gy[0], axes, 0.0)]
+
+
+@backward("LpNormalization")
+def lp_normalization(ctx, gy):
+    """y = x / ||x||_p along `axis` (p = 1 or 2): dx = (g - dn/dx * sum(g * y)) / n, dn/dx = y (p = 2), sign(x) (p = 1)."""
+    b = ctx.b
+    rank = len(ctx.in_shape(0))
+    axis = ctx.attr("axis", -1) % rank
+    p = ctx.attr("p", 2)
+    require(p in (1, 2), ctx, f"LpNormalization with p={p}")
+    x, y, g = ctx.x(0), ctx.y(), gy[0]
+    n = b.reduce("ReduceL2" if p == 2 else "ReduceL1", x, [axis], keepdims=1, hint="norm")
+    dn = y if p == 2 else b.op("Sign", [x])
+    s = b.reduce("ReduceSum", b.mul(g, y), [axis], keepdims=1)
+    return [b.div(b.sub(g, b.mul(dn, s)), n)]

@@ -167,3 +167,91 @@ def reduce_sum_square(ctx, gy):
     if not ctx.attr("keepdims", 1):
         g = b.unsqueeze(g, axes)
     return [b.mul(b.mul(ctx.x(0), b.f32(2.0)), g)]
+
+
+@backward("ReduceLogSumExp")
+def reduce_log_sum_exp(ctx, gy):
+    # y = log sum exp(x): dy/dx = softmax = exp(x - y)
+    b, g = ctx.b, gy[0]
+    axes = reduce_axes(ctx)
+    y = ctx.y()
+    if not axes:  # noop_with_empty_axes: the identity
+        return [g]
+    if not ctx.attr("keepdims", 1):
+        g, y = b.unsqueeze(g, axes), b.unsqueeze(y, axes)
+    return [b.mul(b.op("Exp", [b.sub(ctx.x(0), y)], "softmax"), g)]
+
+
+def _keepdims(ctx, axes, *ts):
+    """The reduced tensors with the reduced axes restored (size 1) when keepdims=0."""
+    if ctx.attr("keepdims", 1):
+        return ts
+    return tuple(ctx.b.unsqueeze(t, axes) for t in ts)
+
+
+@backward("ReduceL1")
+def reduce_l1(ctx, gy):
+    b = ctx.b
+    axes = reduce_axes(ctx)
+    if not axes:
+        return [b.mul(gy[0], b.op("Sign", [ctx.x(0)]))]  # noop_with_empty_axes: |x|
+    g, = _keepdims(ctx, axes, gy[0])
+    return [b.mul(b.op("Sign", [ctx.x(0)]), g)]
+
+
+@backward("ReduceLogSum")
+def reduce_log_sum(ctx, gy):
+    # y = log(sum x): dy/dx = 1 / sum x = exp(-y)
+    b = ctx.b
+    axes = reduce_axes(ctx)
+    if not axes:
+        return [b.div(gy[0], ctx.x(0))]
+    g, y = _keepdims(ctx, axes, gy[0], ctx.y())
+    return [_expand_back(ctx, b.mul(g, b.op("Exp", [b.neg(y)])), ctx.in_shape(0))]
+
+
+@backward("ReduceProd")
+def reduce_prod(ctx, gy):
+    """dy/dx_i = product of the others, exact with zeros: prod(nonzero) / x_i where no x is 0, prod(nonzero) at the
+    single zero where exactly one is, 0 elsewhere."""
+    b = ctx.b
+    axes = reduce_axes(ctx)
+    if not axes:
+        return [gy[0]]
+    x = ctx.x(0)
+    zero = b.op("Equal", [x, b.f32(0.0)], "is_zero")
+    nz = b.where(zero, b.f32(1.0), x, "nonzero")
+    p = b.reduce("ReduceProd", nz, axes, keepdims=1, hint="prod_nonzero")
+    count = b.reduce("ReduceSum", b.cast(zero, onnx.TensorProto.FLOAT), axes, keepdims=1, hint="zeros")
+    none = b.cast(b.op("Equal", [count, b.f32(0.0)]), onnx.TensorProto.FLOAT)
+    one = b.cast(b.op("Equal", [count, b.f32(1.0)]), onnx.TensorProto.FLOAT)
+    d = b.where(zero, b.mul(p, one), b.div(b.mul(p, none), nz), "d_prod")
+    g, = _keepdims(ctx, axes, gy[0])
+    return [b.mul(d, g)]
+
+
+@backward("LRN")
+def lrn(ctx, gy):
+    """y = x d^-beta, d = bias + alpha/size * (sum of x^2 over a channel window): dx = g d^-beta
+    - 2 alpha beta / size * x * (window^T sum of g x d^(-beta-1)). Window sums are a ones-kernel Conv along channels
+    on the [N, 1, C, H*W] view (the transposed window: the pads swapped)."""
+    b = ctx.b
+    in_shape = ctx.in_shape(0)
+    size, alpha = int(ctx.attr("size")), ctx.attr("alpha", 1e-4)
+    beta, bias = ctx.attr("beta", 0.75), ctx.attr("bias", 1.0)
+    c = int(in_shape[1])
+    hw = int(np.prod(in_shape[2:], dtype=np.int64)) if len(in_shape) > 2 else 1
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    ones = b.const(np.ones((1, 1, size, 1), np.float32), hint="window")
+
+    def window(t, before, after):
+        v = ctx.reshape_to(t, (None, 1, c, hw))
+        s = b.op("Conv", [v, ones], "window_sum", kernel_shape=[size, 1], pads=[before, 0, after, 0])
+        return ctx.reshape_to(s, in_shape)
+
+    x, g = ctx.x(0), gy[0]
+    d = b.add(b.mul(window(b.mul(x, x), lo, hi), b.f32(alpha / size)), b.f32(bias), "d")
+    d_beta = b.op("Pow", [d, b.f32(-beta)], "d_pow")
+    t = b.mul(b.mul(g, x), b.div(d_beta, d), "g_x_d")
+    back = window(t, hi, lo)
+    return [b.sub(b.mul(g, d_beta), b.mul(b.mul(x, back), b.f32(2.0 * alpha * beta / size)))]

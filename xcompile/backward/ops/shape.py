@@ -90,11 +90,8 @@ def slice_(ctx, gy):
     return [g]
 
 
-@backward("Pad", inputs=(0,))
-def pad(ctx, gy):
-    b = ctx.b
-    mode = ctx.attr("mode", "constant")
-    require(mode == "constant", ctx, f"Pad mode {mode!r}")
+def _pad_amounts(ctx):
+    """[begin_0, .., begin_r-1, end_0, .., end_r-1] over every axis (the `axes` input of opset 18 resolved)."""
     rank = len(ctx.in_shape(0))
     pads = ctx.attr("pads")
     if pads is None:
@@ -106,7 +103,19 @@ def pad(ctx, gy):
         axes = [int(a) % rank for a in ctx.const(3).tolist()]
     full = [0] * (2 * rank)
     for i, a in enumerate(axes):
-        full[a], full[rank + a] = pads[i], pads[len(axes) + i]
+        full[a], full[rank + a] = int(pads[i]), int(pads[len(axes) + i])
+    return full
+
+
+@backward("Pad", inputs=(0,))
+def pad(ctx, gy):
+    mode = ctx.attr("mode", "constant")
+    require(mode in ("constant", "reflect", "edge", "wrap"), ctx, f"Pad mode {mode!r}")
+    full = _pad_amounts(ctx)
+    if mode != "constant":
+        return [_pad_copies_adjoint(ctx, gy[0], full, mode)]
+    b = ctx.b
+    rank = len(ctx.in_shape(0))
     g = gy[0]
     out_shape = ctx.out_shape(0)
     starts, ends, sl_axes = [], [], []
@@ -120,6 +129,36 @@ def pad(ctx, gy):
     if sl_axes:
         g = b.slice(g, starts, ends, sl_axes, hint="unpad")
     return [b.pad(g, undo)]
+
+
+def _pad_copies_adjoint(ctx, g, full, mode):
+    """reflect / edge / wrap padding copies input positions: per padded axis, output position o reads input
+    src(o) (numpy's np.pad of the index range, same modes; negative pads crop). The adjoint sums the gradient of
+    the copies back: a MatMul with the one-hot [out, in] matrix of src along that axis."""
+    in_shape = ctx.in_shape(0)
+    rank = len(in_shape)
+    for a in range(rank):
+        p0, p1 = full[a], full[rank + a]
+        if p0 == 0 and p1 == 0:
+            continue
+        dim = in_shape[a]
+        require(dim is not None, ctx, "padding the batch axis")
+        src = np.pad(np.arange(dim), (max(p0, 0), max(p1, 0)), mode=mode)
+        src = src[max(-p0, 0):len(src) - max(-p1, 0)]
+        m = np.zeros((len(src), dim), np.float32)
+        np.add.at(m, (np.arange(len(src)), src), 1.0)
+        g = _matmul_along(ctx, g, m, a, rank)
+    return g
+
+
+def _matmul_along(ctx, g, m, axis, rank):
+    """g with its `axis` (length m.shape[0]) mapped through the constant [out, in] matrix m."""
+    b = ctx.b
+    if axis == rank - 1:
+        return b.op("MatMul", [g, b.const(m, hint="copies")], "gather_copies")
+    perm = list(range(rank))
+    perm[axis], perm[-1] = perm[-1], perm[axis]
+    return b.transpose(b.op("MatMul", [b.transpose(g, perm), b.const(m, hint="copies")], "gather_copies"), perm)
 
 
 @backward("Expand", inputs=(0,))
@@ -225,3 +264,20 @@ def resize(ctx, gy):
             perm[axis], perm[-1] = perm[-1], perm[axis]
             g = b.transpose(b.op("MatMul", [b.transpose(g, perm), b.const(m, hint="resize_matrix")], "unresize"), perm)
     return [g] + [None] * (len(ctx.node.input) - 1)
+
+
+@backward("DepthToSpace", "SpaceToDepth")
+def depth_space(ctx, gy):
+    """Both are a reshape to 6-D, a transpose, a reshape: the gradient takes the way back."""
+    in_shape = ctx.in_shape(0)
+    bs = int(ctx.attr("blocksize"))
+    _, c, h, w = in_shape
+    if ctx.op_type == "SpaceToDepth":
+        six, perm = (None, c, h // bs, bs, w // bs, bs), [0, 3, 5, 1, 2, 4]
+    elif ctx.attr("mode", "DCR") == "CRD":
+        six, perm = (None, c // (bs * bs), bs, bs, h, w), [0, 1, 4, 2, 5, 3]
+    else:
+        six, perm = (None, bs, bs, c // (bs * bs), h, w), [0, 3, 4, 1, 5, 2]
+    g = ctx.reshape_to(gy[0], tuple(six[p] for p in perm))
+    g = ctx.b.transpose(g, list(np.argsort(perm)))
+    return [ctx.reshape_to(g, in_shape)]
