@@ -104,23 +104,48 @@ for _mod in _PLUGINS:
 import numpy as np  # noqa: E402  (after the command definitions to keep --help fast)
 
 
-def main(argv=None):
+def _class_names(e: BaseException) -> set:
+    return {c.__name__ for c in type(e).__mro__}
+
+
+def _usage_line(e: BaseException) -> str:
+    """One line for a click/typer usage error, found by class name and attributes rather than by import path
+    (typer may vendor click as ``typer._click``; a plain ``click`` may be installed beside it)."""
     try:
-        app(args=argv, standalone_mode=False)
+        msg = e.format_message()
+    except Exception:  # pragma: no cover - any exception type with a message
+        msg = str(e)
+    msg = " ".join(str(msg).split()) or type(e).__name__
+    ctx = getattr(e, "ctx", None)
+    cmd = getattr(ctx, "command_path", None) if ctx is not None else None
+    return f"{cmd}: {msg}" if cmd else msg
+
+
+def main(argv=None):
+    """The console script: user errors (ours and the command-line parser's) are ONE line on stderr + exit 2."""
+    try:
+        app(args=argv, prog_name="xcompile", standalone_mode=False)
     except XCompileError as e:
-        typer.echo(f"xcompile: error: {e}", err=True)
+        typer.echo(f"xcompile: error: {' '.join(str(e).split())}", err=True)
         sys.exit(2)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except (typer.BadParameter, SystemExit):  # pragma: no cover - click handles its own
+    except SystemExit:
         raise
-    except Exception as e:  # click usage errors
-        import click
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
+    except KeyboardInterrupt:
+        typer.echo("xcompile: interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:
+        names = _class_names(e)
+        if isinstance(e, typer.Exit) or "Exit" in names and hasattr(e, "exit_code") and "ClickException" not in names:
+            sys.exit(e.exit_code)
+        if "Abort" in names:
+            typer.echo("xcompile: aborted", err=True)
             sys.exit(1)
+        if "NoArgsIsHelpError" in names and getattr(e, "ctx", None) is not None:
+            typer.echo(e.ctx.get_help())
+            sys.exit(2)
+        if "ClickException" in names or ("UsageError" in names and hasattr(e, "format_message")):
+            typer.echo(f"xcompile: error: {_usage_line(e)}", err=True)
+            sys.exit(2)
         raise
     sys.exit(0)
 
