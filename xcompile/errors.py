@@ -18,3 +18,15 @@ class UnsupportedOperatorsError(XCompileError):
         listing = ", ".join(f"{name} ({op})" for name, op in self.nodes)
         where = f"{context}: " if context else ""
         super().__init__(f"{where}{len(self.nodes)} unsupported operator node(s): {listing}")
+
+
+_WARNED: set = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    """ONE line on stderr, once per process and key (non-finite inputs or weights, ...)."""
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    import sys
+    print(f"xcompile: warning: {' '.join(message.split())}", file=sys.stderr)

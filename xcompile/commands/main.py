@@ -29,10 +29,13 @@ def compile_cmd(
 ):
     """Compile MODEL into an explainer: inputs (data, target), outputs (scores, relevance)."""
     from .. import compiler
+    from ..files import check_output
     from ..write.writer import save
     t0 = time.perf_counter()
+    inputs = [model] + ([Path(rules)] if rules else [])
+    check_output(out, inputs)  # before the work: -o at a folder, below a file, unwritable or onto an input
     explainer = compiler.compile(model, method, rules=rules, where=str(model), **parse_sets(set_))
-    save(explainer, out)
+    save(explainer, out, inputs)
     typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {len(explainer.graph.node)} nodes) in {time.perf_counter() - t0:.2f} s")
 
 
@@ -51,8 +54,10 @@ def run_cmd(
     shard_size: int = typer.Option(256, "--shard-size", help="with --engine ray: rows per shard file"),
 ):
     """Explain inputs with a compiled explainer; write relevance arrays and heatmaps."""
+    from ..files import check_output
     from ..runtime.explainer import Explainer
     from ..runtime.io import load_inputs, write_results
+    check_output(out, what="--out", folder=True)  # before the work: a file, /dev/null, an unwritable folder
     if engine not in ("local", "ray"):
         raise XCompileError(f"--engine {engine!r}: expected local or ray")
     if batch_size < 1 or workers < 1:

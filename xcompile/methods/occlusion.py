@@ -23,7 +23,8 @@ import numpy as np
 from ..backward.builder import Builder
 from ..errors import XCompileError
 from ..graph import ForwardGraph
-from .base import Built, Method, Param, as_float, as_int, register, resolve_target
+from ..options import non_negative_int
+from .base import Built, Method, Param, as_float, register, resolve_target
 from .clone import clone_forward
 
 
@@ -86,7 +87,7 @@ class Occlusion(Method):
         "window": Param((8,), "window size: an integer or HxW (e.g. 8 or 8x8)", as_window),
         "stride": Param((8,), "window stride: an integer or HxW", as_window),
         "fill": Param(0.0, "value written into the occluded window (a number)", as_float),
-        "chunk": Param(0, "windows scored per forward copy (0: all at once) -- bounds memory", as_int),
+        "chunk": Param(0, "windows scored per forward copy (0: all at once) -- bounds memory", non_negative_int),
     }
 
     def check(self, g: ForwardGraph, where: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import XCompileError
+from ..files import atomic_write, completed_folder
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 ARRAY_SUFFIXES = {".npy", ".npz"}
@@ -135,23 +136,27 @@ def save_heatmap(path: Path, relevance: np.ndarray, image=None, title: str | Non
     if title:
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)
 
 
+def _npy(path: Path, a) -> Path:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to the temporary name
+            np.save(f, a)
+    return atomic_write(path, write, "--out")
+
+
 def write_results(out, names, x, images, res) -> list[Path]:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for i, name in enumerate(names):
-        p = out / f"{name}_relevance.npy"
-        np.save(p, res.relevance[i])
-        written.append(p)
-        if res.relevance[i].ndim >= 2 or res.relevance[i].size > 1:
-            h = out / f"{name}_heatmap.png"
-            pred = int(np.argmax(res.scores[i]))
-            save_heatmap(h, res.relevance[i], images[i], title=f"{name}: class {pred}")
-            written.append(h)
-    np.save(out / "scores.npy", res.scores)
-    written.append(out / "scores.npy")
+    """Each file written atomically; ``OUT/_COMPLETE`` (listing the files of this run) is removed first and
+    written last, so a folder without it holds an interrupted run (old and new files may be mixed)."""
+    with completed_folder(out) as written:
+        out = Path(out)
+        for i, name in enumerate(names):
+            written.append(_npy(out / f"{name}_relevance.npy", res.relevance[i]))
+            if res.relevance[i].ndim >= 2 or res.relevance[i].size > 1:
+                pred = int(np.argmax(res.scores[i]))
+                written.append(atomic_write(out / f"{name}_heatmap.png", lambda t: save_heatmap(
+                    t, res.relevance[i], images[i], title=f"{name}: class {pred}"), "--out"))
+        written.append(_npy(out / "scores.npy", res.scores))
     return written

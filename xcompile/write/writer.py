@@ -11,6 +11,7 @@ import onnx
 from onnx import TensorProto, helper, shape_inference
 
 from ..errors import XCompileError
+from ..files import atomic_write, check_output
 from ..graph import RELEVANCE, TARGET
 from ..protobuf_limit import on_disk, save_external, too_large
 from .lower import lower_for_cuda
@@ -74,22 +75,17 @@ def check(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     return model
 
 
-def save(model: onnx.ModelProto, path) -> None:
-    """Write atomically: a failed write never leaves a partial file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        if too_large(model):
-            # weights beside it in <name>.data: both are staged in a folder next to the target, then moved, so a
-            # failed write leaves neither a partial .onnx nor a partial .data
-            with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as d:
-                save_external(model, Path(d) / path.name, location=path.name + ".data")
-                os.replace(Path(d) / (path.name + ".data"), path.with_name(path.name + ".data"))
-                os.replace(Path(d) / path.name, tmp)
-        else:
-            tmp.write_bytes(model.SerializeToString(deterministic=True))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def save(model: onnx.ModelProto, path, inputs=()) -> None:
+    """Write atomically (``files.atomic_write``): a failed or killed write never leaves a partial file, concurrent
+    writes to one path each leave a complete model, and a path that is one of ``inputs`` is refused."""
+    path = check_output(path, inputs)
+    if too_large(model):
+        # weights beside it in <name>.data: both are staged in a unique folder next to the target, then each is
+        # renamed into place (the .data first, so the .onnx never points at missing weights)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.xc-{os.getpid()}-") as d:
+            save_external(model, Path(d) / path.name, location=path.name + ".data")
+            atomic_write(path.with_name(path.name + ".data"), lambda t: os.replace(Path(d) / (path.name + ".data"), t))
+            atomic_write(path, lambda t: os.replace(Path(d) / path.name, t))
+    else:
+        atomic_write(path, lambda t: t.write_bytes(model.SerializeToString(deterministic=True)))
