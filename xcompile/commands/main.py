@@ -64,6 +64,8 @@ def run_cmd(
         raise XCompileError("--batch-size and --workers must be positive integers")
     ex = Explainer(explainer, device=device)
     x, names, images = load_inputs(input, ex.sample_shape, preprocess)
+    if len(x) == 0:
+        raise XCompileError(f"{input}: 0 rows (an empty batch); give at least one input row")
     if engine == "ray":
         from ..serving.ray_batch import run_with_ray
         res = run_with_ray(explainer, x, target, out, address=address, workers=workers, shard_size=shard_size,

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import XCompileError
 from ..files import atomic_write, completed_folder
+from ..options import as_float, positive_int
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 ARRAY_SUFFIXES = {".npy", ".npz"}
@@ -25,9 +26,14 @@ def parse_preprocess(spec: str | None) -> dict:
         if k not in out:
             raise XCompileError(f"--preprocess: unknown key {k!r} (resize, mean, std)")
         try:
-            out[k] = int(v) if k == "resize" else [float(t) for t in v.split("/")]
-        except ValueError:
-            raise XCompileError(f"--preprocess: bad value {k}={v!r}") from None
+            out[k] = positive_int(v) if k == "resize" else [as_float(t) for t in v.split("/")]
+        except (TypeError, ValueError):
+            what = "a positive integer" if k == "resize" else "finite numbers separated by '/'"
+            raise XCompileError(f"--preprocess: bad value {k}={v!r} (expected {what})") from None
+        if k == "std" and any(t <= 0 for t in out[k]):
+            raise XCompileError(f"--preprocess: bad value std={v!r} (every std must be > 0)")
+        if k == "resize" and out[k] > 16384:
+            raise XCompileError(f"--preprocess: bad value resize={v!r} (at most 16384 pixels)")
     return out
 
 
@@ -71,7 +77,10 @@ def load_array(path: Path) -> np.ndarray:
         key = "x" if "x" in data.files else (data.files[0] if data.files else None)
         if key is None:
             raise XCompileError(f"{path}: empty .npz")
-        return np.asarray(data[key])
+        try:
+            return np.asarray(data[key])
+        except Exception as e:  # noqa: BLE001 - object arrays (pickles are refused), corrupt members
+            raise XCompileError(f"{path}: array {key!r} is not readable ({type(e).__name__}: object arrays are refused)") from None
     return np.asarray(data)
 
 

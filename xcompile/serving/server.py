@@ -20,6 +20,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import XCompileError
+from ..files import check_output, safe_name, write_text
 
 RUNTIME = "xcompile.serving.mlserver_runtime.XCompileRuntime"
 V2_DTYPES = {onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.DOUBLE: "FP64", onnx.TensorProto.FLOAT16: "FP16",
@@ -55,17 +56,14 @@ def write_mlserver_dir(explainer, folder, name: str = "explainer", host: str = "
     (0 = off). ``runtime``: the MLModel class path (a subclass of XCompileRuntime, e.g. with custom
     pre-processing). Metrics are disabled (one port less to pick).
     """
-    import re
     explainer = Path(os.fspath(explainer)).resolve()
     if not explainer.is_file():
         raise XCompileError(f"{explainer}: no such explainer file")
-    if not re.match(r"^[A-Za-z0-9_.\-]+$", name):
-        raise XCompileError(f"--name {name!r}: use letters, digits, '_', '-', '.' only (it is a folder and a URL part)")
+    safe_name(name)
     if workers < 0 or max_batch < 0 or max_batch_time < 0:
         raise XCompileError("--workers, --max-batch and --max-batch-time must be >= 0")
-    folder = Path(os.fspath(folder))
+    folder = check_output(folder, what="--dir", folder=True)
     model_dir = folder / name
-    model_dir.mkdir(parents=True, exist_ok=True)
     settings = {"host": host, "http_port": http_port, "grpc_port": grpc_port, "parallel_workers": workers,
                 "metrics_endpoint": None, "debug": False, "load_models_at_startup": True,
                 "model_repository_root": str(folder.resolve())}
@@ -77,8 +75,8 @@ def write_mlserver_dir(explainer, folder, name: str = "explainer", host: str = "
              "parameters": {"uri": str(explainer), "extra": extra}}
     if max_batch > 0:
         model.update(max_batch_size=int(max_batch), max_batch_time=float(max_batch_time))
-    (folder / "settings.json").write_text(json.dumps(settings, indent=2))
-    (model_dir / "model-settings.json").write_text(json.dumps(model, indent=2))
+    write_text(folder / "settings.json", json.dumps(settings, indent=2), "--dir")
+    write_text(model_dir / "model-settings.json", json.dumps(model, indent=2), "--dir")
     return folder
 
 
