@@ -128,8 +128,24 @@ def _usage_line(e: BaseException) -> str:
     return f"{cmd}: {msg}" if cmd else msg
 
 
+def _terminate_cleanly() -> None:
+    """SIGTERM unwinds like Ctrl-C (``finally`` blocks run: temporary files of an interrupted write are removed)."""
+    import signal
+
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _exit)
+    except ValueError:  # pragma: no cover - not the main thread
+        pass
+
+
 def main(argv=None):
     """The console script: user errors (ours and the command-line parser's) are ONE line on stderr + exit 2."""
+    if argv is None:  # the console script (tests call main(argv) in their own process)
+        _terminate_cleanly()
     try:
         app(args=argv, prog_name="xcompile", standalone_mode=False)
     except XCompileError as e:
