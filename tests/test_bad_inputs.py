@@ -65,6 +65,16 @@ def env(tmp_path_factory):
     g = helper.make_graph([add, relu], "cycle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
                           [helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n", 4])])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), d / "cycle.onnx")
+    nodes, t = [], "x"
+    for i in range(3):                              # three reflect-mode Pads: every one is named, by both commands
+        nodes.append(helper.make_node("Pad", [t, "pads"], [f"p{i}"], name=f"pad{i}", mode="reflect"))
+        t = f"p{i}"
+    nodes += [helper.make_node("Flatten", [t], ["f"], name="flat"), helper.make_node("MatMul", ["f", "W"], ["y"], name="mm")]
+    inits = [onnx.numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
+             onnx.numpy_helper.from_array(np.ones((14 * 14, 3), np.float32), "W")]
+    g = helper.make_graph(nodes, "pads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), d / "pads.onnx")
     (d / "rules").mkdir()
     for name, text in RULE_FILES.items():
         (d / "rules" / name).write_text(text)
@@ -87,7 +97,7 @@ def listing(d: Path) -> set:
 
 M, E, X, R, D = "{d}/model.onnx", "{d}/explainer.onnx", "{d}/x.npy", "{d}/rules", "{d}"
 O = "{d}/out/ex.onnx"  # noqa: E741 - the output path of a compile case
-OK = {"-m": "gradient", "-o": O}
+PADS = "3 unsupported operator node(s): pad0 (Pad: Pad mode 'reflect'), pad1 (Pad: Pad mode 'reflect'), pad2 (Pad"
 
 # id -> (argv, expected exit code, fragment of the one stderr line)
 CASES = {
@@ -164,6 +174,10 @@ CASES = {
     "garbage model": (["compile", "{d}/garbage.onnx", "-m", "gradient", "-o", O], 2, "not a readable ONNX model"),
     "model is a folder": (["compile", R, "-m", "gradient", "-o", O], 2, "is a folder, not an ONNX model"),
     "graph cycle names the node": (["compile", "{d}/cycle.onnx", "-m", "gradient", "-o", O], 2, "add_a"),
+    "three reflect Pads: compile names all": (["compile", "{d}/pads.onnx", "-m", "gradient", "-o", O], 2, PADS),
+    "three reflect Pads: lrp names all": (["compile", "{d}/pads.onnx", "-m", "lrp", "-o", O], 2, PADS),
+    "three reflect Pads: inspect agrees": (["inspect", "{d}/pads.onnx"], 2, PADS),
+    "three reflect Pads: inspect lrp agrees": (["inspect", "{d}/pads.onnx", "-m", "lrp"], 2, PADS),
     # run inputs
     "run missing explainer": (["run", "{d}/nope.onnx", "-i", X, "--out", "{d}/r"], 2, "no such explainer file"),
     "run a plain model": (["run", M, "-i", X, "--out", "{d}/r"], 2, "not an xcompile explainer"),
