@@ -331,3 +331,24 @@ def test_run_out_folder_is_marked_complete(env, tmp_path, capsys):
     with pytest.raises(RuntimeError), completed_folder(out):
         raise RuntimeError("killed")
     assert not (out / "_COMPLETE").exists()
+
+
+def test_predicted_is_the_explained_class_on_a_softmax_tie(tmp_path):
+    """Logits that differ by 1e-9 give ten equal float32 probabilities: the explainer explains the argmax of the
+    logits (class 8) and `predicted` must report that class, not the argmax of the tied probabilities (0)."""
+    bias = np.zeros(10, np.float32)
+    bias[8] = 1e-9
+    w = np.zeros((4, 10), np.float32)
+    w[:, 8] = 1e-12
+    inits = [onnx.numpy_helper.from_array(w, "W"), onnx.numpy_helper.from_array(bias, "B")]
+    nodes = [helper.make_node("Gemm", ["x", "W", "B"], ["logits"], name="fc"),
+             helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=1)]
+    g = helper.make_graph(nodes, "tie", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                          [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", 10])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    ex = xcompile.Explainer(xcompile.compile(model, "gradient"))
+    res = ex.explain(np.zeros((3, 4), np.float32))
+    assert (np.asarray(res.scores) == np.float32(0.1)).all()       # a float32 tie in the probabilities
+    assert res.predicted.tolist() == [8, 8, 8]
+    np.testing.assert_allclose(res.relevance, np.broadcast_to(w[:, 8], (3, 4)), rtol=1e-6)  # d logit_8 / dx
+    assert ex.explain(np.zeros((2, 4), np.float32), target=[3, 5]).predicted.tolist() == [3, 5]

@@ -80,7 +80,10 @@ def resolve_target(b: Builder, g: ForwardGraph, scores: str) -> str:
     with b.scope("target"):
         pred = b.arg_extreme(scores, largest=True, hint="predicted")
         negative = b.op("Less", [TARGET, b.i64(0)], "use_predicted")
-        return b.where(negative, pred, TARGET, "class")
+        cls = b.where(negative, pred, TARGET, "class")
+    if getattr(b, "explained_class", None) is None:
+        b.explained_class = cls  # the writer exposes it as the `explained_class` output (Explanation.predicted)
+    return cls
 
 
 def make_seed(b: Builder, n_classes: int, scores: str, target: str, kind: str) -> str:

@@ -21,7 +21,12 @@ class Explanation:
     extras: dict = field(default_factory=dict)
 
     @property
-    def predicted(self) -> np.ndarray:
+    def predicted(self):
+        """The class each row's relevance explains: the explainer's ``explained_class`` output (the target, or the
+        argmax of the explained scores, e.g. the logits before a Softmax), else the argmax of ``scores``."""
+        cls = self.extras.get("explained_class")
+        if cls is not None:
+            return cls
         return np.asarray(self.scores).argmax(axis=1)
 
 

@@ -13,6 +13,8 @@ from onnx import TensorProto, helper, shape_inference
 from ..errors import XCompileError
 from ..files import atomic_write, check_output
 from ..graph import RELEVANCE, TARGET
+
+EXPLAINED_CLASS = "explained_class"
 from ..protobuf_limit import on_disk, save_external, too_large
 from .lower import lower_for_cuda
 
@@ -42,8 +44,14 @@ def assemble(g, b, built, meta: dict, keep_outputs: bool = False, where: str = "
         tail = [helper.make_node("Cast", [built.relevance], [RELEVANCE], name="xc/relevance", to=TensorProto.FLOAT)]
     outputs = [_with_batch(o) for o in src.output] if keep_outputs else [_with_batch(score_vi)]
     outputs.append(helper.make_tensor_value_info(RELEVANCE, TensorProto.FLOAT, rel_shape))
-    outputs += [vi for _, vi in built.extra_outputs]
-    extra_nodes = [helper.make_node("Identity", [t], [vi.name], name=f"xc/out/{vi.name}") for t, vi in built.extra_outputs]
+    extra = list(built.extra_outputs)
+    cls = getattr(b, "explained_class", None)
+    if cls is not None and EXPLAINED_CLASS not in taken and EXPLAINED_CLASS not in {vi.name for _, vi in extra}:
+        # the class each row's relevance explains (the target, or the argmax of the explained scores): what
+        # Explanation.predicted reports, so that it never disagrees with the explanation (e.g. on softmax ties)
+        extra.insert(0, (cls, helper.make_tensor_value_info(EXPLAINED_CLASS, TensorProto.INT64, ["N"])))
+    outputs += [vi for _, vi in extra]
+    extra_nodes = [helper.make_node("Identity", [t], [vi.name], name=f"xc/out/{vi.name}") for t, vi in extra]
     inits = {t.name for t in src.initializer}
     inputs = [_with_batch(data_vi) if i.name == g.data_input else i for i in src.input if i.name not in inits]
     inputs.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, ["N"]))
