@@ -82,11 +82,12 @@ def env(tmp_path_factory):
     return d
 
 
-def run_cli(argv, capsys):
-    """-> (exit code, stdout, stderr); any exception other than SystemExit is a traceback: the test fails."""
+def run_cli(argv, capfd):
+    """-> (exit code, stdout, stderr at the file-descriptor level, so onnxruntime's own log lines count too); any
+    exception other than SystemExit is a traceback: the test fails."""
     with pytest.raises(SystemExit) as e:
         main([str(a) for a in argv])
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()
     code = e.value.code if isinstance(e.value.code, int) else (0 if e.value.code is None else 1)
     return code, out, err
 
@@ -174,6 +175,8 @@ CASES = {
     "garbage model": (["compile", "{d}/garbage.onnx", "-m", "gradient", "-o", O], 2, "not a readable ONNX model"),
     "model is a folder": (["compile", R, "-m", "gradient", "-o", O], 2, "is a folder, not an ONNX model"),
     "graph cycle names the node": (["compile", "{d}/cycle.onnx", "-m", "gradient", "-o", O], 2, "add_a"),
+    "wrong input_shape, no onnxruntime log": (["compile", M, "-m", "gradient", "--set", "input_shape=3x9x9", "-o", O], 2, "onnxruntime fails on an input of shape (1, 3, 9, 9)"),
+    "input_shape=abc": (["compile", M, "-m", "gradient", "--set", "input_shape=abc", "-o", O], 2, "input_shape"),
     "three reflect Pads: compile names all": (["compile", "{d}/pads.onnx", "-m", "gradient", "-o", O], 2, PADS),
     "three reflect Pads: lrp names all": (["compile", "{d}/pads.onnx", "-m", "lrp", "-o", O], 2, PADS),
     "three reflect Pads: inspect agrees": (["inspect", "{d}/pads.onnx"], 2, PADS),
@@ -201,10 +204,10 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, env, capsys):
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, env, capfd):
     argv, code, fragment = CASES[case]
     before = listing(env)
-    rc, out, err = run_cli([a.format(d=env) for a in argv], capsys)
+    rc, out, err = run_cli([a.format(d=env) for a in argv], capfd)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == code, (rc, out, err)
     assert len(lines) == 1 and lines[0].startswith("xcompile: error: "), err
@@ -252,6 +255,17 @@ def test_non_finite_input_warns_once(env, capsys):
     ex.explain(x)
     err = capsys.readouterr().err
     assert err.count("xcompile: warning: input has") == 1 and len(err.strip().splitlines()) == 1, err
+
+
+def test_non_finite_weights_warn_once(env, tmp_path, capsys):
+    m = onnx.load(env / "model.onnx")
+    w = next(t for t in m.graph.initializer if t.data_type == TensorProto.FLOAT and len(t.dims) > 1)
+    a = onnx.numpy_helper.to_array(w).copy()
+    a.flat[0] = np.nan
+    w.CopyFrom(onnx.numpy_helper.from_array(a, w.name))
+    onnx.save(m, tmp_path / "nan.onnx")
+    rc, _, err = run_cli(["compile", tmp_path / "nan.onnx", "-m", "gradient", "-o", tmp_path / "ex.onnx"], capsys)
+    assert rc == 0 and err.count("xcompile: warning:") == 1 and "NaN or Inf" in err and w.name in err, err
 
 
 def test_python_api_compile_and_options(env):
@@ -319,9 +333,9 @@ def test_three_concurrent_compiles_to_one_output(tmp_path):
     assert ex.explain(np.zeros((1, 1, 8, 8), np.float32)).relevance.shape == (1, 1, 8, 8)
 
 
-def test_run_out_folder_is_marked_complete(env, tmp_path, capsys):
+def test_run_out_folder_is_marked_complete(env, tmp_path, capfd):
     out = tmp_path / "r"
-    rc, _, err = run_cli(["run", env / "explainer.onnx", "-i", env / "x.npy", "--out", out], capsys)
+    rc, _, err = run_cli(["run", env / "explainer.onnx", "-i", env / "x.npy", "--out", out], capfd)
     assert rc == 0, err
     listed = (out / "_COMPLETE").read_text().split()
     assert sorted(listed) == sorted(p.name for p in out.iterdir() if p.name != "_COMPLETE")

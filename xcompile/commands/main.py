@@ -71,11 +71,25 @@ def run_cmd(
         res = run_with_ray(explainer, x, target, out, address=address, workers=workers, shard_size=shard_size,
                            batch_size=batch_size, device=device)
     else:
-        res = ex.explain(x, target, batch_size=batch_size)
+        res = _explain_with_progress(ex, x, target, batch_size)
     paths = write_results(out, names, x, images, res)
-    for name, score, pred in zip(names, res.scores, res.predicted):
-        typer.echo(f"{name}: predicted {int(pred)} (score {float(np.max(score)):.4g})")
+    what = "predicted" if target < 0 else "explained class"
+    classes = np.asarray(res.predicted) if target < 0 else np.full(len(names), target)  # the class each row explains
+    for name, score, cls in zip(names, res.scores, classes):
+        typer.echo(f"{name}: {what} {int(cls)} (score {float(score[int(cls)]):.4g})")
     typer.echo(f"wrote {len(paths)} files to {out}")
+
+
+def _explain_with_progress(ex, x, target, batch_size):
+    """A progress bar (rich, on stderr) for inputs of several batches when stderr is a terminal; none otherwise."""
+    if len(x) <= batch_size or not sys.stderr.isatty():
+        return ex.explain(x, target, batch_size=batch_size)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    with Progress("explaining", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("explain", total=len(x))
+        return ex.explain(x, target, batch_size=batch_size, progress=lambda done: bar.update(task, completed=done))
 
 
 @app.command("inspect")

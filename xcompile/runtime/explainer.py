@@ -44,7 +44,7 @@ OPTIMIZATION_LEVELS = {
 def session_options(threads: int | None = None, cuda_only: bool = False,
                     optimization: str = "all") -> ort.SessionOptions:
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # FATAL only: errors reach the user as our one-line message
     if optimization not in OPTIMIZATION_LEVELS:
         raise XCompileError(f"optimization {optimization!r}: expected one of {', '.join(OPTIMIZATION_LEVELS)}")
     so.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
@@ -155,17 +155,21 @@ class Explainer:
             raise XCompileError(f"target {bad} is out of range (-1 or 0..{self.n_classes - 1})")
         return t
 
-    def explain(self, x, target=None, batch_size: int | None = None) -> Explanation:
+    def explain(self, x, target=None, batch_size: int | None = None, progress=None) -> Explanation:
         """``x``: numpy array, or a torch / cupy / any DLPack tensor (CPU or GPU): those are bound in place with
         IOBinding (no host copy on the GPU) and the results come back as tensors of the same kind and device.
-        ``batch_size`` splits a large batch into several onnxruntime calls (bounded memory)."""
+        ``batch_size`` splits a large batch into several onnxruntime calls (bounded memory); ``progress(rows_done)``
+        is called after each of them (numpy inputs)."""
         if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__"):
             return self._explain_bound(x, target, batch_size)
         x = self._check_input(x)
         t = self._check_target(target, x.shape[0])
         step = _check_batch_size(batch_size) or max(1, x.shape[0])
-        parts = [self.session.run(None, {self.data_input.name: x[i:i + step], TARGET: t[i:i + step]})
-                 for i in range(0, x.shape[0], step)]
+        parts = []
+        for i in range(0, x.shape[0], step):
+            parts.append(self.session.run(None, {self.data_input.name: x[i:i + step], TARGET: t[i:i + step]}))
+            if progress is not None:  # progress(rows done so far), e.g. a progress bar
+                progress(min(i + step, x.shape[0]))
         outs = [np.concatenate([p[k] for p in parts]) for k in range(len(self.outputs))]
         named = dict(zip(self.outputs, outs))
         extras = {k: v for k, v in named.items() if k not in (self.score_output, RELEVANCE)}
