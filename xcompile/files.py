@@ -161,3 +161,30 @@ def completed_folder(folder, what: str = "--out"):
     written: list = []
     yield written
     write_text(folder / COMPLETE, "".join(f"{Path(p).name}\n" for p in written), what)
+
+
+def save_figure(fig, path, what: str = "output", **kw) -> Path:
+    """``fig.savefig`` through `atomic_write` (the format from the target's suffix, not the temporary name's)."""
+    path = Path(os.fspath(path))
+    return atomic_write(path, lambda t: fig.savefig(t, format=(path.suffix.lstrip(".") or "png"), **kw), what)
+
+
+def save_npy(path, array, what: str = "output") -> Path:
+    """``np.save`` through `atomic_write` (a file object: np.save would append .npy to the temporary name)."""
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+    return atomic_write(path, write, what)
+
+
+def csv_text(header, rows) -> str:
+    import csv
+    import io
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    if header is not None:
+        w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import XCompileError
+from ..files import save_figure
 
 # (label, method, rules, options); entries whose method is not installed are skipped
 DEMO_METHODS = [
@@ -88,5 +89,5 @@ def _grid(path: Path, images, labels, rows) -> None:
     for ax in axes.ravel():
         ax.set_xticks([]); ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)

@@ -145,7 +145,7 @@ def save_heatmap(path: Path, relevance: np.ndarray, image=None, title: str | Non
     if title:
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    fig.savefig(path, format="png")  # callers write through files.atomic_write
     plt.close(fig)
 
 

@@ -52,11 +52,14 @@ def ray_session(address: Optional[str] = None, num_workers: int = 2):
             self.started = not ray.is_initialized()
             if self.started:
                 kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+                import warnings
                 try:
-                    if address:
-                        ray.init(address=address, **kw)
-                    else:
-                        ray.init(num_cpus=max(1, num_workers), **kw)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # the Ray client's own timeout warning: our line says it
+                        if address:
+                            ray.init(address=address, **kw)
+                        else:
+                            ray.init(num_cpus=max(1, num_workers), **kw)
                 except (ConnectionError, TimeoutError, RuntimeError, ValueError, OSError) as e:
                     where = f"--address {address!r}" if address else "a local Ray"
                     first = " ".join(str(e).split())[:200] or type(e).__name__
@@ -232,12 +235,16 @@ def run_with_ray(explainer, x, target, out, address: Optional[str] = None, worke
     shards = Path(os.fspath(out)) / "shards"
     if len(x) == 0:
         raise XCompileError("input has 0 rows (an empty batch); give at least one row")
+    created = [p for p in (shards.parent, shards) if not p.exists()]
     try:
         run_ray(explainer, x, shards, target=target, address=address, num_workers=workers,
                 shard_size=shard_size, batch_size=batch_size, device=device)
         return load_shards(shards)
     except BaseException:  # an error or an interrupt leaves no half-written shards/ folder behind
         shutil.rmtree(shards, ignore_errors=True)
+        for p in created[:1]:  # the --out folder too, if this run created it and left it empty
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
         raise
 
 
