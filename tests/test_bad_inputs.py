@@ -136,6 +136,13 @@ CASES = {
     "serve --max-rows 0": (["serve", E, "--dir", "{d}/srv", "--max-rows", "0"], 2, "--max-rows"),
     "serve --device tpu": (["serve", E, "--device", "tpu"], 2, "--device 'tpu'"),
     "serve missing explainer": (["serve", "{d}/nope.onnx"], 2, "no such explainer file"),
+    "serve --port 0": (["serve", E, "--dir", "{d}/srv", "--port", "0"], 2, "--port 0"),
+    "serve --port 70000": (["serve", E, "--dir", "{d}/srv", "--port", "70000"], 2, "--port 70000"),
+    "serve --threads -1": (["serve", E, "--dir", "{d}/srv", "--threads", "-1"], 2, "--threads -1"),
+    "serve --max-batch-time nan": (["serve", E, "--dir", "{d}/srv", "--max-batch-time", "nan"], 2, "--max-batch-time"),
+    "serve --workers -1": (["serve", E, "--dir", "{d}/srv", "--workers", "-1"], 2, "--workers"),
+    "demo --n 0": (["demo", "--n", "0", "--out", "{d}/demo"], 2, "--n 0"),
+    "demo --out at a file": (["demo", "--out", "{d}/afile"], 2, "not a folder"),
     # option values: types, finiteness, ranges, memory bound
     "steps=0": (["compile", M, "-m", "integrated_gradients", "--set", "steps=0", "-o", O], 2, "steps='0'"),
     "steps=abc": (["compile", M, "-m", "integrated_gradients", "--set", "steps=abc", "-o", O], 2, "steps='abc'"),

@@ -64,8 +64,13 @@ def write_mlserver_dir(explainer, folder, name: str = "explainer", host: str = "
     if not explainer.is_file():
         raise XCompileError(f"{explainer}: no such explainer file")
     safe_name(name)
-    if workers < 0 or max_batch < 0 or max_batch_time < 0:
-        raise XCompileError("--workers, --max-batch and --max-batch-time must be >= 0")
+    if workers < 0 or max_batch < 0 or not max_batch_time >= 0 or max_batch_time == float("inf"):
+        raise XCompileError("--workers, --max-batch and --max-batch-time must be >= 0 (and finite)")
+    if threads is not None and threads < 1:
+        raise XCompileError(f"--threads {threads}: must be >= 1")
+    for flag, port in (("--port", http_port), ("--grpc-port", grpc_port)):
+        if not 1 <= int(port) <= 65535:
+            raise XCompileError(f"{flag} {port}: a TCP port in 1..65535")
     try:
         max_request_mb = in_range(as_float, 0, 4096, lo_open=True)(max_request_mb)
         max_rows = positive_int(max_rows)
