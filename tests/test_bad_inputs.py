@@ -188,6 +188,13 @@ CASES = {
     "three reflect Pads: lrp names all": (["compile", "{d}/pads.onnx", "-m", "lrp", "-o", O], 2, PADS),
     "three reflect Pads: inspect agrees": (["inspect", "{d}/pads.onnx"], 2, PADS),
     "three reflect Pads: inspect lrp agrees": (["inspect", "{d}/pads.onnx", "-m", "lrp"], 2, PADS),
+    # pattern statistics
+    "fit-patterns -o onto the data": (["fit-patterns", M, "--data", X, "-o", X], 2, "is an input"),
+    "fit-patterns -o onto the model": (["fit-patterns", M, "--data", X, "-o", M], 2, "is an input"),
+    "fit-patterns -o at a folder": (["fit-patterns", M, "--data", X, "-o", D], 2, "is a folder"),
+    "fit-patterns --batch-size 0": (["fit-patterns", M, "--data", X, "-o", "{d}/out/p.npz", "--batch-size", "0"], 2, "--batch-size 0"),
+    "merge-patterns -o onto a shard": (["merge-patterns", X, "-o", X], 2, "is an input"),
+    "evaluate-signal --out at a file": (["evaluate-signal", M, "-p", X, "-d", X, "--out", "{d}/afile"], 2, "not a folder"),
     # run inputs
     "run missing explainer": (["run", "{d}/nope.onnx", "-i", X, "--out", "{d}/r"], 2, "no such explainer file"),
     "run a plain model": (["run", M, "-i", X, "--out", "{d}/r"], 2, "not an xcompile explainer"),
