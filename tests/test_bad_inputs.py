@@ -195,6 +195,10 @@ CASES = {
     "fit-patterns --batch-size 0": (["fit-patterns", M, "--data", X, "-o", "{d}/out/p.npz", "--batch-size", "0"], 2, "--batch-size 0"),
     "merge-patterns -o onto a shard": (["merge-patterns", X, "-o", X], 2, "is an input"),
     "evaluate-signal --out at a file": (["evaluate-signal", M, "-p", X, "-d", X, "--out", "{d}/afile"], 2, "not a folder"),
+    # evaluation reports
+    "evaluate --out at a file": (["evaluate", M, "-m", "gradient", "-d", X, "--out", "{d}/afile"], 2, "not a folder"),
+    "axioms --json onto the data": (["axioms", E, "-d", X, "--json", X], 2, "is an input"),
+    "spray --out at a file": (["spray", E, "-d", X, "-c", "1", "--out", "{d}/afile"], 2, "not a folder"),
     # run inputs
     "run missing explainer": (["run", "{d}/nope.onnx", "-i", X, "--out", "{d}/r"], 2, "no such explainer file"),
     "run a plain model": (["run", M, "-i", X, "--out", "{d}/r"], 2, "not an xcompile explainer"),

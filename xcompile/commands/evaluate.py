@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 from ..errors import XCompileError
-from ..files import csv_text, write_text
+from ..files import check_output, csv_text, write_text
 from ..graph import TARGET
 
 
@@ -87,6 +87,7 @@ def register(app: typer.Typer) -> None:
     ):
         """Pixel-flipping / region-perturbation curves and AUC for several methods on the same inputs."""
         from ..evaluate.run import evaluate, parse_specs
+        check_output(out, what="--out", folder=True)
         metrics = {"pixel-flipping": ["pixel_flipping"], "region-perturbation": ["region_perturbation"],
                    "both": ["pixel_flipping", "region_perturbation"]}.get(metric.replace("_", "-"))
         if metrics is None:
@@ -127,8 +128,10 @@ def register(app: typer.Typer) -> None:
         preprocess: Optional[str] = typer.Option(None, "--preprocess"),
         json_out: Optional[Path] = typer.Option(None, "--json", help="also write the table as JSON"),
     ):
-        """Measure conservation, positivity, continuity and implementation invariance (the seed's axioms table)."""
+        """Measure conservation, positivity, continuity and implementation invariance (the axioms table)."""
         from ..evaluate.axioms import as_explainer, check_axioms
+        if json_out:
+            check_output(json_out, inputs=[explainer, data], what="--json")
         ex = as_explainer(explainer)
         x, _, _, _ = load_data(data, ex.sample_shape, preprocess, n)
         rows = check_axioms(ex, x, equivalent=equivalent, noise=noise, conservation_tol=conservation_tol,
@@ -159,6 +162,8 @@ def register(app: typer.Typer) -> None:
         """Relevance inside vs outside a box per image and over the dataset (importance of context = out / in)."""
         from ..evaluate.axioms import as_explainer
         from ..evaluate.pooling import parse_box, pool_relevance
+        if out is not None:
+            check_output(out, what="--out", folder=True)
         ex = as_explainer(explainer)
         x, y, names, _ = load_data(data, ex.sample_shape, preprocess)
         if box:
@@ -206,6 +211,7 @@ def register(app: typer.Typer) -> None:
         from ..evaluate.axioms import as_explainer
         from ..evaluate.plots import display_image, plot_eigengap, plot_prototypes
         from ..evaluate.spray import spray
+        check_output(out, what="--out", folder=True)
         ex = as_explainer(explainer)
         x, y, _, _ = load_data(data, ex.sample_shape, preprocess)
         if select == "label":
