@@ -293,6 +293,14 @@ def test_python_api_compile_and_options(env):
         xcompile.compile(env / "model.onnx", "smoothgrad", samples=10**9)
 
 
+def test_occlusion_memory_bound_and_inspect(env, monkeypatch, capsys):
+    rc, out, err = run_cli(["inspect", env / "model.onnx", "-m", "occlusion"], capsys)   # the shared support check
+    assert rc == 0 and "/fc2/Gemm" in out, err
+    monkeypatch.setenv("XCOMPILE_MEMORY_CAP_MB", "0.001")
+    with pytest.raises(XCompileError, match="occlusion with 64 windows: needs about"):
+        xcompile.compile(env / "model.onnx", "occlusion", window=1, stride=1)
+
+
 def test_memory_cap_is_overridable(env, monkeypatch):
     monkeypatch.setenv("XCOMPILE_MEMORY_CAP_MB", "0.001")
     with pytest.raises(XCompileError, match=r"over the cap of 1e-06 GB .*XCOMPILE_MEMORY_CAP_MB"):

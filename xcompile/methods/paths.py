@@ -26,6 +26,15 @@ def _repeat_rows(b: Builder, t: str, m: int, rank: int) -> str:
 NODE_BYTES = 2048  # what one emitted node costs while the graph is built and serialized (protobuf + Python)
 
 
+def _elems(shape) -> float:
+    return float(np.prod([d for d in shape[1:] if isinstance(d, int) and d > 0], dtype=np.float64)) if shape else 0.0
+
+
+def row_activations(g: ForwardGraph) -> float:
+    """Elements of every forward tensor for ONE input row (the batch dimension left out)."""
+    return sum(_elems(s) for s in g.shapes.values() if s)
+
+
 class _PathMethod(Method):
     """Shared machinery: subclasses give the points (as [N, k, ...] tensors) per chunk."""
     count_name = "steps"
@@ -34,10 +43,8 @@ class _PathMethod(Method):
         """Bytes for ONE input row, before anything is built: the forward + backward activations of the `chunk`
         points run at once (float32), the per-point constants stored in the graph (alphas, SmoothGrad's noise
         table), and the ceil(m / chunk) copies of the forward + backward graph."""
-        def elems(shape):
-            return float(np.prod([d for d in shape[1:] if isinstance(d, int) and d > 0], dtype=np.float64)) if shape else 0.0
-        activations = sum(elems(s) for s in g.shapes.values() if s)
-        sample = elems(g.shape(g.data_input))
+        activations = row_activations(g)
+        sample = _elems(g.shape(g.data_input))
         copies = -(-m // chunk)
         return 4.0 * 2 * activations * chunk + 8.0 * m * (1 + sample) + NODE_BYTES * 3 * len(g.nodes) * copies
 
