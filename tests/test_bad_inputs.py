@@ -115,6 +115,7 @@ CASES = {
     # outputs: never onto an input, a folder, below a file, /dev/null or an unwritable place
     "compile -o onto its input": (["compile", M, "-m", "gradient", "-o", M], 2, "is an input of this command"),
     "compile -o onto the rule file": (["compile", M, "-m", "lrp", "-r", "{d}/rules/ok.toml", "-o", "{d}/rules/ok.toml"], 2, "is an input"),
+    "compile -o onto a --set file": (["compile", M, "-m", "deeplift", "--set", "baseline=" + X, "-o", X], 2, "is an input"),
     "compile -o at a folder": (["compile", M, "-m", "gradient", "-o", D], 2, "is a folder"),
     "compile -o below a file": (["compile", M, "-m", "gradient", "-o", "{d}/afile/ex.onnx"], 2, "is a file, not a folder"),
     "compile -o under /proc": (["compile", M, "-m", "gradient", "-o", "/proc/xcompile_ex.onnx"], 2, "is not writable"),

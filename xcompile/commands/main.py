@@ -32,9 +32,10 @@ def compile_cmd(
     from ..files import check_output
     from ..write.writer import save
     t0 = time.perf_counter()
-    inputs = [model] + ([Path(rules)] if rules else [])
-    check_output(out, inputs)  # before the work: -o at a folder, below a file, unwritable or onto an input
-    explainer = compiler.compile(model, method, rules=rules, where=str(model), **parse_sets(set_))
+    sets = parse_sets(set_)
+    inputs = [model] + ([Path(rules)] if rules else []) + [Path(v) for v in sets.values() if v and Path(v).exists()]
+    check_output(out, inputs)  # before the work: -o at a folder, below a file, unwritable or onto any input file
+    explainer = compiler.compile(model, method, rules=rules, where=str(model), **sets)
     save(explainer, out, inputs)
     typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {len(explainer.graph.node)} nodes) in {time.perf_counter() - t0:.2f} s")
 
