@@ -393,3 +393,49 @@ def test_predicted_is_the_explained_class_on_a_softmax_tie(tmp_path):
     assert res.predicted.tolist() == [8, 8, 8]
     np.testing.assert_allclose(res.relevance, np.broadcast_to(w[:, 8], (3, 4)), rtol=1e-6)  # d logit_8 / dx
     assert ex.explain(np.zeros((2, 4), np.float32), target=[3, 5]).predicted.tolist() == [3, 5]
+
+
+# ------------------------------------------------------------------ the handler does not depend on click's layout
+def _raise(exc):
+    def app(*args, **kwargs):
+        raise exc
+    return app
+
+
+def test_usage_errors_are_found_by_class_name_not_import_path(monkeypatch, capsys):
+    from xcompile.commands import main as cli_main
+
+    class UsageError(Exception):                 # neither click's nor typer._click's class: the same name and API
+        def format_message(self):
+            return "No such option: --frob"
+
+    class ClickException(Exception):
+        def format_message(self):
+            return "something\nover two lines"
+
+    errors = [UsageError(), ClickException()]
+    try:
+        import click
+        errors.append(click.UsageError("plain click"))
+    except ImportError:  # pragma: no cover
+        pass
+    for exc in errors:
+        monkeypatch.setattr(cli_main, "app", _raise(exc))
+        rc, out, err = run_cli(["anything"], capsys)
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith("xcompile: error: ") and "Traceback" not in err, err
+    monkeypatch.setattr(cli_main, "app", _raise(RuntimeError("a bug")))   # a real bug still shows its traceback
+    with pytest.raises(RuntimeError):
+        cli_main.main(["anything"])
+
+
+@pytest.mark.parametrize("name,ok", [("digits", True), ("resnet-50.v2", True), ("a_b", True), (".", False),
+                                     ("..", False), ("../x", False), ("a/b", False), ("a\\b", False), ("", False),
+                                     (".hidden", False), ("-rf", False), ("x" * 129, False), ("é", False)])
+def test_safe_name(name, ok):
+    from xcompile.files import safe_name
+    if ok:
+        assert safe_name(name) == name
+    else:
+        with pytest.raises(XCompileError, match="--name"):
+            safe_name(name)
