@@ -223,9 +223,10 @@ class Explainer:
         outs = {}
         for o in self.session.get_outputs():
             shape = [xt.shape[0]] + list(o.shape[1:])
-            if all(isinstance(d, int) for d in shape) and o.type == "tensor(float)":
-                buf = torch.empty(shape, dtype=torch.float32, device=dev)
-                binding.bind_output(o.name, ort_dev[0], ort_dev[1], np.float32, shape, buf.data_ptr())
+            kinds = {"tensor(float)": (torch.float32, np.float32), "tensor(int64)": (torch.int64, np.int64)}
+            if all(isinstance(d, int) for d in shape) and o.type in kinds:  # explained_class is int64
+                buf = torch.empty(shape, dtype=kinds[o.type][0], device=dev)
+                binding.bind_output(o.name, ort_dev[0], ort_dev[1], kinds[o.type][1], shape, buf.data_ptr())
                 outs[o.name] = buf
             else:  # a shape the graph only knows at run time: onnxruntime allocates, we copy once
                 binding.bind_output(o.name, ort_dev[0], ort_dev[1])
