@@ -28,7 +28,7 @@ def test_torch_tensors_are_bound_in_place_and_returned_as_tensors(explainer, dig
     assert isinstance(res.relevance, torch.Tensor) and res.relevance.device.type == "cpu"
     np.testing.assert_array_equal(res.scores.numpy(), ref.scores)
     np.testing.assert_array_equal(res.relevance.numpy(), ref.relevance)
-    assert set(res.extras) == set(ref.extras) == {"gradcam_map"}
+    assert set(res.extras) == set(ref.extras) == {"gradcam_map", "explained_class"}
     np.testing.assert_array_equal(res.extras["gradcam_map"].numpy(), ref.extras["gradcam_map"])
 
 

@@ -233,3 +233,74 @@ def test_parallel_workers(explainer_path, local, digits, tmp_path):
         with pytest.raises(InferenceServerException, match=r"400.*expects \[N, 1, 8, 8\]"):
             c.infer(MODEL, inputs)
         concurrent_check(srv.url, local, digits, n_threads=4, n_req=10)
+
+
+# ------------------------------------------------------------------ request limits (docs: README "Serving limits")
+def _post(url, model, body: bytes, chunked: bool = False):
+    """Raw HTTP POST (no client-side checks): -> (status, parsed JSON body)."""
+    import http.client
+    import json
+    host, port = url.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        if chunked:
+            def pieces():
+                for i in range(0, len(body), 1 << 16):
+                    yield body[i:i + (1 << 16)]
+            conn.request("POST", f"/v2/models/{model}/infer", body=pieces(), encode_chunked=True,
+                         headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+        else:
+            conn.request("POST", f"/v2/models/{model}/infer", body=body, headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        return r.status, json.loads(r.read() or b"{}")
+    except (ConnectionError, BrokenPipeError):  # the server answered 413 and closed before the body was sent
+        return 413, {"error": "connection closed"}
+    finally:
+        conn.close()
+
+
+def _v2_body(x, name="input", datatype="FP32", shape=None, extra=()):
+    import json
+    inputs = [{"name": name, "datatype": datatype, "shape": list(shape or x.shape), "data": x.reshape(-1).tolist()}]
+    return json.dumps({"inputs": inputs + list(extra)}).encode()
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_request_limits_413_then_serving_and_memory_back(explainer_path, local, digits, tmp_path):
+    with MLServerProcess(explainer_path, tmp_path, name=MODEL, ready_timeout=120, threads=1,
+                         max_request_mb=1, max_rows=8) as srv:
+        name = local.data_input.name
+        ok = _v2_body(digits[:2], name)
+        status, js = _post(srv.url, MODEL, ok)
+        assert status == 200, js
+        idle = _rss_kb(srv.proc.pid)
+        big = b'{"inputs": [' + b" " * 3_000_000 + b"]}"
+        for _ in range(5):
+            status, js = _post(srv.url, MODEL, big)                       # Content-Length over the limit
+            assert status == 413, js
+            status, js = _post(srv.url, MODEL, big, chunked=True)         # streamed, no Content-Length
+            assert status == 413, js
+        status, js = _post(srv.url, MODEL, _v2_body(np.zeros((9, 1, 8, 8), np.float32), name))
+        assert status == 413 and "over the limit of 8" in js["error"], js
+        bad = {
+            "fp64": _v2_body(digits[:1].astype(np.float64), name, "FP64"),
+            "negative dim": _v2_body(digits[:1], name, shape=[-2, 1, 8, 8]),
+            "twice": _v2_body(digits[:1], name, extra=[json_input(name, digits[:1])]),
+            "empty batch": _v2_body(np.zeros((0, 1, 8, 8), np.float32), name),
+        }
+        for case, body in bad.items():
+            status, js = _post(srv.url, MODEL, body)
+            assert 400 <= status < 500 and "Traceback" not in js.get("error", "") and len(js["error"].splitlines()) == 1, (case, status, js)
+        status, js = _post(srv.url, MODEL, ok)                              # still serving
+        assert status == 200, js
+        assert _rss_kb(srv.proc.pid) <= 1.5 * idle, (idle, _rss_kb(srv.proc.pid))
+
+
+def json_input(name, x):
+    return {"name": name, "datatype": "FP32", "shape": list(x.shape), "data": x.reshape(-1).tolist()}

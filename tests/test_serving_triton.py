@@ -122,7 +122,7 @@ def test_dropin_explainer_keeps_output_names_and_positions(tmp_path):
     save(xcompile.compile(model, "gradient", output="probs", keep_outputs=True), p)
     folder = export_triton(p, tmp_path / "repo", "tiny")
     cfg = parse_config(folder / "config.pbtxt")
-    assert [c["name"] for c in cfg["output"]] == ["probs", "logits", "relevance"]
+    assert [c["name"] for c in cfg["output"]] == ["probs", "logits", "relevance", "explained_class"]
     assert [c["name"] for c in cfg["input"]] == ["image", "target"]
     # outputs are the original model's values
     import onnxruntime as ort

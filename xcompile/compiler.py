@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from . import __version__
 from .backward.builder import Builder
-from .errors import XCompileError
+from .errors import XCompileError, warn_once
 from .load.forward import COMMON, jsonable, load_forward, reserved_names, split_params
 from .methods import METHODS
 from .write.writer import assemble
@@ -33,6 +35,19 @@ def make_method(cls, method: str, rules, params: dict):
     return cls(**rest), common
 
 
+def warn_non_finite_weights(model: onnx.ModelProto, where: str) -> None:
+    """ONE warning line when a float initializer holds NaN or Inf (the explainer's outputs would be NaN)."""
+    bad = []
+    for t in model.graph.initializer:
+        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+            a = numpy_helper.to_array(t)
+            if a.size and not np.isfinite(a).all():
+                bad.append(t.name)
+    if bad:
+        warn_once(f"weights:{where}", f"{where}: {len(bad)} weight tensor(s) hold NaN or Inf values (first: {bad[0]!r}); "
+                                      "scores and relevance will not be meaningful")
+
+
 def compile(model, method: str, rules=None, *, where: str | None = None, **params) -> onnx.ModelProto:  # noqa: A001
     """Compile `model` (path, bytes or ModelProto) into an explainer ModelProto."""
     where = where or (str(model) if isinstance(model, (str, os.PathLike)) else "model")
@@ -41,6 +56,7 @@ def compile(model, method: str, rules=None, *, where: str | None = None, **param
         return cls.compile_model(model, rules=rules, where=where, **params)
     m, common = make_method(cls, method, rules, params)
     g = load_forward(model, common, where)
+    warn_non_finite_weights(g.model, where)
     m.prepare(g, where)
     m.check(g, where)
     b = Builder(g.opset, prefix=f"xc/{method}", reserved=reserved_names(g.model))

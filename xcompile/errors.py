@@ -14,7 +14,28 @@ class UnsupportedOperatorsError(XCompileError):
     """Raised once with EVERY unsupported node, not one per run."""
 
     def __init__(self, nodes, context: str = ""):
-        self.nodes = list(nodes)  # [(node_name, op_type), ...]
-        listing = ", ".join(f"{name} ({op})" for name, op in self.nodes)
+        self.nodes = list(nodes)  # [(node_name, op_type), ...] or (node_name, op_type, why) for an emitter's refusal
+        listing = ", ".join(f"{n[0]} ({n[1]}: {n[2]})" if len(n) > 2 and n[2] else f"{n[0]} ({n[1]})" for n in self.nodes)
         where = f"{context}: " if context else ""
         super().__init__(f"{where}{len(self.nodes)} unsupported operator node(s): {listing}")
+
+
+class UnsupportedNodeError(XCompileError):
+    """One node whose emitter refuses it (an attribute or a mode it does not handle); the engine collects these
+    and raises ONE `UnsupportedOperatorsError` naming every such node."""
+
+    def __init__(self, name: str, op_type: str, why: str):
+        self.node = (name, op_type, why)
+        super().__init__(f"node {name!r} ({op_type}): {why} is not supported")
+
+
+_WARNED: set = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    """ONE line on stderr, once per process and key (non-finite inputs or weights, ...)."""
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    import sys
+    print(f"xcompile: warning: {' '.join(message.split())}", file=sys.stderr)

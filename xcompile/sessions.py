@@ -17,7 +17,7 @@ def session_options(threads: Optional[int] = None, optimization: Optional[str] =
                     quiet: bool = True) -> ort.SessionOptions:
     so = ort.SessionOptions()
     if quiet:
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # FATAL only: our one-line message says what failed (no coloured ORT log)
     if optimization is not None:
         so.graph_optimization_level = LEVELS[optimization]
     if threads:

@@ -25,6 +25,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from .errors import XCompileError
+from .files import atomic_write
 
 DEFAULTS = dict(steps=200, lr=0.05, l2=0.01, blur=0.5, blur_every=4, jitter=1, seed=0)
 # --set keys of `xcompile visualize`: value bounds / normalization in pixel space, and the model-reading options
@@ -208,7 +209,7 @@ def to_image(x: np.ndarray, values: dict, min_size: int = 128) -> np.ndarray:
 
 def save_png(img: np.ndarray, path: Path) -> None:
     from PIL import Image
-    Image.fromarray(img).save(path)
+    atomic_write(Path(path), lambda t: Image.fromarray(img).save(t, format="PNG"))
 
 
 def grid_image(images: List[np.ndarray], labels: List[str]) -> np.ndarray:

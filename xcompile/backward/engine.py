@@ -10,7 +10,7 @@ from typing import Callable, Optional
 import numpy as np
 import onnx
 
-from ..errors import UnsupportedOperatorsError
+from ..errors import UnsupportedNodeError, UnsupportedOperatorsError
 from ..graph import ForwardGraph, attr
 from . import ops  # noqa: F401 - registers the emitters
 from .builder import Builder
@@ -126,10 +126,8 @@ class Engine:
     def run(self, seed: str, where: str = "model") -> dict[str, str]:
         """Propagate `seed` (relevance/gradient at the explained tensor) back to the source.
         Returns {forward tensor name: emitted relevance tensor} for every live tensor reached."""
-        bad = self.unsupported()
-        if bad:
-            raise UnsupportedOperatorsError(bad, where)
         live, nodes = self.paths()
+        failed: list = []  # every unsupported node (no emitter, or an emitter that refuses it): raised once, at the end
         pending: dict[str, list[str]] = {self.explained: [seed]}
         total: dict[str, str] = {}
 
@@ -147,14 +145,24 @@ class Engine:
             gys = [collect(o) if o in live else None for o in node.output]
             if all(gy is None for gy in gys):
                 continue
-            spec = self.spec(node)
+            spec = None if node.op_type in NON_DIFFERENTIABLE else self.spec(node)
             ctx = NodeContext(self, node, live)
-            with self.b.scope(_short(node.name or node.output[0])):
-                gxs = spec.fn(ctx, gys)
+            try:
+                if spec is None:
+                    raise UnsupportedNodeError(node.name or node.output[0], node.op_type, "")
+                with self.b.scope(_short(node.name or node.output[0])):
+                    gxs = spec.fn(ctx, gys)
+            except UnsupportedNodeError as e:
+                # keep walking (zeros stand in for its input relevance) so that every unsupported node is named
+                failed.append(e.node if e.node[2] else e.node[:2])
+                gxs = [self.b.zeros_like(ctx.x(k)) if name in live and not self.g.is_const(name) else None
+                       for k, name in enumerate(node.input)]
             for k, (name, gx) in enumerate(zip(node.input, gxs)):
                 if gx is not None and name in live:
                     pending.setdefault(name, []).append(gx)
         collect(self.source)
+        if failed:
+            raise UnsupportedOperatorsError(failed[::-1], where)  # in forward order
         return total
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import XCompileError
+from ..files import check_output, save_figure
 
 # (label, method, rules, options); entries whose method is not installed are skipped
 DEMO_METHODS = [
@@ -35,6 +36,9 @@ def run_demo(out: Path, n: int, echo) -> dict:
 
     model = shipped("digits_cnn.onnx")
     data = np.load(shipped("digits_heldout.npz"))
+    if not 1 <= n <= len(data["y"]):
+        raise XCompileError(f"--n {n}: between 1 and {len(data['y'])} (the held-out digits)")
+    check_output(out, what="--out", folder=True)
     x_all, y_all = data["x"].astype(np.float32), data["y"].astype(np.int64)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,5 +92,5 @@ def _grid(path: Path, images, labels, rows) -> None:
     for ax in axes.ravel():
         ax.set_xticks([]); ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)

@@ -9,6 +9,7 @@ import numpy as np
 import typer
 
 from ..errors import XCompileError
+from ..files import check_output, csv_text, write_text
 from ..graph import TARGET
 
 
@@ -86,6 +87,7 @@ def register(app: typer.Typer) -> None:
     ):
         """Pixel-flipping / region-perturbation curves and AUC for several methods on the same inputs."""
         from ..evaluate.run import evaluate, parse_specs
+        check_output(out, what="--out", folder=True)
         metrics = {"pixel-flipping": ["pixel_flipping"], "region-perturbation": ["region_perturbation"],
                    "both": ["pixel_flipping", "region_perturbation"]}.get(metric.replace("_", "-"))
         if metrics is None:
@@ -126,8 +128,10 @@ def register(app: typer.Typer) -> None:
         preprocess: Optional[str] = typer.Option(None, "--preprocess"),
         json_out: Optional[Path] = typer.Option(None, "--json", help="also write the table as JSON"),
     ):
-        """Measure conservation, positivity, continuity and implementation invariance (the seed's axioms table)."""
+        """Measure conservation, positivity, continuity and implementation invariance (the axioms table)."""
         from ..evaluate.axioms import as_explainer, check_axioms
+        if json_out:
+            check_output(json_out, inputs=[explainer, data], what="--json")
         ex = as_explainer(explainer)
         x, _, _, _ = load_data(data, ex.sample_shape, preprocess, n)
         rows = check_axioms(ex, x, equivalent=equivalent, noise=noise, conservation_tol=conservation_tol,
@@ -142,7 +146,7 @@ def register(app: typer.Typer) -> None:
                         {True: "yes", False: "no", None: "-"}[r.expected], r.detail)
         Console(width=160).print(tab)
         if json_out:
-            Path(json_out).write_text(json.dumps([r.as_dict() for r in rows], indent=1))
+            write_text(Path(json_out), json.dumps([r.as_dict() for r in rows], indent=1), "--json")
 
     @app.command("pool-relevance")
     def pool_cmd(
@@ -158,6 +162,8 @@ def register(app: typer.Typer) -> None:
         """Relevance inside vs outside a box per image and over the dataset (importance of context = out / in)."""
         from ..evaluate.axioms import as_explainer
         from ..evaluate.pooling import parse_box, pool_relevance
+        if out is not None:
+            check_output(out, what="--out", folder=True)
         ex = as_explainer(explainer)
         x, y, names, _ = load_data(data, ex.sample_shape, preprocess)
         if box:
@@ -184,13 +190,10 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"importance of context (dataset) = {s['importance_of_context']:.4g}; "
                    f"median per image {s['median_context_per_image']:.4g}; uniform relevance would give {s['context_if_uniform']:.3g}")
         if out:
-            import csv
             Path(out).mkdir(parents=True, exist_ok=True)
-            (Path(out) / "pooling.json").write_text(json.dumps({"summary": s, "images": pooled.rows(names)}, indent=1))
-            with open(Path(out) / "pooling.csv", "w", newline="") as f:
-                w = csv.DictWriter(f, ["name", "inside", "outside", "total", "context", "box_area"])
-                w.writeheader()
-                w.writerows(pooled.rows(names))
+            write_text(Path(out) / "pooling.json", json.dumps({"summary": s, "images": pooled.rows(names)}, indent=1))
+            cols = ["name", "inside", "outside", "total", "context", "box_area"]
+            write_text(Path(out) / "pooling.csv", csv_text(cols, [[r.get(c, "") for c in cols] for r in pooled.rows(names)]))
 
     @app.command("spray")
     def spray_cmd(
@@ -208,6 +211,7 @@ def register(app: typer.Typer) -> None:
         from ..evaluate.axioms import as_explainer
         from ..evaluate.plots import display_image, plot_eigengap, plot_prototypes
         from ..evaluate.spray import spray
+        check_output(out, what="--out", folder=True)
         ex = as_explainer(explainer)
         x, y, _, _ = load_data(data, ex.sample_shape, preprocess)
         if select == "label":
@@ -227,6 +231,6 @@ def register(app: typer.Typer) -> None:
         plot_eigengap(out / "eigengap.png", s.eigenvalues, s.n_clusters, f"SpRAY class {class_}: {len(x)} maps")
         means = [display_image(x[s.labels == k].mean(axis=0)) for k in range(s.n_clusters)]
         plot_prototypes(out / "prototypes.png", s.prototypes, s.sizes, means, f"class {class_} prototypes")
-        (out / "spray.json").write_text(json.dumps({"class": class_, **s.as_dict()}, indent=1))
+        write_text(out / "spray.json", json.dumps({"class": class_, **s.as_dict()}, indent=1))
         typer.echo(f"{len(x)} maps of class {class_}: {s.n_clusters} clusters (sizes {s.sizes.tolist()}); "
                    f"eigenvalues {np.round(s.eigenvalues, 3).tolist()}; wrote {out}/eigengap.png, prototypes.png, spray.json")

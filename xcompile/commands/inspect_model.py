@@ -18,10 +18,13 @@ def inspect_model(model_path, method: str, rules, params: dict, echo) -> int:
     g = load_forward(model_path, common, where)
     engine = m.engine(g, Builder(g.opset))
     live, nodes = engine.paths()
-    bad = [(n.name or n.output[0], n.op_type) for n in nodes
-           if n.op_type not in NON_DIFFERENTIABLE and engine.spec(n) is None]
-    if not bad:
-        m.prepare(g, where)
+    m.prepare(g, where)
+    try:  # the support check `compile` runs (Method.check): every unsupported node, emitter refusals included
+        m.check(g, where, full=True)
+        bad = []
+    except UnsupportedOperatorsError as e:
+        bad = e.nodes
+    why = {n[0]: (n[2] if len(n) > 2 else "") for n in bad}
     choices = getattr(m, "choices", None)
     header = f"{where}: method {method}" + (f", rules {getattr(m, 'ruleset_name', None) or rules or 'default'}" if getattr(cls, "uses_rules", False) else "")
     echo(header)
@@ -30,8 +33,8 @@ def inspect_model(model_path, method: str, rules, params: dict, echo) -> int:
         name = n.name or n.output[0]
         if n.op_type in NON_DIFFERENTIABLE:
             what = "no relevance"
-        elif engine.spec(n) is None:
-            what = "UNSUPPORTED"
+        elif name in why or engine.spec(n) is None:
+            what = f"UNSUPPORTED ({why[name]})" if why.get(name) else "UNSUPPORTED"
         elif choices is not None:
             ch = choices.get(n.output[0])
             what = ch.describe() if ch is not None else "gradient"
@@ -45,7 +48,7 @@ def inspect_model(model_path, method: str, rules, params: dict, echo) -> int:
         for d in kept:
             echo(f"  {d}")
     if bad:
-        for name, op in bad:
-            echo(f"unsupported: {name} ({op})")
+        for node in bad:
+            echo(f"unsupported: {node[0]} ({node[1]})" + (f": {node[2]}" if len(node) > 2 and node[2] else ""))
         raise UnsupportedOperatorsError(bad, where)
     return 0

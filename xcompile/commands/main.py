@@ -29,10 +29,14 @@ def compile_cmd(
 ):
     """Compile MODEL into an explainer: inputs (data, target), outputs (scores, relevance)."""
     from .. import compiler
+    from ..files import check_output
     from ..write.writer import save
     t0 = time.perf_counter()
-    explainer = compiler.compile(model, method, rules=rules, where=str(model), **parse_sets(set_))
-    save(explainer, out)
+    sets = parse_sets(set_)
+    inputs = [model] + ([Path(rules)] if rules else []) + [Path(v) for v in sets.values() if v and Path(v).exists()]
+    check_output(out, inputs)  # before the work: -o at a folder, below a file, unwritable or onto any input file
+    explainer = compiler.compile(model, method, rules=rules, where=str(model), **sets)
+    save(explainer, out, inputs)
     typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {len(explainer.graph.node)} nodes) in {time.perf_counter() - t0:.2f} s")
 
 
@@ -51,24 +55,42 @@ def run_cmd(
     shard_size: int = typer.Option(256, "--shard-size", help="with --engine ray: rows per shard file"),
 ):
     """Explain inputs with a compiled explainer; write relevance arrays and heatmaps."""
+    from ..files import check_output
     from ..runtime.explainer import Explainer
     from ..runtime.io import load_inputs, write_results
+    check_output(out, what="--out", folder=True)  # before the work: a file, /dev/null, an unwritable folder
     if engine not in ("local", "ray"):
         raise XCompileError(f"--engine {engine!r}: expected local or ray")
     if batch_size < 1 or workers < 1:
         raise XCompileError("--batch-size and --workers must be positive integers")
     ex = Explainer(explainer, device=device)
     x, names, images = load_inputs(input, ex.sample_shape, preprocess)
+    if len(x) == 0:
+        raise XCompileError(f"{input}: 0 rows (an empty batch); give at least one input row")
     if engine == "ray":
         from ..serving.ray_batch import run_with_ray
         res = run_with_ray(explainer, x, target, out, address=address, workers=workers, shard_size=shard_size,
                            batch_size=batch_size, device=device)
     else:
-        res = ex.explain(x, target, batch_size=batch_size)
+        res = _explain_with_progress(ex, x, target, batch_size)
     paths = write_results(out, names, x, images, res)
-    for name, score, pred in zip(names, res.scores, res.predicted):
-        typer.echo(f"{name}: predicted {int(pred)} (score {float(np.max(score)):.4g})")
+    what = "predicted" if target < 0 else "explained class"
+    classes = np.asarray(res.predicted) if target < 0 else np.full(len(names), target)  # the class each row explains
+    for name, score, cls in zip(names, res.scores, classes):
+        typer.echo(f"{name}: {what} {int(cls)} (score {float(score[int(cls)]):.4g})")
     typer.echo(f"wrote {len(paths)} files to {out}")
+
+
+def _explain_with_progress(ex, x, target, batch_size):
+    """A progress bar (rich, on stderr) for inputs of several batches when stderr is a terminal; none otherwise."""
+    if len(x) <= batch_size or not sys.stderr.isatty():
+        return ex.explain(x, target, batch_size=batch_size)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    with Progress("explaining", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("explain", total=len(x))
+        return ex.explain(x, target, batch_size=batch_size, progress=lambda done: bar.update(task, completed=done))
 
 
 @app.command("inspect")
@@ -104,23 +126,64 @@ for _mod in _PLUGINS:
 import numpy as np  # noqa: E402  (after the command definitions to keep --help fast)
 
 
-def main(argv=None):
+def _class_names(e: BaseException) -> set:
+    return {c.__name__ for c in type(e).__mro__}
+
+
+def _usage_line(e: BaseException) -> str:
+    """One line for a click/typer usage error, found by class name and attributes rather than by import path
+    (typer may vendor click as ``typer._click``; a plain ``click`` may be installed beside it)."""
     try:
-        app(args=argv, standalone_mode=False)
+        msg = e.format_message()
+    except Exception:  # pragma: no cover - any exception type with a message
+        msg = str(e)
+    msg = " ".join(str(msg).split()) or type(e).__name__
+    ctx = getattr(e, "ctx", None)
+    cmd = getattr(ctx, "command_path", None) if ctx is not None else None
+    return f"{cmd}: {msg}" if cmd else msg
+
+
+def _terminate_cleanly() -> None:
+    """SIGTERM unwinds like Ctrl-C (``finally`` blocks run: temporary files of an interrupted write are removed)."""
+    import signal
+
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _exit)
+    except ValueError:  # pragma: no cover - not the main thread
+        pass
+
+
+def main(argv=None):
+    """The console script: user errors (ours and the command-line parser's) are ONE line on stderr + exit 2."""
+    if argv is None:  # the console script (tests call main(argv) in their own process)
+        _terminate_cleanly()
+    try:
+        app(args=argv, prog_name="xcompile", standalone_mode=False)
     except XCompileError as e:
-        typer.echo(f"xcompile: error: {e}", err=True)
+        typer.echo(f"xcompile: error: {' '.join(str(e).split())}", err=True)
         sys.exit(2)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except (typer.BadParameter, SystemExit):  # pragma: no cover - click handles its own
+    except SystemExit:
         raise
-    except Exception as e:  # click usage errors
-        import click
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
+    except KeyboardInterrupt:
+        typer.echo("xcompile: interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:
+        names = _class_names(e)
+        if isinstance(e, typer.Exit) or "Exit" in names and hasattr(e, "exit_code") and "ClickException" not in names:
+            sys.exit(e.exit_code)
+        if "Abort" in names:
+            typer.echo("xcompile: aborted", err=True)
             sys.exit(1)
+        if "NoArgsIsHelpError" in names and getattr(e, "ctx", None) is not None:
+            typer.echo(e.ctx.get_help())
+            sys.exit(2)
+        if "ClickException" in names or ("UsageError" in names and hasattr(e, "format_message")):
+            typer.echo(f"xcompile: error: {_usage_line(e)}", err=True)
+            sys.exit(2)
         raise
     sys.exit(0)
 

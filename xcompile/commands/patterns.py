@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import XCompileError
+from ..files import check_output
 
 
 def _shard(v: Optional[str]):
@@ -41,6 +42,9 @@ def register(app: typer.Typer) -> None:
         from ..patterns.fit import fit_file
         if batch_size < 1:
             raise XCompileError(f"--batch-size {batch_size}: expected a positive integer")
+        if workers < 1:
+            raise XCompileError(f"--workers {workers}: expected a positive integer")
+        check_output(out, inputs=[model, data])
         if engine not in ("local", "ray"):
             raise XCompileError(f"--engine {engine!r}: expected local or ray")
         t0 = time.perf_counter()
@@ -64,6 +68,7 @@ def register(app: typer.Typer) -> None:
     ):
         """Merge pattern statistics fitted on several shards (sums and counts add up exactly)."""
         from ..patterns.fit import merge_stats
+        check_output(out, inputs=shards)
         st = merge_stats(shards, out)
         typer.echo(f"wrote {out}: {len(shards)} shards, {st.rows} rows")
 
@@ -80,6 +85,9 @@ def register(app: typer.Typer) -> None:
     ):
         """ρ(S) per layer for S_x, S_w, S_a, S_a+- (and a random-direction baseline), as in the PatternNet paper."""
         from ..patterns.signal import evaluate_signal, write_report
+        check_output(out, what="--out", folder=True)
+        if min(max_rows, max_neurons, max_samples) < 1:
+            raise XCompileError("--max-rows, --max-neurons and --max-samples must be positive integers")
         res = evaluate_signal(model, patterns, data, max_rows=max_rows, max_neurons=max_neurons,
                               max_samples=max_samples, preprocess=preprocess, where=str(model))
         paths = write_report(res, out, title=model.name)

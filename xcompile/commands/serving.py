@@ -38,6 +38,8 @@ def register(app: typer.Typer) -> None:
         max_batch: int = typer.Option(0, "--max-batch", help="MLServer adaptive batching: max rows (0 = off)"),
         max_batch_time: float = typer.Option(0.002, "--max-batch-time", help="adaptive batching: max wait in seconds"),
         folder: Optional[Path] = typer.Option(None, "--dir", help="where to write the MLServer settings (default: a temp folder)"),
+        max_request_mb: float = typer.Option(16.0, "--max-request-mb", help="largest request body in MB (HTTP 413 over it)"),
+        max_rows: int = typer.Option(1024, "--max-rows", help="largest batch in rows per request (HTTP 413 over it)"),
     ):
         """Serve EXPLAINER with MLServer (KServe V2 / Open Inference Protocol) until Ctrl-C."""
         from ..errors import XCompileError
@@ -52,7 +54,7 @@ def register(app: typer.Typer) -> None:
             tmp = tempfile.TemporaryDirectory(prefix="xcompile-serve-")
             folder = Path(tmp.name)
         write_mlserver_dir(explainer, folder, name, host, port, grpc_port, workers, threads, device,
-                           max_batch, max_batch_time)
+                           max_batch, max_batch_time, max_request_mb=max_request_mb, max_rows=max_rows)
         typer.echo(f"serving {explainer} as model {name!r}: http://{host}:{port}/v2/models/{name}/infer "
                    f"(gRPC {host}:{grpc_port}); Ctrl-C to stop")
         import signal

@@ -4,9 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
-
 from ..errors import XCompileError
+from ..files import save_npy
 from ..options import parse_sets
 from ..visualize import (
     DEFAULTS,
@@ -61,7 +60,7 @@ def register(app) -> None:
         images = [to_image(x, values) for x in res.x]
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
-            np.save(out, res.x)
+            save_npy(out if out.suffix == ".npy" else out.with_name(out.name + ".npy"), res.x, "--out")  # as np.save
             save_png(images[0] if len(images) == 1 else grid_image(images, [str(c) for c in res.classes]),
                      out.with_suffix(".png"))
         if grid is not None:

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import save_figure
+
 
 def _plt():
     import matplotlib
@@ -32,7 +34,7 @@ def plot_curves(path, results: dict, metric: str, title: str = "") -> Path:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -50,7 +52,7 @@ def plot_eigengap(path, eigenvalues: np.ndarray, n_clusters: int, title: str = "
     ax.set_title(title or "SpRAY eigengap", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)
 
@@ -76,7 +78,7 @@ def plot_prototypes(path, prototypes: np.ndarray, sizes, images=None, title: str
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)
 

@@ -6,7 +6,6 @@ Method specs: comma-separated ``method[:rules][{key=value,key=value}]``, e.g.
 ``gradient,integrated_gradients{steps=16},lrp:epsilon-plus-flat,occlusion{window=2,stride=1}``."""
 from __future__ import annotations
 
-import csv
 import json
 import re
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import XCompileError
+from ..files import csv_text, write_text
 from . import flipping
 
 METRICS = ("pixel_flipping", "region_perturbation")
@@ -132,15 +132,12 @@ def write_outputs(out: Path, metric: str, results: dict, timings: dict | None = 
     png = plot_curves(out / f"{stem}.png", results, metric, title)
     data = {label: {**c.as_dict(), "explain_seconds": (timings or {}).get(label)} for label, c in results.items()}
     js = out / f"{stem}.json"
-    js.write_text(json.dumps(data, indent=1, sort_keys=True))
+    write_text(js, json.dumps(data, indent=1, sort_keys=True))
     cs = out / f"{stem}.csv"
-    with open(cs, "w", newline="") as f:
-        w = csv.writer(f)
-        steps = max(c.curves.shape[1] for c in results.values()) if results else 0
-        w.writerow(["method", "mean_auc", "std_auc", "n_inputs", "steps"] + [f"step_{k + 1}" for k in range(steps)])
-        for label, c in results.items():
-            w.writerow([label, f"{c.mean_auc:.6g}", f"{c.auc.std():.6g}", len(c.auc), c.curves.shape[1]]
-                       + [f"{v:.6g}" for v in c.mean_curve])
+    steps = max(c.curves.shape[1] for c in results.values()) if results else 0
+    write_text(cs, csv_text(["method", "mean_auc", "std_auc", "n_inputs", "steps"] + [f"step_{k + 1}" for k in range(steps)],
+                            [[label, f"{c.mean_auc:.6g}", f"{c.auc.std():.6g}", len(c.auc), c.curves.shape[1]]
+                             + [f"{v:.6g}" for v in c.mean_curve] for label, c in results.items()]))
     return [png, js, cs]
 
 

@@ -27,8 +27,12 @@ def read_model(model) -> onnx.ModelProto:
         except Exception as e:  # noqa: BLE001 - protobuf raises various types
             raise XCompileError(f"<bytes>: not a readable ONNX model ({type(e).__name__})") from None
     path = Path(os.fspath(model))
+    if path.is_dir():
+        raise XCompileError(f"{path}: is a folder, not an ONNX model file")
     if not path.is_file():
         raise XCompileError(f"{path}: no such model file")
+    if path.stat().st_size == 0:
+        raise XCompileError(f"{path}: empty file (0 bytes), not an ONNX model")
     try:
         return onnx.load(str(path), load_external_data=True)
     except FileNotFoundError as e:
@@ -54,7 +58,10 @@ def prepare(model: onnx.ModelProto, where: str = "model") -> onnx.ModelProto:
     try:
         check_model(m)
     except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
+        # the checker's message goes on over several lines (a cycle names its node on the second): keep all of it
+        # on one line, without the ==> Context trailer
+        text = str(e).strip().split("==> Context")[0]
+        first = " ".join(text.split())[:400] or "invalid model"
         raise XCompileError(f"{where}: invalid ONNX model: {first}") from None
     opset = default_opset(m)
     # new onnx packages stamp IR versions that deployed runtimes reject: use the lowest that the opsets need

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..backward.table import TABLE
 from ..kinds import LINEAR_OPS, PRODUCT_OPS, linear_view
+from ..options import like_default
 from . import emitters as E
 
 RULES: dict[str, type] = {}
@@ -89,6 +90,7 @@ class LRPRule:
         if unknown:
             raise ValueError(f"unknown parameter(s) {sorted(unknown)} for rule {self.name!r} "
                              f"(known: {', '.join(sorted(self.params)) or 'none'})")
+        given = {k: like_default(k, v, self.params[k]) for k, v in given.items()}  # types, finiteness, ranges
         self.p = {**self.params, **given}
 
     def compatible(self, node) -> bool:

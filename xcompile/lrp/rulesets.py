@@ -10,6 +10,7 @@ from typing import Optional
 import tomllib
 
 from ..errors import XCompileError
+from ..options import like_default
 from .rules import make_rule, selectable
 
 SELECTORS = ("op", "kind", "position", "layers", "name", "name_regex")
@@ -33,6 +34,8 @@ def resolve(spec) -> Path:
     spec = str(spec if spec is not None else DEFAULT_RULESET)
     p = Path(spec)
     if p.suffix == ".toml" or p.is_file() or "/" in spec or "\\" in spec:
+        if p.is_dir():
+            raise XCompileError(f"rule file {spec!r}: is a folder; give a .toml rule file or a built-in name")
         if not p.is_file():
             raise XCompileError(f"rule file {spec!r}: no such file")
         return p
@@ -154,8 +157,12 @@ def load(spec) -> RuleSet:
         elif set(params) - set(cls.params):
             allowed = ", ".join(cls.params) or "none"
             raise XCompileError(f"{label}: {name!r} takes params: {allowed} (got {', '.join(sorted(params))})")
-        elif not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in params.values()):
-            raise XCompileError(f"{label}: {name!r} params must be non-negative numbers")
+        else:
+            try:
+                for k, v in params.items():
+                    like_default(k, v, cls.params[k])
+            except (ValueError, TypeError) as e:
+                raise XCompileError(f"{label}: {e}") from None
         linear_only = bool({"kind", "position", "layers"} & set(sel)) or cls.linear
         rs.entries.append(Entry(i, sel, name, dict(params), linear_only))
     return rs
@@ -174,6 +181,8 @@ def _check_selectors(label, sel):
         if k in sel and not all(isinstance(x, str) for x in _as_list(sel[k])):
             raise XCompileError(f"{label}: {k} must be a string or a list of strings")
     if "name_regex" in sel:
+        if not isinstance(sel["name_regex"], str):
+            raise XCompileError(f"{label}: name_regex must be a string (a regular expression), got {sel['name_regex']!r}")
         try:
             re.compile(sel["name_regex"])
         except re.error as e:

@@ -50,10 +50,16 @@ class Method:
     def engine(self, g: ForwardGraph, b: Builder, **kw) -> Engine:
         return Engine(g, b, params=self.values, method=self, **kw)
 
-    def check(self, g: ForwardGraph, where: str) -> None:
-        """Raise (listing every unsupported node at once) before anything is built."""
+    def check(self, g: ForwardGraph, where: str, full: bool = False) -> None:
+        """THE support check shared by `compile` and `inspect`: raise ONE `UnsupportedOperatorsError` listing every
+        unsupported node, both the ops without a backward and the nodes whose emitter refuses an attribute or a mode
+        (e.g. Pad mode 'reflect'). The cheap op-table look-up runs first; the emitters' own checks need a build on a
+        scratch builder, which runs when the look-up found something (so the list is complete) or with ``full``
+        (inspect). Without either, the real build raises the same complete list."""
         bad = self.engine(g, Builder(g.opset)).unsupported()
-        if bad:
+        if bad or full:
+            self.build(g, Builder(g.opset, prefix=f"xc/{self.name}"), where)
+        if bad:  # pragma: no cover - the build above raises first
             raise UnsupportedOperatorsError(bad, where)
 
     def build(self, g: ForwardGraph, b: Builder, where: str) -> Built:
@@ -74,7 +80,10 @@ def resolve_target(b: Builder, g: ForwardGraph, scores: str) -> str:
     with b.scope("target"):
         pred = b.arg_extreme(scores, largest=True, hint="predicted")
         negative = b.op("Less", [TARGET, b.i64(0)], "use_predicted")
-        return b.where(negative, pred, TARGET, "class")
+        cls = b.where(negative, pred, TARGET, "class")
+    if getattr(b, "explained_class", None) is None:
+        b.explained_class = cls  # the writer exposes it as the `explained_class` output (Explanation.predicted)
+    return cls
 
 
 def make_seed(b: Builder, n_classes: int, scores: str, target: str, kind: str) -> str:

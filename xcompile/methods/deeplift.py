@@ -41,7 +41,8 @@ from ..backward.engine import float32_view
 from ..backward.table import TABLE, Backward
 from ..errors import XCompileError
 from ..graph import ForwardGraph
-from .base import Built, Method, Param, as_int, make_seed, register, resolve_target
+from ..options import non_negative_int
+from .base import Built, Method, Param, make_seed, register, resolve_target
 from .clone import clone_forward
 from .paths import _repeat_rows
 
@@ -247,7 +248,7 @@ class DeepLift(Method):
     params = {
         "baseline": Param(0.0, "reference x': a number, one number per channel (e.g. 0.1,0.2,0.3), or a .npy file",
                           parse_baseline),
-        "chunk": Param(0, "references evaluated at once when the .npy holds several (0: all) -- bounds memory", as_int),
+        "chunk": Param(0, "references evaluated at once when the .npy holds several (0: all) -- bounds memory", non_negative_int),
     }
 
     def __init__(self, **given):

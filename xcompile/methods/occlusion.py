@@ -23,8 +23,10 @@ import numpy as np
 from ..backward.builder import Builder
 from ..errors import XCompileError
 from ..graph import ForwardGraph
-from .base import Built, Method, Param, as_float, as_int, register, resolve_target
+from ..options import check_memory, non_negative_int
+from .base import Built, Method, Param, as_float, register, resolve_target
 from .clone import clone_forward
+from .paths import NODE_BYTES, row_activations
 
 
 def as_window(v):
@@ -86,19 +88,25 @@ class Occlusion(Method):
         "window": Param((8,), "window size: an integer or HxW (e.g. 8 or 8x8)", as_window),
         "stride": Param((8,), "window stride: an integer or HxW", as_window),
         "fill": Param(0.0, "value written into the occluded window (a number)", as_float),
-        "chunk": Param(0, "windows scored per forward copy (0: all at once) -- bounds memory", as_int),
+        "chunk": Param(0, "windows scored per forward copy (0: all at once) -- bounds memory", non_negative_int),
     }
 
-    def check(self, g: ForwardGraph, where: str) -> None:
+    def check(self, g: ForwardGraph, where: str, full: bool = False) -> None:
         """Occlusion never runs a backward pass: every operator the forward graph has is fine."""
 
     def build(self, g: ForwardGraph, b: Builder, where: str) -> Built:
         x = g.data_input
         sample = tuple(int(d) for d in g.shape(x)[1:])
         spatial = spatial_dims(sample)
+        n_win = len(window_positions(spatial, self.values["window"], self.values["stride"])[2])
+        chunk = min(self.values["chunk"] or n_win, n_win)
+        # before building: the masks (3 x [P, pixels]), the activations of `chunk` occluded copies of one row, and
+        # the ceil(P / chunk) forward copies
+        pixels = float(np.prod(spatial, dtype=np.float64))
+        check_memory(4.0 * 3 * n_win * pixels + 4.0 * 2 * row_activations(g) * chunk
+                     + NODE_BYTES * len(g.nodes) * -(-n_win // chunk),
+                     f"{where}: occlusion with {n_win} windows" + (f", chunk={chunk}" if self.values["chunk"] else ""))
         keep, spread = occlusion_masks(spatial, self.values["window"], self.values["stride"])
-        n_win = keep.shape[0]
-        chunk = self.values["chunk"] or n_win
         if chunk < 0:
             raise XCompileError(f"option chunk={chunk}: must be >= 0 for method 'occlusion'")
         # mask layout [P, 1, *spatial] broadcasts over the channel axis; [P, D] for flat inputs

@@ -13,6 +13,7 @@ from ..backward.builder import Builder
 from ..backward.engine import float32_view
 from ..errors import XCompileError
 from ..graph import ForwardGraph
+from ..options import check_memory, in_range, non_negative_int, positive_int
 from .base import Built, Method, Param, as_float, as_int, make_seed, register, resolve_target
 from .clone import clone_forward
 
@@ -24,8 +25,30 @@ def _repeat_rows(b: Builder, t: str, m: int, rank: int) -> str:
     return e
 
 
+NODE_BYTES = 2048  # what one emitted node costs while the graph is built and serialized (protobuf + Python)
+
+
+def _elems(shape) -> float:
+    return float(np.prod([d for d in shape[1:] if isinstance(d, int) and d > 0], dtype=np.float64)) if shape else 0.0
+
+
+def row_activations(g: ForwardGraph) -> float:
+    """Elements of every forward tensor for ONE input row (the batch dimension left out)."""
+    return sum(_elems(s) for s in g.shapes.values() if s)
+
+
 class _PathMethod(Method):
     """Shared machinery: subclasses give the points (as [N, k, ...] tensors) per chunk."""
+    count_name = "steps"
+
+    def memory_estimate(self, g: ForwardGraph, m: int, chunk: int) -> float:
+        """Bytes for ONE input row, before anything is built: the forward + backward activations of the `chunk`
+        points run at once (float32), the per-point constants stored in the graph (alphas, SmoothGrad's noise
+        table), and the ceil(m / chunk) copies of the forward + backward graph."""
+        activations = row_activations(g)
+        sample = _elems(g.shape(g.data_input))
+        copies = -(-m // chunk)
+        return 4.0 * 2 * activations * chunk + 8.0 * m * (1 + sample) + NODE_BYTES * 3 * len(g.nodes) * copies
 
     def points(self, g, b, chunk_index, k) -> str:
         raise NotImplementedError
@@ -34,6 +57,9 @@ class _PathMethod(Method):
         m, chunk = self.count(), self.values["chunk"] or self.count()
         if chunk <= 0 or m <= 0:
             raise XCompileError(f"option chunk/steps must be positive for method {self.name!r}")
+        chunk = min(chunk, m)
+        check_memory(self.memory_estimate(g, m, chunk), f"{where}: {self.name} with {self.count_name}={m}"
+                     + (f", chunk={self.values['chunk']}" if self.values["chunk"] else ""))
         sample = [int(d) for d in g.shape(g.data_input)[1:]]
         target = resolve_target(b, g, g.explained)
         n_classes = g.shape(g.explained)[1]
@@ -61,9 +87,9 @@ class IntegratedGradients(_PathMethod):
     name = "integrated_gradients"
     summary = "(x - x') * mean_k dF/dx(x' + k/m (x - x')), right Riemann sum"
     params = {
-        "steps": Param(32, "number of Riemann steps m (a positive integer)", as_int),
+        "steps": Param(32, "number of Riemann steps m (a positive integer)", positive_int),
         "baseline": Param(0.0, "baseline value x' (a number)", as_float),
-        "chunk": Param(0, "steps evaluated at once (0: all) -- bounds memory", as_int),
+        "chunk": Param(0, "steps evaluated at once (0: all) -- bounds memory", non_negative_int),
     }
 
     def count(self):
@@ -87,11 +113,13 @@ class SmoothGrad(_PathMethod):
     name = "smoothgrad"
     summary = "mean gradient at x + N(0, sigma^2), sigma = noise_level * (max x - min x) per sample"
     params = {
-        "samples": Param(20, "number of noisy samples (a positive integer)", as_int),
-        "noise_level": Param(0.1, "noise level relative to the input range (a number)", as_float),
+        "samples": Param(20, "number of noisy samples (a positive integer)", positive_int),
+        "noise_level": Param(0.1, "noise level relative to the input range (a number >= 0)", in_range(as_float, 0)),
         "seed": Param(0, "random seed of the in-graph sampler (an integer)", as_int),
-        "chunk": Param(0, "samples evaluated at once (0: all) -- bounds memory", as_int),
+        "chunk": Param(0, "samples evaluated at once (0: all) -- bounds memory", non_negative_int),
     }
+
+    count_name = "samples"
 
     def count(self):
         return self.values["samples"]

@@ -14,7 +14,8 @@ import numpy as np
 from ..backward.ops.linear import conv_input_grad
 from ..backward.table import TABLE, Backward
 from ..errors import XCompileError
-from .base import Method, Param, as_int, register
+from ..options import positive_int
+from .base import Method, Param, register
 
 
 def _kind(v):
@@ -68,7 +69,7 @@ class _PatternMethod(Method):
         "pattern": Param("relu", "relu (two-component where a ReLU gates the layer, linear elsewhere; default), relu_all (two-component everywhere) or linear", _kind),
         "data": Param(None, "fit the patterns while compiling from this .npy/.npz/image folder (instead of patterns=)"),
         "preprocess": Param(None, "image preprocessing for data= (as `xcompile run --preprocess`)"),
-        "batch_size": Param(64, "rows per onnxruntime call when fitting with data= (an integer)", as_int),
+        "batch_size": Param(64, "rows per onnxruntime call when fitting with data= (a positive integer)", positive_int),
     }
     overrides = {"Conv": Backward(_conv, TABLE["Conv"].inputs),
                  "Gemm": Backward(_gemm, TABLE["Gemm"].inputs),

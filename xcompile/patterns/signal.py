@@ -15,11 +15,12 @@ of it, so a neuron costs O(S·D + D²), not a regression over the raw samples.
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..files import csv_text, save_figure, write_text
 
 ESTIMATORS = ("S_x", "S_w", "S_a", "S_a+-", "S_rand")
 RIDGE = (1e-6, 1e-3, 1e-2, 1e-1)
@@ -175,12 +176,10 @@ def evaluate_signal(model, patterns, data, max_rows=2000, max_neurons=32, max_sa
 def write_report(res: SignalQuality, out, title: str = "") -> list:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "rho.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["layer", "samples"] + [f"{e}_{s}" for e in ESTIMATORS for s in ("mean", "std")])
-        for k in res.layers:
-            w.writerow([k, res.samples.get(k, "")] + [f"{v:.6f}" for e in ESTIMATORS for v in res.rho[k][e][:2]])
-    (out / "rho.md").write_text(res.table() + "\n")
+    write_text(out / "rho.csv", csv_text(
+        ["layer", "samples"] + [f"{e}_{s}" for e in ESTIMATORS for s in ("mean", "std")],
+        [[k, res.samples.get(k, "")] + [f"{v:.6f}" for e in ESTIMATORS for v in res.rho[k][e][:2]] for k in res.layers]))
+    write_text(out / "rho.md", res.table() + "\n")
     png = out / "rho.png"
     plot_rho(res, png, title)
     return [out / "rho.csv", out / "rho.md", png]
@@ -215,5 +214,5 @@ def plot_rho(res: SignalQuality, path, title: str = "") -> None:
     if title:
         ax.set_title(title, fontsize=8, pad=22)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
@@ -12,6 +11,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from ..errors import XCompileError
+from ..files import write_bytes
 from .layers import LinearLayer
 from .shrink import shrink
 
@@ -124,13 +124,10 @@ class PatternStats:
         return arrays
 
     def save(self, path) -> None:
-        """Atomic write (a temporary file renamed into place)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        """Atomic write (`files.write_bytes`: a unique temporary file renamed into place)."""
         buf = io.BytesIO()
         np.savez(buf, **self.to_arrays())
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, path)
+        write_bytes(Path(path), buf.getvalue(), "patterns file")
 
 
 def load_stats(path, where: Optional[str] = None) -> PatternStats:

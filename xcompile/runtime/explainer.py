@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..errors import XCompileError
+from ..errors import XCompileError, warn_once
 from ..graph import RELEVANCE, TARGET
 from ..protobuf_limit import inference_session
 
@@ -21,7 +21,12 @@ class Explanation:
     extras: dict = field(default_factory=dict)
 
     @property
-    def predicted(self) -> np.ndarray:
+    def predicted(self):
+        """The class each row's relevance explains: the explainer's ``explained_class`` output (the target, or the
+        argmax of the explained scores, e.g. the logits before a Softmax), else the argmax of ``scores``."""
+        cls = self.extras.get("explained_class")
+        if cls is not None:
+            return cls
         return np.asarray(self.scores).argmax(axis=1)
 
 
@@ -39,7 +44,7 @@ OPTIMIZATION_LEVELS = {
 def session_options(threads: int | None = None, cuda_only: bool = False,
                     optimization: str = "all") -> ort.SessionOptions:
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # FATAL only: errors reach the user as our one-line message
     if optimization not in OPTIMIZATION_LEVELS:
         raise XCompileError(f"optimization {optimization!r}: expected one of {', '.join(OPTIMIZATION_LEVELS)}")
     so.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
@@ -58,6 +63,19 @@ def providers_for(device: str):
             raise XCompileError("device 'cuda': this onnxruntime has no CUDAExecutionProvider (install the 'gpu' extra: onnxruntime-gpu instead of onnxruntime)")
         return ["CUDAExecutionProvider"]
     raise XCompileError(f"unknown device {device!r} (cpu or cuda)")
+
+
+def _check_rows(n: int) -> None:
+    if n == 0:
+        raise XCompileError("input has 0 rows (an empty batch); give at least one row")
+
+
+def _check_batch_size(batch_size):
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise XCompileError(f"batch_size={batch_size!r}: a positive integer (or None: the whole batch at once)")
+    return int(batch_size)
 
 
 class Explainer:
@@ -94,8 +112,11 @@ class Explainer:
         score_shape = self.session.get_outputs()[0].shape
         self.n_classes = score_shape[1] if len(score_shape) > 1 and isinstance(score_shape[1], int) else None
 
-    def _check_input(self, x) -> np.ndarray:
-        x = np.asarray(x)
+    def _check_input(self, x, shape_only: bool = False) -> np.ndarray:
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as e:  # ragged nested lists, objects numpy cannot stack
+            raise XCompileError(f"input is not a rectangular array of numbers ({' '.join(str(e).split())[:120]})") from None
         if x.dtype.kind != "f":
             raise XCompileError(f"input has dtype {x.dtype}; {self.where} expects float32 {self.data_input.name!r}")
         x = x.astype(np.float32, copy=False)
@@ -105,14 +126,27 @@ class Explainer:
         if x.ndim != len(fixed) + 1 or any(f is not None and f != s for f, s in zip(fixed, x.shape[1:])):
             want = "x".join(str(d) if d is not None else "?" for d in fixed)
             raise XCompileError(f"input has shape {list(x.shape)}; {self.where} expects [N, {want.replace('x', ', ')}] for {self.data_input.name!r}")
+        if not shape_only:
+            _check_rows(x.shape[0])
+            if not np.isfinite(x).all():
+                warn_once("input", f"input has {int(x.size - np.isfinite(x).sum())} non-finite value(s) (NaN/Inf): "
+                                   "their scores and relevance are not meaningful")
         return np.ascontiguousarray(x)
 
     def _check_target(self, target, n: int) -> np.ndarray:
         if target is None:
             return np.full(n, -1, np.int64)
-        t = np.asarray(target)
+        try:
+            t = np.asarray(target)
+        except (ValueError, TypeError):
+            raise XCompileError("target must be integer class indices (one per row, or one for all)") from None
+        if t.dtype == object and all(isinstance(v, int) for v in t.reshape(-1).tolist()):
+            bad = next(v for v in t.reshape(-1).tolist() if not -2**63 <= v < 2**63)
+            raise XCompileError(f"target {bad} is out of range (-1 or a class index)")
         if t.dtype.kind not in "iu":
             raise XCompileError(f"target must be integer class indices, got dtype {t.dtype}")
+        if t.dtype.kind == "u" and t.size and int(t.max()) > np.iinfo(np.int64).max:
+            raise XCompileError(f"target {int(t.max())} is out of range (-1 or a class index)")
         t = np.broadcast_to(t.astype(np.int64), (n,)).copy() if t.ndim == 0 else t.astype(np.int64)
         if t.shape != (n,):
             raise XCompileError(f"target has shape {list(t.shape)}; expected [{n}] (one class per input row)")
@@ -121,17 +155,21 @@ class Explainer:
             raise XCompileError(f"target {bad} is out of range (-1 or 0..{self.n_classes - 1})")
         return t
 
-    def explain(self, x, target=None, batch_size: int | None = None) -> Explanation:
+    def explain(self, x, target=None, batch_size: int | None = None, progress=None) -> Explanation:
         """``x``: numpy array, or a torch / cupy / any DLPack tensor (CPU or GPU): those are bound in place with
         IOBinding (no host copy on the GPU) and the results come back as tensors of the same kind and device.
-        ``batch_size`` splits a large batch into several onnxruntime calls (bounded memory)."""
+        ``batch_size`` splits a large batch into several onnxruntime calls (bounded memory); ``progress(rows_done)``
+        is called after each of them (numpy inputs)."""
         if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__"):
             return self._explain_bound(x, target, batch_size)
         x = self._check_input(x)
         t = self._check_target(target, x.shape[0])
-        step = batch_size or max(1, x.shape[0])
-        parts = [self.session.run(None, {self.data_input.name: x[i:i + step], TARGET: t[i:i + step]})
-                 for i in range(0, x.shape[0], step)]
+        step = _check_batch_size(batch_size) or max(1, x.shape[0])
+        parts = []
+        for i in range(0, x.shape[0], step):
+            parts.append(self.session.run(None, {self.data_input.name: x[i:i + step], TARGET: t[i:i + step]}))
+            if progress is not None:  # progress(rows done so far), e.g. a progress bar
+                progress(min(i + step, x.shape[0]))
         outs = [np.concatenate([p[k] for p in parts]) for k in range(len(self.outputs))]
         named = dict(zip(self.outputs, outs))
         extras = {k: v for k, v in named.items() if k not in (self.score_output, RELEVANCE)}
@@ -153,14 +191,20 @@ class Explainer:
             xt = xt.float()
         if xt.dim() == len(self.sample_shape):
             xt = xt[None]
-        self._check_input(np.empty((0, *xt.shape[1:]), np.float32))  # shape check only
+        try:  # shape check only, with the tensor's own shape in the message
+            self._check_input(np.empty((0, *xt.shape[1:]), np.float32), shape_only=True)
+        except XCompileError as e:
+            raise XCompileError(str(e).replace(f"[0, {', '.join(map(str, xt.shape[1:]))}]", str(list(xt.shape)), 1)) from None
+        _check_rows(xt.shape[0])
+        if not bool(torch.isfinite(xt).all()):
+            warn_once("input", "input has non-finite values (NaN/Inf): their scores and relevance are not meaningful")
         home = xt.device
         on_gpu = "CUDAExecutionProvider" in self.session.get_providers()
         if home.type == "cuda" and not on_gpu:
             xt = xt.cpu()
         xt = xt.contiguous()
         t = self._check_target(target.cpu().numpy() if hasattr(target, "cpu") else target, xt.shape[0])
-        step = batch_size or max(1, xt.shape[0])
+        step = _check_batch_size(batch_size) or max(1, xt.shape[0])
         parts = [self._run_bound(xt[i:i + step], t[i:i + step], torch) for i in range(0, xt.shape[0], step)]
         outs = {k: torch.cat([p[k] for p in parts]).to(home) for k in self.outputs}
         if kind == "cupy":  # give cupy callers cupy arrays back (zero-copy); other DLPack producers get torch
@@ -179,9 +223,10 @@ class Explainer:
         outs = {}
         for o in self.session.get_outputs():
             shape = [xt.shape[0]] + list(o.shape[1:])
-            if all(isinstance(d, int) for d in shape) and o.type == "tensor(float)":
-                buf = torch.empty(shape, dtype=torch.float32, device=dev)
-                binding.bind_output(o.name, ort_dev[0], ort_dev[1], np.float32, shape, buf.data_ptr())
+            kinds = {"tensor(float)": (torch.float32, np.float32), "tensor(int64)": (torch.int64, np.int64)}
+            if all(isinstance(d, int) for d in shape) and o.type in kinds:  # explained_class is int64
+                buf = torch.empty(shape, dtype=kinds[o.type][0], device=dev)
+                binding.bind_output(o.name, ort_dev[0], ort_dev[1], kinds[o.type][1], shape, buf.data_ptr())
                 outs[o.name] = buf
             else:  # a shape the graph only knows at run time: onnxruntime allocates, we copy once
                 binding.bind_output(o.name, ort_dev[0], ort_dev[1])

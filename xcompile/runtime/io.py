@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import XCompileError
+from ..files import atomic_write, completed_folder
+from ..options import as_float, positive_int
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 ARRAY_SUFFIXES = {".npy", ".npz"}
@@ -24,9 +26,14 @@ def parse_preprocess(spec: str | None) -> dict:
         if k not in out:
             raise XCompileError(f"--preprocess: unknown key {k!r} (resize, mean, std)")
         try:
-            out[k] = int(v) if k == "resize" else [float(t) for t in v.split("/")]
-        except ValueError:
-            raise XCompileError(f"--preprocess: bad value {k}={v!r}") from None
+            out[k] = positive_int(v) if k == "resize" else [as_float(t) for t in v.split("/")]
+        except (TypeError, ValueError):
+            what = "a positive integer" if k == "resize" else "finite numbers separated by '/'"
+            raise XCompileError(f"--preprocess: bad value {k}={v!r} (expected {what})") from None
+        if k == "std" and any(t <= 0 for t in out[k]):
+            raise XCompileError(f"--preprocess: bad value std={v!r} (every std must be > 0)")
+        if k == "resize" and out[k] > 16384:
+            raise XCompileError(f"--preprocess: bad value resize={v!r} (at most 16384 pixels)")
     return out
 
 
@@ -70,7 +77,10 @@ def load_array(path: Path) -> np.ndarray:
         key = "x" if "x" in data.files else (data.files[0] if data.files else None)
         if key is None:
             raise XCompileError(f"{path}: empty .npz")
-        return np.asarray(data[key])
+        try:
+            return np.asarray(data[key])
+        except Exception as e:  # noqa: BLE001 - object arrays (pickles are refused), corrupt members
+            raise XCompileError(f"{path}: array {key!r} is not readable ({type(e).__name__}: object arrays are refused)") from None
     return np.asarray(data)
 
 
@@ -135,23 +145,27 @@ def save_heatmap(path: Path, relevance: np.ndarray, image=None, title: str | Non
     if title:
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")  # callers write through files.atomic_write
     plt.close(fig)
 
 
+def _npy(path: Path, a) -> Path:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to the temporary name
+            np.save(f, a)
+    return atomic_write(path, write, "--out")
+
+
 def write_results(out, names, x, images, res) -> list[Path]:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for i, name in enumerate(names):
-        p = out / f"{name}_relevance.npy"
-        np.save(p, res.relevance[i])
-        written.append(p)
-        if res.relevance[i].ndim >= 2 or res.relevance[i].size > 1:
-            h = out / f"{name}_heatmap.png"
-            pred = int(np.argmax(res.scores[i]))
-            save_heatmap(h, res.relevance[i], images[i], title=f"{name}: class {pred}")
-            written.append(h)
-    np.save(out / "scores.npy", res.scores)
-    written.append(out / "scores.npy")
+    """Each file written atomically; ``OUT/_COMPLETE`` (listing the files of this run) is removed first and
+    written last, so a folder without it holds an interrupted run (old and new files may be mixed)."""
+    with completed_folder(out) as written:
+        out = Path(out)
+        for i, name in enumerate(names):
+            written.append(_npy(out / f"{name}_relevance.npy", res.relevance[i]))
+            if res.relevance[i].ndim >= 2 or res.relevance[i].size > 1:
+                pred = int(np.argmax(res.scores[i]))
+                written.append(atomic_write(out / f"{name}_heatmap.png", lambda t: save_heatmap(
+                    t, res.relevance[i], images[i], title=f"{name}: class {pred}"), "--out"))
+        written.append(_npy(out / "scores.npy", res.scores))
     return written

@@ -22,12 +22,13 @@ import asyncio
 import numpy as np
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
-from mlserver.errors import InferenceError
+from mlserver.errors import InferenceError, MLServerError
 from mlserver.types import InferenceRequest, InferenceResponse
 from mlserver.utils import get_model_uri
 
 from ..errors import XCompileError
 from ..runtime.explainer import TARGET, Explainer
+from .limits import DEFAULT_MAX_ROWS
 
 
 class XCompileRuntime(MLModel):
@@ -40,10 +41,34 @@ class XCompileRuntime(MLModel):
         self.explainer = Explainer(uri, device=extra.get("device", "cpu"), threads=int(threads) if threads else None)
         self.explainer.where = f"model {self.name!r}"  # error messages name the model, not a server path
         self.data_name = self.explainer.data_input.name
+        self.max_rows = int(extra.get("max_rows") or DEFAULT_MAX_ROWS)
         return True
+
+    def _check_declared(self, inp, seen: set) -> None:
+        """Before decoding: the input is known and given once, its datatype and shape are what the explainer
+        takes, and its batch is within ``max_rows`` (HTTP 413)."""
+        if inp.name in seen:
+            raise InferenceError(f"input {inp.name!r} is given twice")
+        seen.add(inp.name)
+        if inp.name not in (TARGET, self.data_name):
+            raise InferenceError(f"unknown input {inp.name!r}; this explainer takes {self.data_name!r} and optionally {TARGET!r}")
+        shape = list(inp.shape or [])
+        if not shape or any(not isinstance(d, int) or d < 0 for d in shape):
+            raise InferenceError(f"input {inp.name!r}: declared shape {shape} (expected non-negative integers, batch first)")
+        if shape[0] > self.max_rows:
+            raise MLServerError(f"input {inp.name!r}: batch of {shape[0]} rows is over the limit of {self.max_rows} "
+                                f"(xcompile serve --max-rows)", status_code=413)
+        if shape[0] == 0:
+            raise InferenceError(f"input {inp.name!r} has 0 rows (an empty batch); give at least one row")
+        allowed = ("INT64", "INT32") if inp.name == TARGET else ("FP32",)
+        if inp.datatype not in allowed:
+            raise InferenceError(f"input {inp.name!r}: datatype {inp.datatype}; expected {' or '.join(allowed)}")
 
     def _decode(self, payload: InferenceRequest):
         x = target = None
+        seen: set = set()
+        for inp in payload.inputs:
+            self._check_declared(inp, seen)
         for inp in payload.inputs:
             try:
                 arr = NumpyCodec.decode_input(inp)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 import onnx
 
 from ..errors import XCompileError
+from ..files import atomic_write, write_text
 from ..runtime.explainer import Explanation
 
 
@@ -50,10 +52,18 @@ def ray_session(address: Optional[str] = None, num_workers: int = 2):
             self.started = not ray.is_initialized()
             if self.started:
                 kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-                if address:
-                    ray.init(address=address, **kw)
-                else:
-                    ray.init(num_cpus=max(1, num_workers), **kw)
+                import warnings
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # the Ray client's own timeout warning: our line says it
+                        if address:
+                            ray.init(address=address, **kw)
+                        else:
+                            ray.init(num_cpus=max(1, num_workers), **kw)
+                except (ConnectionError, TimeoutError, RuntimeError, ValueError, OSError) as e:
+                    where = f"--address {address!r}" if address else "a local Ray"
+                    first = " ".join(str(e).split())[:200] or type(e).__name__
+                    raise XCompileError(f"{where}: cannot connect to the Ray cluster ({first})") from None
             return ray
 
         def __exit__(self, *exc):
@@ -183,10 +193,12 @@ def run_ray(explainer_path, inputs, out_dir, target=None, address: Optional[str]
     def write(i, res):
         lo, hi, ex = res
         f = out_dir / f"shard_{i:05d}.npz"
-        tmp = out_dir / f".shard_{i:05d}.tmp.npz"
-        np.savez(tmp, rows=np.array([lo, hi], np.int64), scores=ex.scores, relevance=ex.relevance,
-                 **{f"extra_{k}": v for k, v in ex.extras.items()})
-        os.replace(tmp, f)
+
+        def save(tmp):
+            with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to the temporary name
+                np.savez(fh, rows=np.array([lo, hi], np.int64), scores=ex.scores, relevance=ex.relevance,
+                         **{f"extra_{k}": v for k, v in ex.extras.items()})
+        atomic_write(f, save, "--out")
         files[i] = f.name
 
     t0 = time.perf_counter()
@@ -196,7 +208,7 @@ def run_ray(explainer_path, inputs, out_dir, target=None, address: Optional[str]
     manifest = {"explainer": str(path), "rows": int(len(x)), "shard_size": int(shard_size),
                 "workers": int(num_workers), "address": address or "local", "shards": files,
                 "seconds": round(time.perf_counter() - t0, 3)}
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2), "--out")
     return manifest
 
 
@@ -220,9 +232,20 @@ def run_with_ray(explainer, x, target, out, address: Optional[str] = None, worke
                  shard_size: int = 256, batch_size: Optional[int] = None, device: str = "cpu") -> Explanation:
     """``xcompile run --engine ray``: shards go to ``out/shards``; returns the merged Explanation
     (same rows, same order as the input) for the usual ``write_results``."""
-    run_ray(explainer, x, Path(os.fspath(out)) / "shards", target=target, address=address, num_workers=workers,
-            shard_size=shard_size, batch_size=batch_size, device=device)
-    return load_shards(Path(os.fspath(out)) / "shards")
+    shards = Path(os.fspath(out)) / "shards"
+    if len(x) == 0:
+        raise XCompileError("input has 0 rows (an empty batch); give at least one row")
+    created = [p for p in (shards.parent, shards) if not p.exists()]
+    try:
+        run_ray(explainer, x, shards, target=target, address=address, num_workers=workers,
+                shard_size=shard_size, batch_size=batch_size, device=device)
+        return load_shards(shards)
+    except BaseException:  # an error or an interrupt leaves no half-written shards/ folder behind
+        shutil.rmtree(shards, ignore_errors=True)
+        for p in created[:1]:  # the --out folder too, if this run created it and left it empty
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        raise
 
 
 # ------------------------------------------------------------------------------------------ patterns

@@ -20,6 +20,9 @@ from pathlib import Path
 import onnx
 
 from ..errors import XCompileError
+from ..files import check_output, safe_name, write_text
+from ..options import as_float, in_range, positive_int
+from .limits import DEFAULT_MAX_REQUEST_MB, DEFAULT_MAX_ROWS, write_limits
 
 RUNTIME = "xcompile.serving.mlserver_runtime.XCompileRuntime"
 V2_DTYPES = {onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.DOUBLE: "FP64", onnx.TensorProto.FLOAT16: "FP16",
@@ -47,43 +50,55 @@ def _metadata(explainer: Path):
 
 def write_mlserver_dir(explainer, folder, name: str = "explainer", host: str = "127.0.0.1", http_port: int = 8080,
                        grpc_port: int = 8081, workers: int = 0, threads: int | None = None, device: str = "cpu",
-                       max_batch: int = 0, max_batch_time: float = 0.0, runtime: str = RUNTIME) -> Path:
+                       max_batch: int = 0, max_batch_time: float = 0.0, runtime: str = RUNTIME,
+                       max_request_mb: float = DEFAULT_MAX_REQUEST_MB, max_rows: int = DEFAULT_MAX_ROWS) -> Path:
     """Write an MLServer settings folder serving ``explainer`` as model ``name``; return the folder.
 
     ``workers`` = MLServer ``parallel_workers`` (0: inference in the server process, requests overlap
     on onnxruntime's thread-safe ``run``); ``max_batch``/``max_batch_time`` = MLServer adaptive batching
     (0 = off). ``runtime``: the MLModel class path (a subclass of XCompileRuntime, e.g. with custom
-    pre-processing). Metrics are disabled (one port less to pick).
+    pre-processing). Metrics are disabled (one port less to pick). ``max_request_mb`` / ``max_rows``: the request
+    limits (HTTP 413 over them; gRPC RESOURCE_EXHAUSTED over the message size), see ``limits.py``.
     """
-    import re
     explainer = Path(os.fspath(explainer)).resolve()
     if not explainer.is_file():
         raise XCompileError(f"{explainer}: no such explainer file")
-    if not re.match(r"^[A-Za-z0-9_.\-]+$", name):
-        raise XCompileError(f"--name {name!r}: use letters, digits, '_', '-', '.' only (it is a folder and a URL part)")
-    if workers < 0 or max_batch < 0 or max_batch_time < 0:
-        raise XCompileError("--workers, --max-batch and --max-batch-time must be >= 0")
-    folder = Path(os.fspath(folder))
+    safe_name(name)
+    if workers < 0 or max_batch < 0 or not max_batch_time >= 0 or max_batch_time == float("inf"):
+        raise XCompileError("--workers, --max-batch and --max-batch-time must be >= 0 (and finite)")
+    if threads is not None and threads < 1:
+        raise XCompileError(f"--threads {threads}: must be >= 1")
+    for flag, port in (("--port", http_port), ("--grpc-port", grpc_port)):
+        if not 1 <= int(port) <= 65535:
+            raise XCompileError(f"{flag} {port}: a TCP port in 1..65535")
+    try:
+        max_request_mb = in_range(as_float, 0, 4096, lo_open=True)(max_request_mb)
+        max_rows = positive_int(max_rows)
+    except (TypeError, ValueError) as e:
+        raise XCompileError(f"--max-request-mb / --max-rows: {e}") from None
+    folder = check_output(folder, what="--dir", folder=True)
     model_dir = folder / name
-    model_dir.mkdir(parents=True, exist_ok=True)
     settings = {"host": host, "http_port": http_port, "grpc_port": grpc_port, "parallel_workers": workers,
                 "metrics_endpoint": None, "debug": False, "load_models_at_startup": True,
-                "model_repository_root": str(folder.resolve())}
+                "model_repository_root": str(folder.resolve()),
+                "grpc_max_message_length": int(max_request_mb * 1e6)}
     inputs, outputs = _metadata(explainer)
-    extra = {"device": device}
+    extra = {"device": device, "max_rows": max_rows}
     if threads:
         extra["threads"] = int(threads)
     model = {"name": name, "implementation": runtime, "inputs": inputs, "outputs": outputs,
              "parameters": {"uri": str(explainer), "extra": extra}}
     if max_batch > 0:
         model.update(max_batch_size=int(max_batch), max_batch_time=float(max_batch_time))
-    (folder / "settings.json").write_text(json.dumps(settings, indent=2))
-    (model_dir / "model-settings.json").write_text(json.dumps(model, indent=2))
+    write_text(folder / "settings.json", json.dumps(settings, indent=2), "--dir")
+    write_limits(folder, max_request_mb, max_rows)
+    write_text(model_dir / "model-settings.json", json.dumps(model, indent=2), "--dir")
     return folder
 
 
 def mlserver_command(folder) -> list:
-    return [sys.executable, "-c", "from mlserver.cli.main import main; main()", "start", str(folder)]
+    """MLServer's own ``start`` command, with xcompile's request-body limit installed on its REST app."""
+    return [sys.executable, "-c", "from xcompile.serving.limits import launch; launch()", "start", str(folder)]
 
 
 def start_mlserver(folder, log=None, inherit: bool = False) -> subprocess.Popen:
@@ -91,6 +106,9 @@ def start_mlserver(folder, log=None, inherit: bool = False) -> subprocess.Popen:
     given, to this process's stdout/stderr if ``inherit``, else nowhere."""
     out = open(log, "wb") if log else (None if inherit else subprocess.DEVNULL)  # noqa: SIM115
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # the server imports the same xcompile as this process (not another copy installed elsewhere)
+    home = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([home] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     try:
         return subprocess.Popen(mlserver_command(folder), stdout=out, stderr=subprocess.STDOUT, env=env,
                                 cwd=str(folder), start_new_session=True)

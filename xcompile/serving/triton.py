@@ -17,13 +17,13 @@ A model whose first dimension is fixed is exported with ``max_batch_size: 0`` an
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 
 import onnx
 
 from ..errors import XCompileError
+from ..files import atomic_write, check_output, safe_name, write_text
 from ..graph import RELEVANCE, TARGET
 
 # ONNX TensorProto element type -> Triton DataType enum name (model_config.proto)
@@ -43,8 +43,6 @@ TRITON_DTYPES = {
     onnx.TensorProto.STRING: "TYPE_STRING",
     onnx.TensorProto.BFLOAT16: "TYPE_BF16",
 }
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
 def _dims(vi: onnx.ValueInfoProto) -> list:
@@ -115,11 +113,13 @@ def export_triton(explainer_path, repo, name: str | None = None, max_batch: int 
     src = Path(os.fspath(explainer_path))
     if not src.is_file():
         raise XCompileError(f"{src}: no such explainer file")
-    name = name or src.stem
-    if not _NAME_RE.match(name):
-        raise XCompileError(f"--name {name!r}: use letters, digits, '_', '-', '.' only (it is a folder and a URL part)")
+    name = safe_name(name or src.stem)
     if max_batch < 0:
         raise XCompileError(f"--max-batch {max_batch}: must be >= 0 (0 disables batching)")
+    if instances < 1:
+        raise XCompileError(f"--instances {instances}: must be >= 1")
+    if queue_delay_us < 0:
+        raise XCompileError(f"queue_delay_us {queue_delay_us}: must be >= 0")
     try:
         header = onnx.load(str(src), load_external_data=False)
     except Exception as e:  # noqa: BLE001
@@ -130,16 +130,14 @@ def export_triton(explainer_path, repo, name: str | None = None, max_batch: int 
         raise XCompileError(f"{src}: not an xcompile explainer (needs a 'target' input and a 'relevance' output)")
     text = config_pbtxt(header, name, max_batch, gpu, instances, queue_delay_us, where=str(src))
 
+    check_output(repo, what="--repo", folder=True)
     folder = Path(os.fspath(repo)) / name
     version = folder / "1"
-    version.mkdir(parents=True, exist_ok=True)
-    dst = version / "model.onnx"
+    dst = check_output(version / "model.onnx", inputs=[src], what="--repo")
     if _has_external_data(header):  # re-save with the sidecar next to model.onnx
         from ..write.writer import save
-        save(onnx.load(str(src)), dst)
+        save(onnx.load(str(src)), dst, inputs=[src])
     else:
-        tmp = version / ".model.onnx.tmp"
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    (folder / "config.pbtxt").write_text(text)
+        atomic_write(dst, lambda t: shutil.copyfile(src, t), "--repo")
+    write_text(folder / "config.pbtxt", text, "--repo")
     return folder

@@ -11,7 +11,10 @@ import onnx
 from onnx import TensorProto, helper, shape_inference
 
 from ..errors import XCompileError
+from ..files import atomic_write, check_output
 from ..graph import RELEVANCE, TARGET
+
+EXPLAINED_CLASS = "explained_class"
 from ..protobuf_limit import on_disk, save_external, too_large
 from .lower import lower_for_cuda
 
@@ -41,8 +44,14 @@ def assemble(g, b, built, meta: dict, keep_outputs: bool = False, where: str = "
         tail = [helper.make_node("Cast", [built.relevance], [RELEVANCE], name="xc/relevance", to=TensorProto.FLOAT)]
     outputs = [_with_batch(o) for o in src.output] if keep_outputs else [_with_batch(score_vi)]
     outputs.append(helper.make_tensor_value_info(RELEVANCE, TensorProto.FLOAT, rel_shape))
-    outputs += [vi for _, vi in built.extra_outputs]
-    extra_nodes = [helper.make_node("Identity", [t], [vi.name], name=f"xc/out/{vi.name}") for t, vi in built.extra_outputs]
+    extra = list(built.extra_outputs)
+    cls = getattr(b, "explained_class", None)
+    if cls is not None and EXPLAINED_CLASS not in taken and EXPLAINED_CLASS not in {vi.name for _, vi in extra}:
+        # the class each row's relevance explains (the target, or the argmax of the explained scores): what
+        # Explanation.predicted reports, so that it never disagrees with the explanation (e.g. on softmax ties)
+        extra.insert(0, (cls, helper.make_tensor_value_info(EXPLAINED_CLASS, TensorProto.INT64, ["N"])))
+    outputs += [vi for _, vi in extra]
+    extra_nodes = [helper.make_node("Identity", [t], [vi.name], name=f"xc/out/{vi.name}") for t, vi in extra]
     inits = {t.name for t in src.initializer}
     inputs = [_with_batch(data_vi) if i.name == g.data_input else i for i in src.input if i.name not in inits]
     inputs.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, ["N"]))
@@ -74,22 +83,17 @@ def check(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     return model
 
 
-def save(model: onnx.ModelProto, path) -> None:
-    """Write atomically: a failed write never leaves a partial file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        if too_large(model):
-            # weights beside it in <name>.data: both are staged in a folder next to the target, then moved, so a
-            # failed write leaves neither a partial .onnx nor a partial .data
-            with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as d:
-                save_external(model, Path(d) / path.name, location=path.name + ".data")
-                os.replace(Path(d) / (path.name + ".data"), path.with_name(path.name + ".data"))
-                os.replace(Path(d) / path.name, tmp)
-        else:
-            tmp.write_bytes(model.SerializeToString(deterministic=True))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def save(model: onnx.ModelProto, path, inputs=()) -> None:
+    """Write atomically (``files.atomic_write``): a failed or killed write never leaves a partial file, concurrent
+    writes to one path each leave a complete model, and a path that is one of ``inputs`` is refused."""
+    path = check_output(path, inputs)
+    if too_large(model):
+        # weights beside it in <name>.data: both are staged in a unique folder next to the target, then each is
+        # renamed into place (the .data first, so the .onnx never points at missing weights)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.xc-{os.getpid()}-") as d:
+            save_external(model, Path(d) / path.name, location=path.name + ".data")
+            atomic_write(path.with_name(path.name + ".data"), lambda t: os.replace(Path(d) / (path.name + ".data"), t))
+            atomic_write(path, lambda t: os.replace(Path(d) / path.name, t))
+    else:
+        atomic_write(path, lambda t: t.write_bytes(model.SerializeToString(deterministic=True)))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from ...errors import XCompileError
+from ...errors import UnsupportedNodeError
 
 
 def spatial_params(ctx, in_shape, out_shape, kernel):
@@ -41,4 +41,4 @@ def transpose_geometry(size_in, size_out, k, s, d, pad_begin):
 
 def require(cond, ctx, what):
     if not cond:
-        raise XCompileError(f"node {ctx.node.name!r} ({ctx.op_type}): {what} is not supported")
+        raise UnsupportedNodeError(ctx.node.name or ctx.node.output[0], ctx.op_type, what)
