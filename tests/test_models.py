@@ -200,7 +200,7 @@ def test_smoothgrad_vs_autograd_with_the_stored_noise(name, level, exporter, tor
     model, x, ex = setup(name, exporter, torchvision_onnx, "smoothgrad", samples=s, noise_level=level)
     t, tn = targets(model, x)
     noise = np.broadcast_to(stored_noise(ex), (2, s, *x.shape[1:]))
-    # the table is exactly numpy's seeded normal draw (SPEC: seed option)
+    # the table is exactly numpy's seeded normal draw (the `seed` option)
     np.testing.assert_array_equal(noise[0], np.random.default_rng(0).standard_normal((s, *x.shape[1:])).astype(np.float32))
     # the noisy points in float32, in the graph's order of operations
     sigma = (x.reshape(2, -1).max(1) - x.reshape(2, -1).min(1)) * np.float32(level)

@@ -1,4 +1,4 @@
-"""PatternNet / PatternAttribution: fitted statistics vs a numpy im2col reference, the seed's linear toy,
+"""PatternNet / PatternAttribution: fitted statistics vs a numpy im2col reference, the linear toy of Kindermans et al. 2018,
 the emitted backward vs a PyTorch oracle, sharded/resumed fits, and bad inputs (exit 2, one line)."""
 from __future__ import annotations
 
@@ -173,7 +173,7 @@ def test_explainer_matches_torch_oracle(cnn, method, kind):
 
 # ------------------------------------------------------------------------------------ the linear toy
 def linear_toy(tmp_path, n=4000, dim=16, seed=0):
-    """x = a_s s + a_d d + small noise, with the distractor direction at 45° to the signal (as the seed's
+    """x = a_s s + a_d d + small noise, with the distractor direction at 45° to the signal (as Kindermans et al. 2018's
     a_s = (1, 0), a_d = (1, 1)); the linear model is the least-squares filter for s."""
     rng = np.random.default_rng(seed)
     a_s = rng.standard_normal(dim)

@@ -1,7 +1,7 @@
 """The seed's PatternNet/PatternAttribution experiments at our scale, run through the real pipeline
 (`fit-patterns` code -> `compile` -> onnxruntime), writing the figures of docs/patterns.md:
 
-  docs/img/patterns_toy.png            (a) linear toy, 2-D (the seed's picture) and an 8x8 image version
+  docs/img/patterns_toy.png            (a) linear toy, 2-D (Kindermans et al. 2018's picture) and an 8x8 image version
   docs/img/patterns_digits.png         (b) digits CNN: gradient / PatternNet / PatternAttribution / LRP
   docs/img/patterns_effnet.png         (b') EfficientNet-Lite0 on scikit-image photos (--effnet MODEL.onnx)
 
@@ -78,7 +78,7 @@ def toy(tmp: Path, a_s, a_d, n=5000, noise=0.02, seed=0):
 
 
 def figure_toy(tmp: Path, out: Path) -> dict:
-    # (1) the seed's 2-D picture: signal along (1, 0), distractor along (1, 1)
+    # (1) Kindermans et al. 2018's 2-D picture: signal along (1, 0), distractor along (1, 1)
     a_s2, a_d2 = np.array([1.0, 0.0]), np.array([1.0, 1.0]) / np.sqrt(2)
     x2, w2, r2 = toy(tmp, a_s2, a_d2)
     # (2) an 8x8 image version: the signal is a ring, the distractor a blob covering its left half

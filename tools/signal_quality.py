@@ -1,4 +1,4 @@
-"""Signal-estimator quality ρ(S) per layer (the seed's table) for S_x, S_w, S_a, S_a+- (+ a random baseline).
+"""Signal-estimator quality ρ(S) per layer (as in Kindermans et al. 2018, "Learning how to explain neural networks") for S_x, S_w, S_a, S_a+- (+ a random baseline).
 
     python tools/signal_quality.py                       # the shipped digits CNN (fit on the train split)
     python tools/signal_quality.py --model M.onnx --train TRAIN.npy --heldout TEST.npy --out DIR
