@@ -101,6 +101,8 @@ def test_float16_model_explains_like_float32(keep_io_types):
         ref = run(xcompile.compile(m32, method, **params), x)["relevance"]
         ex = xcompile.compile(m16, method, **params)
         out = run(ex, x16)
+        # the Python API feeds the model's own input dtype (float16 when keep_io_types=False)
+        np.testing.assert_array_equal(xcompile.Explainer(ex).explain(x, np.full(len(x), 3)).relevance, out["relevance"])
         emitted = [n for n in ex.graph.node if n.name.startswith("xc/")]
         del ex.graph.node[:]
         ex.graph.node.extend(emitted)

@@ -117,9 +117,11 @@ class Explainer:
             x = np.asarray(x)
         except (ValueError, TypeError) as e:  # ragged nested lists, objects numpy cannot stack
             raise XCompileError(f"input is not a rectangular array of numbers ({' '.join(str(e).split())[:120]})") from None
+        want = np.float16 if self.data_input.type == "tensor(float16)" else np.float32  # float16 models, io kept
         if x.dtype.kind != "f":
-            raise XCompileError(f"input has dtype {x.dtype}; {self.where} expects float32 {self.data_input.name!r}")
-        x = x.astype(np.float32, copy=False)
+            raise XCompileError(f"input has dtype {x.dtype}; {self.where} expects {np.dtype(want).name} "
+                                f"{self.data_input.name!r}")
+        x = x.astype(want, copy=False)
         if x.ndim == len(self.sample_shape):
             x = x[None]
         fixed = [d if isinstance(d, int) else None for d in self.sample_shape]
