@@ -28,6 +28,7 @@ Use:
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -327,6 +328,7 @@ class TieAware:
         return False
 
 
+@functools.lru_cache(maxsize=None)  # the autograd Function classes are made once, on first use (torch imported late)
 def _kinked_function():
     torch = _torch()
 

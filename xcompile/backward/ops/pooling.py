@@ -144,6 +144,13 @@ def reduce_max(ctx, gy):
     return [b.mul(mask, b.div(g, count))]
 
 
+def _keepdims(ctx, axes, *ts):
+    """The reduced tensors with the reduced axes restored (size 1) when keepdims=0."""
+    if ctx.attr("keepdims", 1):
+        return ts
+    return tuple(ctx.b.unsqueeze(t, axes) for t in ts)
+
+
 @backward("ReduceL2")
 def reduce_l2(ctx, gy):
     # y = sqrt(sum x^2): dy/dx = x / y (0 where y = 0, as torch.linalg.vector_norm's subgradient)
@@ -152,8 +159,7 @@ def reduce_l2(ctx, gy):
     y = ctx.y()
     if not axes:  # noop_with_empty_axes: the identity
         return [g]
-    if not ctx.attr("keepdims", 1):
-        g, y = b.unsqueeze(g, axes), b.unsqueeze(y, axes)
+    g, y = _keepdims(ctx, axes, g, y)
     safe = b.where(b.op("Equal", [y, b.f32(0.0)]), b.f32(1.0), y)
     return [b.mul(ctx.x(0), b.div(g, safe))]
 
@@ -164,8 +170,7 @@ def reduce_sum_square(ctx, gy):
     axes = reduce_axes(ctx)
     if not axes:  # noop_with_empty_axes: the identity
         return [g]
-    if not ctx.attr("keepdims", 1):
-        g = b.unsqueeze(g, axes)
+    g, = _keepdims(ctx, axes, g)
     return [b.mul(b.mul(ctx.x(0), b.f32(2.0)), g)]
 
 
@@ -177,16 +182,8 @@ def reduce_log_sum_exp(ctx, gy):
     y = ctx.y()
     if not axes:  # noop_with_empty_axes: the identity
         return [g]
-    if not ctx.attr("keepdims", 1):
-        g, y = b.unsqueeze(g, axes), b.unsqueeze(y, axes)
+    g, y = _keepdims(ctx, axes, g, y)
     return [b.mul(b.op("Exp", [b.sub(ctx.x(0), y)], "softmax"), g)]
-
-
-def _keepdims(ctx, axes, *ts):
-    """The reduced tensors with the reduced axes restored (size 1) when keepdims=0."""
-    if ctx.attr("keepdims", 1):
-        return ts
-    return tuple(ctx.b.unsqueeze(t, axes) for t in ts)
 
 
 @backward("ReduceL1")
