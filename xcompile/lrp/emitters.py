@@ -9,6 +9,7 @@ from ..backward.ops.linear import conv_input_grad
 from ..backward.ops.normalization import normalization_vjp
 from ..backward.table import TABLE
 from ..graph import attrs
+from . import ranges
 
 STAB = 1e-6  # Zennit's default stabilizer for Norm
 
@@ -17,20 +18,38 @@ STAB = 1e-6  # Zennit's default stabilizer for Norm
 
 
 class Linear:
-    """The node's linear map with a replaceable weight/bias: forward(inp, W, b) and adjoint(s, W)."""
+    """The node's linear map with a replaceable weight/bias: forward(inp, W, b) and adjoint(s, W). Weights are graph
+    names: the layer's own initializer, or maps of it derived in the graph (`weight`)."""
 
     def __init__(self, ctx, view):
         self.ctx, self.b, self.live, self.view = ctx, ctx.b, view.slot, view
         self.op = ctx.op_type
+        self.orig = view.weight is ctx.const(view.weight_slot)
+        self._base = None
+        self._derived = {}
 
-    def _wname(self, w, original: bool, hint="w"):
-        if original:
-            return self.ctx.x(self.view.weight_slot)  # the initializer itself (float16 ones through a Cast)
-        return self.b.const(np.asarray(w, np.float32), hint=hint)
+    def base(self) -> str:
+        """W in the graph: the initializer itself (float16 ones through a Cast), else -- a weight computed at compile
+        time (Gemm's alpha folded in, a dequantized or BN-folded weight) -- stored once."""
+        if self._base is None:
+            self._base = (self.ctx.x(self.view.weight_slot) if self.orig
+                          else self.b.const(np.asarray(self.view.weight, np.float32), hint="w"))
+        return self._base
 
-    def forward(self, inp, w, w_is_orig, bias):
+    def weight(self, rho, w) -> str:
+        """rho(W) as a graph tensor: derived from W in the graph for a WeightMap (onnxruntime folds it at session
+        creation), else the numpy value `w` stored."""
+        if w is self.view.weight:
+            return self.base()
+        key = getattr(rho, "key", None)
+        if key is None or getattr(rho, "graph", None) is None:
+            return self.b.const(np.asarray(w, np.float32), hint="w")
+        if key not in self._derived:
+            self._derived[key] = rho.graph(self.b, self.base(), self.view.weight.shape)
+        return self._derived[key]
+
+    def forward(self, inp, wn, bias):
         b, ctx = self.b, self.ctx
-        wn = self._wname(w, w_is_orig)
         bn = None if bias is None or not np.any(bias) else b.const(np.asarray(bias, np.float32), hint="b")
         if self.op == "Conv":
             return b.op("Conv", [inp, wn] + ([bn] if bn else []), "z", **attrs(ctx.node))
@@ -41,17 +60,16 @@ class Linear:
         z = b.op("MatMul", [inp, wn] if self.live == 0 else [wn, inp], "z")
         return b.add(z, bn, "z_bias") if bn else z
 
-    def adjoint(self, s, w, w_is_orig):
+    def adjoint(self, s, wn):
         b, ctx = self.b, self.ctx
         if self.op == "Conv":
-            return conv_input_grad(ctx, s, self._wname(w, w_is_orig))
+            return conv_input_grad(ctx, s, wn)
         if self.op == "Gemm":
-            wn = self._wname(w, w_is_orig)
             ta, tb = ctx.attr("transA", 0), ctx.attr("transB", 0)
             if ta:
                 return b.op("Gemm", [wn, s], "c", transA=tb or None, transB=1)
             return b.op("Gemm", [s, wn], "c", transB=0 if tb else 1)
-        wt = b.transpose(self._wname(w, w_is_orig), [1, 0], "w_t")
+        wt = b.transpose(wn, [1, 0], "w_t")
         return b.op("MatMul", [s, wt] if self.live == 0 else [wt, s], "c")
 
 
@@ -72,71 +90,116 @@ def _zero_pad_before(ctx, live):
     return p
 
 
-def _input(ctx, kind: str, a: str, rule, pad=None) -> str:
+def _constant_input(ctx, value, a_name: str, a: str, hint: str) -> str:
+    """A constant input (ones, a z^B bound) with batch 1, as Expand of constants: onnxruntime folds it -- and the
+    layer's forward on it -- at session creation, so the term costs nothing per call. Falls back to the input's
+    full shape when a non-batch dimension is unknown."""
+    b = ctx.b
+    shape = ctx.g.shapes.get(a_name)
+    value = np.asarray(value, np.float32)
+    v = b.const(value.reshape(()) if value.size == 1 else value, hint=hint)  # a scalar bound fits any layer's rank
+    if shape is None or any(d is None for d in shape[1:]):
+        return b.add(b.zeros_like(a), v, hint)
+    return b.op("Expand", [v, b.i64([1] + [int(d) for d in shape[1:]])], hint)
+
+
+def _input(ctx, kind: str, a_name: str, a: str, rule, sign: int, pad=None) -> str:
     b = ctx.b
     if kind in ("ones", "low", "high") and pad is not None:
         # constant inputs live on the unpadded tensor and get the same zero padding (as a conv's own pads would)
-        inner = ctx.engine.fwd(pad.input[0])
-        t = _input(ctx, kind, inner, rule)
+        t = _input(ctx, kind, pad.input[0], ctx.engine.fwd(pad.input[0]), rule, sign)
         return b.op("Pad", [t] + list(pad.input[1:]), f"{kind}_padded", mode="constant")
-    if kind == "x":
+    if kind == "x" or (kind == "pos" and sign > 0) or (kind == "neg" and sign < 0):
         return a
     if kind == "pos":
         return b.relu(a, "a_pos")
     if kind == "neg":
         return b.negative(a, "a_neg")
     if kind == "ones":
-        return b.add(b.zeros_like(a), b.f32(1.0), "ones")
+        return _constant_input(ctx, 1.0, a_name, a, "ones")
     if kind in ("low", "high"):
-        v = rule.p.get(kind)
-        return b.add(b.zeros_like(a), b.const(np.asarray(v, np.float32), hint=kind), kind)
+        return _constant_input(ctx, rule.p.get(kind), a_name, a, kind)
     raise ValueError(kind)
 
 
+def _vanishes(kind: str, sign: int, rule) -> bool:
+    """Is the input of this kind identically zero? (x- of a non-negative tensor, x+ of a non-positive one, a zero
+    z^B bound.)"""
+    if kind == "neg":
+        return sign > 0
+    if kind == "pos":
+        return sign < 0
+    if kind in ("low", "high"):
+        return not np.any(np.asarray(rule.p.get(kind), np.float64))
+    return False
+
+
+def input_sign(g, name: str) -> int:
+    """+1 when the tensor is provably >= 0, -1 when <= 0, else 0 (ranges.py)."""
+    r = ranges.range_of(g, name)
+    return 1 if r.nonneg else -1 if r.nonpos else 0
+
+
 def emit_rule(ctx, R: str, rule, view) -> list:
-    """The four LRP steps for one linear node (`view`: kinds.LinearView) under `rule` (every group / part of it)."""
+    """The four LRP steps for one linear node (`view`: kinds.LinearView) under `rule` (every group / part of it).
+    Parts whose input or weight is identically zero are left out (their bias stays in the denominator); a group
+    left with no part gives no relevance to the input."""
     b = ctx.b
     live, W, bias = view.slot, view.weight, view.bias
     L = Linear(ctx, view)
+    a_name = ctx.node.input[live]
     a = ctx.x(live)
-    orig_w = W is ctx.const(view.weight_slot)
+    sign = input_sign(ctx.g, a_name)
     rank = len(ctx.out_shape(0))
     inputs, total = {}, []
     pad = _zero_pad_before(ctx, live)
-    for gi, group in enumerate(rule.groups()):
-        with b.scope(f"{rule.name}{gi}" if len(rule.groups()) > 1 else rule.name):
-            terms = []
-            mods = []
+    groups = rule.groups()
+    for gi, group in enumerate(groups):
+        with b.scope(f"{rule.name}{gi}" if len(groups) > 1 else rule.name):
+            kept, net_bias = [], None
             for part in group.parts:
-                w = part.weight(W)
-                same = w is W and orig_w
                 bb = part.bias(bias)
+                if bb is not None and np.any(bb):
+                    net_bias = part.sign * bb if net_bias is None else net_bias + part.sign * bb
+                if _vanishes(part.input, sign, rule):
+                    continue
+                w = part.weight(W)
+                if w is not None and not np.any(w):
+                    continue
+                kept.append((part, w, bb))
+            if not kept:
+                continue
+            terms, mods = [], []
+            for k, (part, w, bb) in enumerate(kept):
+                if len(group.parts) > 1:  # the group's bias, summed, goes with its first remaining part
+                    bb = None if k or net_bias is None else part.sign * net_bias
                 if part.input not in inputs:
-                    inputs[part.input] = _input(ctx, part.input, a, rule, pad)
+                    inputs[part.input] = _input(ctx, part.input, a_name, a, rule, sign, pad)
                 inp = inputs[part.input]
-                if same and part.input == "x" and bb is bias and len(group.parts) == 1:
+                wn = L.weight(part.weight, w)
+                if w is W and L.orig and part.input == "x" and bb is bias and len(group.parts) == 1:
                     # the layer's own output: recomputing it could round differently, and where z is a cancellation
                     # (|z| << |w||a|) the ratio R / z -- R carries the forward z -- would amplify that difference
                     z = ctx.y(0)
                 else:
-                    z = L.forward(inp, w, same, bb)
+                    z = L.forward(inp, wn, bb)
                 terms.append(z if part.sign > 0 else b.neg(z))
-                mods.append((part, inp, w, same))
+                mods.append((part, inp, wn))
             z = b.sum(terms, "z_sum")
             s = b.div(R, b.stabilize(z, group.eps, norm_scale=group.norm_scale, rank=rank), "s")
             if group.mask:
                 zo = ctx.y(0)
                 cond = b.op("Greater" if group.mask == "pos" else "Less", [zo, b.f32(0.0)], f"mask_{group.mask}")
                 s = b.where(cond, s, b.f32(0.0), "s_masked")
-            for part, inp, w, same in mods:
-                c = L.adjoint(s, w, same)
-                r = c if part.input == "ones" else b.mul(inp, c, "r")
+            for part, inp, wn in mods:
                 coef = part.sign * group.coef
-                if coef != 1.0:
-                    r = b.mul(r, b.f32(coef), "r_scaled")
-                total.append(r)
+                if coef != 1.0:  # scale s, not r: the same count of Muls, on the smaller tensor for strided layers
+                    c = L.adjoint(b.mul(s, b.f32(coef), "s_scaled"), wn)
+                else:
+                    c = L.adjoint(s, wn)
+                total.append(c if part.input == "ones" else b.mul(inp, c, "r"))
     out = [None] * len(ctx.node.input)
-    out[live] = b.sum(total, "relevance")
+    out[live] = b.sum(total, "relevance") if total else b.zeros_like(a, "relevance")
     return out
 
 

@@ -13,8 +13,10 @@ output relevance ``gy`` to input relevance, like an op-table emitter). Two famil
 
   where in_p is one of the symbolic inputs "x" (the activation), "pos" (x+), "neg" (x-), "ones", "low", "high"
   (z^B bounds). A plain rule overrides the four hooks `input`, `modify_weight`, `modify_bias`, `eps`; rules made of
-  several terms (gamma, alpha-beta, z+, z^B) override `groups()`. Weights are numpy arrays: modified weights
-  become initializers at compile time; `modify_weight` returning its argument unchanged shares the original.
+  several terms (gamma, alpha-beta, z+, z^B) override `groups()`. A weight map is a `WeightMap` (numpy + graph
+  form: W+ = Relu(W), W^2 = Mul(W, W), ... derived from the one stored W, folded by onnxruntime at session
+  creation) or a plain numpy function (its result stored as an initializer). Terms that are identically zero
+  (x- after a ReLU, an all-zero weight, a zero bound; see `ranges.py`) are not emitted.
 * treatments of any other node (`Treatment`): pass, gradient, proportional (Zennit `Norm`), std-constant
   (AttnLRP's LayerNorm), product (of two activations), maxpool-proportional.
 
@@ -44,16 +46,35 @@ def rule(*names):
     return deco
 
 
-def _same(w):
-    return w
+class WeightMap:
+    """rho(W) twice: as numpy (what it means, evaluated at compile time to find terms that vanish) and as graph
+    nodes on the one stored W (`graph(b, w, shape)`), which onnxruntime folds into a constant at session creation,
+    so the explainer file holds W once. A rule's plain numpy function (no graph form) is stored as a constant."""
+
+    def __init__(self, key, fn, graph):
+        self.key, self.fn, self.graph = key, fn, graph
+
+    def __call__(self, w):
+        return None if w is None else self.fn(w)
+
+    def __repr__(self):
+        return f"WeightMap{self.key}"
 
 
-def pos(w):
-    return None if w is None else np.maximum(w, 0)
+_same = WeightMap(("same",), lambda w: w, lambda b, w, shape: w)
+pos = WeightMap(("pos",), lambda w: np.maximum(w, 0), lambda b, w, shape: b.relu(w, "w_pos"))
+neg = WeightMap(("neg",), lambda w: np.minimum(w, 0), lambda b, w, shape: b.negative(w, "w_neg"))
+square = WeightMap(("square",), lambda w: w ** 2, lambda b, w, shape: b.mul(w, w, "w_sq"))
+ones = WeightMap(("ones",), np.ones_like,
+                 lambda b, w, shape: b.op("Expand", [b.f32(1.0), b.i64(list(shape))], "w_ones"))
 
 
-def neg(w):
-    return None if w is None else np.minimum(w, 0)
+def gamma_map(g: float, up: bool) -> WeightMap:
+    """W + g W+ (up) or W + g W- (down), Zennit's generalized gamma."""
+    part = (lambda w: np.maximum(w, 0)) if up else (lambda w: np.minimum(w, 0))
+    node = pos.graph if up else neg.graph
+    return WeightMap(("gamma", g, up), lambda w: w + g * part(w),
+                     lambda b, w, shape: b.add(w, b.mul(node(b, w, shape), b.f32(g)), "w_gamma"))
 
 
 def zero(w):
@@ -63,7 +84,7 @@ def zero(w):
 @dataclass
 class Part:
     input: str                                   # "x" | "pos" | "neg" | "ones" | "low" | "high"
-    weight: Callable[[np.ndarray], np.ndarray]   # rho for W (numpy, compile time)
+    weight: Callable[[np.ndarray], np.ndarray]   # rho for W: a WeightMap (derived in the graph) or a numpy function
     bias: Callable[[Optional[np.ndarray]], Optional[np.ndarray]] = zero  # rho for b (None = no bias)
     sign: float = 1.0
 
@@ -116,8 +137,7 @@ class Rule(LRPRule):
         return E.emit_rule(ctx, gy[0], self, linear_view(ctx.g, ctx.node, ctx.live))
 
     # hooks -------------------------------------------------------------------------------------------
-    def modify_weight(self, w):
-        return w
+    modify_weight = _same  # a WeightMap, or a method (w -> numpy) in a subclass
 
     def modify_bias(self, b):
         return b
@@ -157,8 +177,7 @@ class Gamma(Rule):
 
     def groups(self):
         g = float(self.p["gamma"])
-        up = lambda w: None if w is None else w + g * np.maximum(w, 0)   # noqa: E731
-        dn = lambda w: None if w is None else w + g * np.minimum(w, 0)   # noqa: E731
+        up, dn = gamma_map(g, True), gamma_map(g, False)
         return [Group([Part("pos", up, up), Part("neg", dn)], mask="pos", eps=self.eps),
                 Group([Part("pos", dn, dn), Part("neg", up)], mask="neg", eps=self.eps)]
 
@@ -207,9 +226,7 @@ class WSquare(Rule):
     2017 (used by deep_taylor): the bias would otherwise absorb relevance at every w^2 layer."""
     params = {"stabilizer": 1e-6, "bias": True}
     input = "ones"
-
-    def modify_weight(self, w):
-        return w ** 2
+    modify_weight = square
 
     def modify_bias(self, b):
         return None if b is None or not self.p["bias"] else b ** 2
@@ -220,9 +237,7 @@ class Flat(Rule):
     """flat: w^2 with all weights 1 and no bias (uniform over the receptive field)."""
     params = {"stabilizer": 1e-6}
     input = "ones"
-
-    def modify_weight(self, w):
-        return np.ones_like(w)
+    modify_weight = ones
 
     def modify_bias(self, b):
         return None

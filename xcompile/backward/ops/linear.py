@@ -29,23 +29,37 @@ def conv_input_grad(ctx, g, weight):
 def _stride1_as_conv(ctx, g, weight, in_shape, out_shape, kernel, strides, dil, pb):
     """For stride 1 the adjoint is itself a convolution: the spatially flipped kernel, with input and output
     channels swapped inside each group, and pads d(k-1) - p. onnxruntime's CPU Conv is ~1.7x faster than its
-    ConvTranspose on depthwise layers (MobileNet, EfficientNet). Needs the weight as a constant."""
-    w = ctx.b.value_of(weight)
-    if w is None and ctx.g.is_const(weight):
-        w = ctx.g.const(weight)
-    if w is None or any(s != 1 for s in strides):
+    ConvTranspose on depthwise layers (MobileNet, EfficientNet). The flipped kernel is derived in the graph
+    (Reshape / Transpose / Slice of the weight), which onnxruntime folds at session creation: the file keeps
+    one copy of the weight."""
+    if any(s != 1 for s in strides):
         return None
     begin = [d * (k - 1) - p for d, k, p in zip(dil, kernel, pb)]
     end = [i - o - b_ + d * (k - 1) for i, o, b_, d, k in zip(in_shape[2:], out_shape[2:], begin, dil, kernel)]
     if any(v < 0 for v in begin + end):
         return None
     grp = ctx.attr("group", 1)
-    cout, cin_g = w.shape[0], w.shape[1]
-    wt = w.reshape(grp, cout // grp, cin_g, *w.shape[2:]).swapaxes(1, 2).reshape(grp * cin_g, cout // grp, *w.shape[2:])
-    wt = np.ascontiguousarray(wt[(slice(None), slice(None)) + (slice(None, None, -1),) * len(kernel)])
-    dt = np.float32 if wt.dtype.itemsize < 4 else wt.dtype  # the backward runs in float32 (float16 models too)
-    return ctx.b.op("Conv", [g, ctx.b.const(wt, dtype=dt, hint="w_flipped")], "conv_adjoint",
+    return ctx.b.op("Conv", [g, flipped_kernel(ctx, weight, grp)], "conv_adjoint",
                     kernel_shape=list(kernel), dilations=list(dil), pads=begin + end, group=grp)
+
+
+def flipped_kernel(ctx, weight, grp: int) -> str:
+    """[C_out, C_in/g, k..] -> [C_in, C_out/g, k..] with the spatial axes reversed, as graph nodes on `weight`."""
+    b = ctx.b
+    v = b.value_of(weight)
+    shape = tuple(v.shape) if v is not None else tuple(ctx.g.shape(ctx.node.input[1]))
+    cout, cin_g, ks = shape[0], shape[1], list(shape[2:])
+    w = weight
+    if grp == 1:
+        w = b.transpose(w, [1, 0] + list(range(2, 2 + len(ks))), "w_t")
+    elif cin_g != 1 or cout != grp:  # grouped: swap the channel axes inside each group
+        w = b.reshape(w, [grp, cout // grp, cin_g] + ks, "w_groups")
+        w = b.transpose(w, [0, 2, 1] + list(range(3, 3 + len(ks))), "w_groups_t")
+        w = b.reshape(w, [grp * cin_g, cout // grp] + ks, "w_t")
+    if all(k == 1 for k in ks):
+        return w
+    n = len(ks)
+    return b.slice(w, [-1] * n, [np.iinfo(np.int64).min] * n, list(range(2, 2 + n)), [-1] * n, "w_flipped")
 
 
 @backward("Conv", inputs=(0, 1))
