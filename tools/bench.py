@@ -159,7 +159,7 @@ def fit_patterns(name: str, path: Path, rows: int, threads: int) -> dict:
     return rec
 
 
-def compile_explainer(name: str, method: str, path: Path, chunk: int, patterns) -> dict:
+def compile_explainer(name: str, method: str, path: Path, chunk: int, patterns, threads: int = 1) -> dict:
     import xcompile
     from xcompile.write.writer import save
     dest = OUT / f"{name}__{method}.onnx"
@@ -171,6 +171,10 @@ def compile_explainer(name: str, method: str, path: Path, chunk: int, patterns) 
     save(m, dest)
     rec["explainer_bytes"] = dest.stat().st_size
     rec["explainer_nodes"], rec["model_nodes"] = len(m.graph.node), _n_nodes(path)
+    del m
+    t0 = time.perf_counter()
+    _ort_session(dest, threads, "cpu")  # session creation: where onnxruntime folds the weights derived in the graph
+    rec["session_s"] = round(time.perf_counter() - t0, 2)
     return rec
 
 
@@ -353,7 +357,7 @@ def run_job(job) -> dict:
             torch.cuda.reset_peak_memory_stats()
             torch.cuda.synchronize()
         gpu0 = _gpu_used_mib() if cuda else None
-        rss0, _ = _mem()
+        rss0, setup_hwm = _mem()  # setup_hwm: the peak while loading (session creation folds derived weights)
         res["peak_reset"] = _reset_peak()
         times, cpu = [], []
         t_w = time.perf_counter()
@@ -372,7 +376,8 @@ def run_job(job) -> dict:
         res.update(times=[round(v, 5) for v in times], median_s=float(np.median(times)), repeats=reps,
                    cpu_s=float(np.median(cpu)), loadavg=os.getloadavg()[0],
                    warmup_s=round(first, 3), rss_before_mib=round(rss0, 1), peak_rss_mib=round(hwm, 1),
-                   peak_delta_mib=round(max(hwm - rss0, 0.0), 1))
+                   peak_delta_mib=round(max(hwm - rss0, 0.0), 1), setup_peak_mib=round(setup_hwm, 1),
+                   peak_total_mib=round(max(setup_hwm, hwm), 1))
         if cuda:
             if job["framework"] in ("zennit", "captum"):
                 import torch
@@ -551,7 +556,7 @@ def main(argv=None) -> int:
                     mrec["explainers"][method] = {"error": "no patterns: " + mrec.get("patterns_error", "")}
                     continue
                 try:
-                    rec = compile_explainer(name, method, path, a.chunk, patterns)
+                    rec = compile_explainer(name, method, path, a.chunk, patterns, a.threads)
                     rec["chunk"] = a.chunk
                 except Exception as e:  # noqa: BLE001
                     rec = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
@@ -642,20 +647,29 @@ def _fmt(v, nd=1):
     return f"{v:.{max(nd, 2)}f}"
 
 
+def _peak(r) -> str:
+    """Peak RSS of the measuring process over session creation and every call (older results: calls only)."""
+    v = r.get("peak_total_mib", r.get("peak_rss_mib"))
+    return "–" if v is None else f"{v:.0f}"
+
+
 def results_table(data) -> list[str]:
     R = _runs(data)
     agree = data.get("agreement", {})
-    lines = ["| model | batch | method | xcompile img/s | explainer / forward time | Zennit img/s | xcompile ÷ Zennit "
+    lines = ["| model | batch | method | xcompile img/s | explainer / forward time | ÷ gradient time "
+             "| xcompile peak RSS MiB (session + calls) | ÷ gradient peak | Zennit img/s | xcompile ÷ Zennit "
              "| Captum img/s | xcompile ÷ Captum | peak ΔRSS MiB xcompile / Zennit / Captum | r vs Zennit / Captum |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     models = list(data.get("models", {}))
     batches = sorted({r["batch"] for r in data["runs"]})
     for name in models:
         for b in batches:
             fwd = R.get((name, b, "forward", "ort"))
             if fwd and fwd["status"] == "ok":
-                lines.append(f"| {name} | {b} | *forward (ORT)* | *{_fmt(fwd['images_per_s'])}* | 1 | | | | | "
-                             f"{fwd['peak_delta_mib']:.0f} | |")
+                lines.append(f"| {name} | {b} | *forward (ORT)* | *{_fmt(fwd['images_per_s'])}* | 1 | | "
+                             f"{_peak(fwd)} | | | | | | {fwd['peak_delta_mib']:.0f} | |")
+            grad = R.get((name, b, "gradient", "xcompile"))
+            grad = grad if grad and grad["status"] == "ok" else None
             for method in METHODS:
                 cells = {fw: R.get((name, b, method, fw)) for fw in ("xcompile", "zennit", "captum")}
                 if not any(cells.values()):
@@ -670,6 +684,9 @@ def results_table(data) -> list[str]:
                 xc = cells["xcompile"]
                 ok = xc is not None and xc["status"] == "ok"
                 ratio_f = f"{xc['median_s'] / fwd['median_s']:.1f}" if ok and fwd and fwd["status"] == "ok" else "–"
+                ratio_g = f"{xc['median_s'] / grad['median_s']:.2f}" if ok and grad else "–"
+                peak_g = (f"{xc['peak_total_mib'] / grad['peak_total_mib']:.2f}"
+                          if ok and grad and xc.get("peak_total_mib") and grad.get("peak_total_mib") else "–")
 
                 def speed(fw):
                     r = cells[fw]
@@ -681,20 +698,23 @@ def results_table(data) -> list[str]:
                                  else "–" for fw in ("xcompile", "zennit", "captum"))
                 rr = " / ".join(f"{agree[k]:.3f}" if (k := f"{name}|{method}|{fw}") in agree else "–"
                                 for fw in ("zennit", "captum")) if b == 1 else ""
-                lines.append(f"| {name} | {b} | {method} | {ips('xcompile')} | {ratio_f} | {ips('zennit')} | "
+                lines.append(f"| {name} | {b} | {method} | {ips('xcompile')} | {ratio_f} | {ratio_g} | "
+                             f"{_peak(xc) if ok else '–'} | {peak_g} | {ips('zennit')} | "
                              f"{speed('zennit')} | {ips('captum')} | {speed('captum')} | {mem} | {rr} |")
     return lines
 
 
 def compile_table(data) -> list[str]:
-    lines = ["| model | original MB | method | compile s | explainer MB | explainer ÷ original size | nodes (original → explainer) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | original MB | method | compile s | session creation s | explainer MB | explainer ÷ original size "
+             "| nodes (original → explainer) |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, m in data.get("models", {}).items():
         for method, e in m.get("explainers", {}).items():
             if "error" in e:
-                lines.append(f"| {name} | {m['model_bytes'] / 1e6:.1f} | {method} | error: {e['error'][:120]} | | | |")
+                lines.append(f"| {name} | {m['model_bytes'] / 1e6:.1f} | {method} | error: {e['error'][:120]} | | | | |")
                 continue
-            lines.append(f"| {name} | {m['model_bytes'] / 1e6:.1f} | {method} | {e['compile_s']:.1f} | "
+            sess = f"{e['session_s']:.2f}" if "session_s" in e else "–"
+            lines.append(f"| {name} | {m['model_bytes'] / 1e6:.1f} | {method} | {e['compile_s']:.1f} | {sess} | "
                          f"{e['explainer_bytes'] / 1e6:.1f} | {e['explainer_bytes'] / m['model_bytes']:.2f} | "
                          f"{e['model_nodes']} → {e['explainer_nodes']} |")
     return lines

@@ -17,8 +17,10 @@ def _gate(ctx, cond, g, other=None):
 
 @backward("Relu")
 def relu(ctx, gy):
+    # the gate reads the output (y > 0 exactly where x > 0): the pre-activation need not exist, so onnxruntime
+    # keeps Conv+Relu fused (and in its blocked NCHWc layout) in the forward pass
     b = ctx.b
-    return [_gate(ctx, b.op("Greater", [ctx.x(0), b.f32(0.0)], "active"), gy[0])]
+    return [_gate(ctx, b.op("Greater", [ctx.y(), b.f32(0.0)], "active"), gy[0])]
 
 
 @backward("LeakyRelu")
@@ -44,13 +46,14 @@ def elu(ctx, gy):
 
 @backward("Clip", inputs=(0,))
 def clip(ctx, gy):
-    # hardtanh/ReLU6 semantics: pass where min < x < max
+    # hardtanh/ReLU6 semantics: pass where min < x < max, read off the output y = min(max(x, min), max) (y > min
+    # exactly where x > min, y < max where x < max): Conv+Clip stay fused in the forward pass, as for Relu
     b = ctx.b
     conds = []
     if len(ctx.node.input) > 1 and ctx.node.input[1]:
-        conds.append(b.op("Greater", [ctx.x(0), ctx.x(1)]))
+        conds.append(b.op("Greater", [ctx.y(), ctx.x(1)]))
     if len(ctx.node.input) > 2 and ctx.node.input[2]:
-        conds.append(b.op("Less", [ctx.x(0), ctx.x(2)]))
+        conds.append(b.op("Less", [ctx.y(), ctx.x(2)]))
     if not conds:
         return [gy[0]]
     cond = conds[0] if len(conds) == 1 else b.op("And", conds, "inside")
