@@ -48,9 +48,21 @@ class Linear:
             self._derived[key] = rho.graph(self.b, self.base(), self.view.weight.shape)
         return self._derived[key]
 
-    def forward(self, inp, wn, bias):
+    def full_bias(self, v: float) -> np.ndarray:
+        """A bias of value v in the layer's bias shape ([C_out] for Conv / Gemm; a scalar for MatMul)."""
+        if self.op == "MatMul":
+            return np.float32(v)
+        n_out = self.view.weight.shape[0 if self.op == "Conv" or self.ctx.attr("transB", 0) else 1]
+        return np.full(n_out, v, np.float32)
+
+    def forward(self, inp, wn, bias, late=None):
+        """z = rho(W) inp + bias; `late`: a [1] zero that z must wait for (see _zero_after), added to the bias."""
         b, ctx = self.b, self.ctx
         bn = None if bias is None or not np.any(bias) else b.const(np.asarray(bias, np.float32), hint="b")
+        if late is not None and self.op in ("Conv", "Gemm"):
+            if bn is None:
+                bn = b.const(self.full_bias(0.0), hint="b")
+            bn = b.add(bn, late, "b_late")
         if self.op == "Conv":
             return b.op("Conv", [inp, wn] + ([bn] if bn else []), "z", **attrs(ctx.node))
         if self.op == "Gemm":
@@ -140,6 +152,17 @@ def input_sign(g, name: str) -> int:
     return 1 if r.nonneg else -1 if r.nonpos else 0
 
 
+def _zero_after(ctx, t: str) -> str:
+    """A [1] zero computed from one element of `t`: added to the bias of a modified forward z = rho(W) a, it makes
+    z wait for the relevance that reaches this layer. Without it onnxruntime's execution order evaluates every
+    layer's z (which needs only forward tensors) right after the forward pass and keeps them all alive until the
+    backward pass reaches them: an activation-sized tensor per layer at the peak."""
+    b = ctx.b
+    rank = len(ctx.out_shape(0))
+    first = b.reshape(b.slice(t, [0] * rank, [1] * rank, list(range(rank)), hint="first"), [1], "first_flat")
+    return b.op("Min", [b.op("Abs", [first], "first_abs"), b.f32(0.0)], "after_relevance")
+
+
 def emit_rule(ctx, R: str, rule, view) -> list:
     """The four LRP steps for one linear node (`view`: kinds.LinearView) under `rule` (every group / part of it).
     Parts whose input or weight is identically zero are left out (their bias stays in the denominator); a group
@@ -154,6 +177,13 @@ def emit_rule(ctx, R: str, rule, view) -> list:
     inputs, total = {}, []
     pad = _zero_pad_before(ctx, live)
     groups = rule.groups()
+    late = {}
+
+    def after(t):
+        if t not in late:
+            late[t] = _zero_after(ctx, t)
+        return late[t]
+
     for gi, group in enumerate(groups):
         with b.scope(f"{rule.name}{gi}" if len(groups) > 1 else rule.name):
             kept, net_bias = [], None
@@ -170,9 +200,16 @@ def emit_rule(ctx, R: str, rule, view) -> list:
             if not kept:
                 continue
             terms, mods = [], []
+            # z >= 0 by construction (non-negative inputs, weights and bias): z + eps sign(z) = z + eps, folded
+            # into the bias -- the layer's forward is then the whole denominator
+            fold = (group.eps > 0 and not group.norm_scale and (net_bias is None or np.all(net_bias >= 0))
+                    and all(p.sign > 0 and (p.input == "ones" or (p.input in ("x", "pos") and sign > 0))
+                            and w is not None and np.all(w >= 0) for p, w, _ in kept))
             for k, (part, w, bb) in enumerate(kept):
                 if len(group.parts) > 1:  # the group's bias, summed, goes with its first remaining part
                     bb = None if k or net_bias is None else part.sign * net_bias
+                if fold and k == 0:
+                    bb = L.full_bias(group.eps) + (0 if bb is None else bb)
                 if part.input not in inputs:
                     inputs[part.input] = _input(ctx, part.input, a_name, a, rule, sign, pad)
                 inp = inputs[part.input]
@@ -182,11 +219,11 @@ def emit_rule(ctx, R: str, rule, view) -> list:
                     # (|z| << |w||a|) the ratio R / z -- R carries the forward z -- would amplify that difference
                     z = ctx.y(0)
                 else:
-                    z = L.forward(inp, wn, bb)
+                    z = L.forward(inp, wn, bb, None if part.input in ("ones", "low", "high") else after(R))
                 terms.append(z if part.sign > 0 else b.neg(z))
                 mods.append((part, inp, wn))
             z = b.sum(terms, "z_sum")
-            s = b.div(R, b.stabilize(z, group.eps, norm_scale=group.norm_scale, rank=rank), "s")
+            s = b.div(R, z if fold else b.stabilize(z, group.eps, norm_scale=group.norm_scale, rank=rank), "s")
             if group.mask:
                 zo = ctx.y(0)
                 cond = b.op("Greater" if group.mask == "pos" else "Less", [zo, b.f32(0.0)], f"mask_{group.mask}")
@@ -221,7 +258,16 @@ def proportional(ctx, gy, weights=None, stabilizer: float = STAB):
     """Zennit `Norm`: R_k = x_k * VJP_k(R / stab(y)) — each input gets relevance in proportion to its contribution
     to the output (residual sums, average pools, means). `weights` scales input k (product rule: gate/split)."""
     b = ctx.b
-    s = b.div(gy[0], b.stabilize(ctx.y(0), stabilizer), "s")
+    y = ctx.y(0)
+    if stabilizer > 0 and ctx.op_type in ("Add", "Sum"):
+        # b.stabilize with the sign test against a zero that waits for R (_zero_after): a residual sum's
+        # denominator is not computed (and kept) at the end of the forward pass, but when R reaches it
+        dep = _zero_after(ctx, gy[0])
+        sign = b.where(b.op("Less", [y, dep]), b.f32(-stabilizer), b.f32(stabilizer), "eps_signed")
+        den = b.add(y, sign, "stabilized")
+    else:
+        den = b.stabilize(y, stabilizer)
+    s = b.div(gy[0], den, "s")
     vjp = TABLE[ctx.op_type].fn(ctx, [s] + [None] * (len(gy) - 1))
     out = []
     for k, v in enumerate(vjp):
