@@ -199,3 +199,26 @@ def test_weight_not_an_initializer_is_stored_once(tmp_path):
     np.testing.assert_allclose(rel, ref, rtol=1e-5, atol=1e-6)
     mats = [t for t in m.graph.initializer if tuple(t.dims) == (4, 6)]
     assert len(mats) == 2  # the model's W and alpha W (derived W+ is not stored)
+
+
+def test_modified_forwards_wait_for_the_relevance(tmp_path):
+    """Every modified forward z of a layer reads (through its bias) the relevance arriving at that layer, so that
+    onnxruntime cannot evaluate all of them right after the forward pass and keep them alive (memory)."""
+    from xcompile.graph import TARGET
+    m = xcompile.compile(_cnn(), "lrp", rules=_rules(tmp_path, "alpha_beta", ""))
+    producer = {o: n for n in m.graph.node for o in n.output}
+
+    def reads_target(t, seen):
+        if t == TARGET:
+            return True
+        n = producer.get(t)
+        if n is None or t in seen:
+            return False
+        seen.add(t)
+        return any(reads_target(i, seen) for i in n.input if i)
+
+    zs = [n for n in m.graph.node if n.op_type in ("Conv", "Gemm") and n.name.startswith("xc/")
+          and n.output[0].split("/")[-1].startswith("z")]
+    assert len(zs) >= 6  # two groups on 4 convs + the Gemm, x- terms gone on the ReLU-fed layers
+    for n in zs:
+        assert len(n.input) > 2 and reads_target(n.input[2], set()), n.name
