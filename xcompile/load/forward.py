@@ -25,6 +25,7 @@ from .loader import (
     read_model,
 )
 from .probe import probe
+from .quantized import float_view
 
 # options every method accepts (they shape how the model is read, not how it is explained)
 COMMON = {
@@ -79,6 +80,7 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     _declare_measured_shapes(m, shapes)
     g = ForwardGraph(m, data.name, score, explained, shapes, dtypes, fixed, default_opset(m))
     g.canonicalization = decisions
+    float_view(g, where)  # quantized ops: the backward walks their dequantized view (load/quantized.py)
     if len(g.shape(explained)) != 2:
         raise XCompileError(f"{where}: the explained output {explained!r} has shape {list(g.shape(explained))}; expected [N, classes]")
     return g

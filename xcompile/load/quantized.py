@@ -1,0 +1,294 @@
+"""The dequantized view of a quantized model: what the backward walks (docs/deployment.md, "Quantized models").
+
+The explainer's forward stays the model's own, node for node (QOperator ops of onnxruntime's ``com.microsoft``
+domain included), so its scores are exactly the quantized model's. The backward instead walks an equivalent float
+view of each quantized op, built here from ONE table (``QOPS``: which inputs are (value, scale, zero point) triples,
+which float op it is, where its output is requantized):
+
+    QLinearConv(x, xs, xz, w, ws, wz, ys, yz, b) = QuantizeLinear(Conv(DQ(x), DQ(w), DQ(b)), ys, yz)
+
+so every method reuses the float op's backward (LRP's rules see the dequantized weights) and the requantization is
+a QuantizeLinear whose backward is the clipped straight-through estimator (Jacob et al. 2018; PyTorch's
+fake_quantize). The dynamic form ``DynamicQuantizeLinear -> ConvInteger / MatMulInteger -> Cast -> Mul(scale)``
+becomes ``Conv / MatMul(DQ(x), DQ(w))``; a DequantizeLinear of constants is a constant (the dequantized weight,
+computed here). Tensors of the view that the forward lacks (``virtual``) are emitted by the writer from their
+view node (DequantizeLinear, or the float op recomputed) when the backward reads them."""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import XCompileError
+from ..graph import attr
+
+PREFIX = "xc/dequantized"
+MS = "com.microsoft"
+
+
+@dataclass(frozen=True)
+class QOp:
+    """A quantized op as its float op: ``triples`` the (value, scale, zero point) input slots per float input
+    (None: that float input is absent), ``bias`` (slot, (scale slots whose product is its scale)) when the float
+    op has an int32 bias, ``out`` the (scale, zero point) slots of the output's requantization (None: float
+    output), ``rest`` a float-op input slot read after the triples (Concat's variadic inputs use ``variadic``)."""
+    float_op: str
+    triples: tuple = ()
+    bias: tuple | None = None
+    out: tuple | None = None
+    variadic: int | None = None  # QLinearConcat: (X, scale, zp) triples from this slot on
+
+
+QOPS = {
+    "QLinearConv": QOp("Conv", ((0, 1, 2), (3, 4, 5)), bias=(8, (1, 4)), out=(6, 7)),
+    "QLinearMatMul": QOp("MatMul", ((0, 1, 2), (3, 4, 5)), out=(6, 7)),
+    "QGemm": QOp("Gemm", ((0, 1, 2), (3, 4, 5)), bias=(6, (1, 4)), out=(7, 8)),
+    "QLinearAdd": QOp("Add", ((0, 1, 2), (3, 4, 5)), out=(6, 7)),
+    "QLinearMul": QOp("Mul", ((0, 1, 2), (3, 4, 5)), out=(6, 7)),
+    "QLinearGlobalAveragePool": QOp("GlobalAveragePool", ((0, 1, 2),), out=(3, 4)),
+    "QLinearAveragePool": QOp("AveragePool", ((0, 1, 2),), out=(3, 4)),
+    "QLinearLeakyRelu": QOp("LeakyRelu", ((0, 1, 2),), out=(3, 4)),
+    "QLinearSigmoid": QOp("Sigmoid", ((0, 1, 2),), out=(3, 4)),
+    "QLinearConcat": QOp("Concat", (), out=(0, 1), variadic=2),
+}
+INTEGER_OPS = {"ConvInteger": "Conv", "MatMulInteger": "MatMul"}  # + Cast + Mul(scale): the dynamic form
+REFUSED = {"MatMulNBits": "weight-only int4 (MatMulNBits) models are not supported; quantize to int8 "
+                          "(onnxruntime.quantization quantize_static / quantize_dynamic) instead"}
+
+
+def dequantize(q: np.ndarray, scale: np.ndarray, zp, axis: int = 1) -> np.ndarray:
+    """(q - zp) * scale in float32 as onnxruntime's DequantizeLinear computes it; a 1-D scale runs along `axis`."""
+    scale = np.asarray(scale, np.float32)
+    zp = np.zeros((), np.int64) if zp is None else np.asarray(zp)
+    if scale.ndim == 1 and q.ndim > 1:
+        shape = [1] * q.ndim
+        shape[axis % q.ndim] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape) if zp.ndim == 1 else zp
+    return ((q.astype(np.int64) - zp.astype(np.int64)).astype(np.float32) * scale).astype(np.float32)
+
+
+def refuse_unsupported(model: onnx.ModelProto, where: str) -> None:
+    """One line for what has no float view: weight-only int4, bfloat16."""
+    for n in model.graph.node:
+        if n.op_type in REFUSED:
+            raise XCompileError(f"{where}: node {n.name or n.output[0]!r} ({n.op_type}): {REFUSED[n.op_type]}")
+    bf16 = onnx.TensorProto.BFLOAT16
+    tensors = [(t.name, t.data_type) for t in model.graph.initializer]
+    tensors += [(v.name, v.type.tensor_type.elem_type) for v in list(model.graph.input) + list(model.graph.value_info)]
+    tensors += [(n.output[0], helper.get_attribute_value(a)) for n in model.graph.node if n.op_type == "Cast"
+                for a in n.attribute if a.name == "to"]
+    for name, dt in tensors:
+        if dt == bf16:
+            raise XCompileError(f"{where}: tensor {name!r} is bfloat16: bfloat16 models are not supported; convert "
+                                "to float16 (onnxconverter_common.float16) or float32 first")
+
+
+class _View:
+    def __init__(self, g, where):
+        self.g, self.where = g, where
+        self.nodes: list = []
+        self.virtual: dict = {}   # virtual tensor -> the view node that computes it
+        self.consts: dict = {}    # virtual constant -> TensorProto
+
+    def const(self, name):
+        return self.g.const(name) if name else None
+
+    def dq_const(self, v, s, z, axis, key):
+        """The dequantized constant (value, scale, zp) as a virtual initializer."""
+        name = f"{PREFIX}/{key}"
+        if name not in self.consts:
+            arr = dequantize(self.const(v), self.const(s), self.const(z) if z else None, axis)
+            self.consts[name] = numpy_helper.from_array(arr, name)
+            self.g.shapes[name] = tuple(arr.shape)
+        return name
+
+    def dq(self, v, s, z, axis, key, node_name):
+        """The float value of the quantized tensor v: a constant, or a virtual DequantizeLinear output."""
+        if self.g.is_const(v) and self.g.is_const(s) and (not z or self.g.is_const(z)):
+            return self.dq_const(v, s, z, axis, v)
+        name = f"{PREFIX}/{key}"
+        if name not in self.virtual:
+            n = helper.make_node("DequantizeLinear", [v, s] + ([z] if z else []), [name], name=f"{node_name}/dequantize",
+                                 **({"axis": axis} if axis != 1 else {}))
+            self.add(n, {name: self.g.shapes.get(v)})
+        return name
+
+    def add(self, node, virtual: dict):
+        self.nodes.append(node)
+        for name, shape in virtual.items():
+            self.virtual[name] = node
+            self.g.shapes[name] = shape
+            self.g.dtypes[name] = np.dtype(np.float32)
+
+    # ------------------------------------------------------------------ the three forms
+    def qop(self, n, spec: QOp):
+        name = n.name or n.output[0]
+        ins = list(n.input) + [""] * 10
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if attrs.pop("channels_last", 0):
+            raise XCompileError(f"{self.where}: node {name!r} ({n.op_type}): channels_last=1 is not supported")
+        triples = list(spec.triples)
+        if spec.variadic is not None:
+            triples = [(k, k + 1, k + 2) for k in range(spec.variadic, len(n.input), 3)]
+        floats = []
+        for j, (v, s, z) in enumerate(triples):
+            # a per-channel weight scale runs along the output channels: axis 0 of a Conv weight, the last of a
+            # MatMul / Gemm weight (Gemm's transB: axis 0)
+            axis = 1
+            if j == 1 and spec.float_op == "Conv":
+                axis = 0
+            elif j == 1 and spec.float_op in ("MatMul", "Gemm"):
+                axis = 0 if attrs.get("transB", 0) else -1
+            floats.append(self.dq(ins[v], ins[s], ins[z], axis, f"{name}/in{j}", name))
+        if spec.bias is not None and ins[spec.bias[0]]:
+            bslot, (sa, sb) = spec.bias
+            b = self.const(ins[bslot])
+            sa_, sb_ = self.const(ins[sa]), self.const(ins[sb])
+            if b is None or sa_ is None or sb_ is None:
+                raise XCompileError(f"{self.where}: node {name!r} ({n.op_type}): a bias or scale computed at run time "
+                                    "is not supported")
+            bname = f"{PREFIX}/{name}/bias"
+            arr = (b.astype(np.float32) * (np.float32(sa_) * np.asarray(sb_, np.float32))).astype(np.float32)
+            if b.dtype == np.float32:  # a float bias (QGemm allows one) is added as it is
+                arr = b
+            self.consts[bname] = numpy_helper.from_array(np.ascontiguousarray(arr), bname)
+            self.g.shapes[bname] = tuple(arr.shape)
+            floats.append(bname)
+        quantized_out = spec.out is not None and ins[spec.out[0]]
+        y = f"{PREFIX}/{name}/y" if quantized_out else n.output[0]
+        fnode = helper.make_node(spec.float_op, floats, [y], name=name, **attrs)
+        self.add(fnode, {y: self.g.shapes.get(n.output[0])} if quantized_out else {})
+        if quantized_out:
+            s, z = ins[spec.out[0]], ins[spec.out[1]]
+            self.nodes.append(helper.make_node("QuantizeLinear", [y, s] + ([z] if z else []), [n.output[0]],
+                                               name=f"{name}/requantize"))
+
+    def integer(self, n, producer, consumers):
+        """ConvInteger / MatMulInteger -> Cast(float) -> Mul(scale) as Conv / MatMul of the dequantized inputs."""
+        name = n.name or n.output[0]
+        fail = XCompileError(f"{self.where}: node {name!r} ({n.op_type}): only the rescaling onnxruntime.quantization "
+                             "writes (Cast to float, then Mul by input scale x weight scale) is supported")
+        cast = consumers.get(n.output[0], [])
+        if len(cast) != 1 or cast[0].op_type != "Cast":
+            raise fail
+        mul = consumers.get(cast[0].output[0], [])
+        if len(mul) != 1 or mul[0].op_type != "Mul":
+            raise fail
+        mul = mul[0]
+        scale = mul.input[1] if mul.input[0] == cast[0].output[0] else mul.input[0]
+        sp = producer.get(scale)
+        ins = list(n.input) + [""] * 4
+        scales = []
+        for v in (ins[0], ins[1]):
+            d = producer.get(v)
+            scales.append(d.output[1] if d is not None and d.op_type == "DynamicQuantizeLinear" else None)
+        if sp is None or sp.op_type != "Mul":
+            raise fail
+        pair = list(sp.input)
+        for k in (0, 1):  # the constant scale of a constant input: the other factor of the scale product
+            if scales[k] is None:
+                other = scales[1 - k]
+                rest = [p for p in pair if p != other]
+                if len(rest) != 1 or not self.g.is_const(rest[0]):
+                    raise fail
+                scales[k] = rest[0]
+        if sorted(pair) != sorted(scales):
+            raise fail
+        op = INTEGER_OPS[n.op_type]
+        floats = []
+        for j, (v, s, z) in enumerate(((ins[0], scales[0], ins[2]), (ins[1], scales[1], ins[3]))):
+            axis = (0 if op == "Conv" else -1) if j == 1 else 1
+            floats.append(self.dq(v, s, z, axis, f"{name}/in{j}", name))
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        self.nodes.append(helper.make_node(op, floats, [mul.output[0]], name=name, **attrs))
+        return {id(cast[0]), id(mul)}
+
+
+def _recompute_islands(g, v: _View) -> None:
+    """QDQ models: the float tensors between a DequantizeLinear of an activation and the next QuantizeLinear
+    become the view's own (recomputed in the backward part from the quantized tensors), so that the backward reads
+    no float tensor of a DQ -> op -> Q group and onnxruntime fuses the forward's groups into its integer kernels
+    exactly as in the quantized model's own session (the scores stay its own at every optimization level)."""
+    keep = {o.name for o in g.model.graph.output} | {g.explained, g.data_input}
+    island: set = set()
+    rename: dict = {}
+    for j, n in enumerate(v.nodes):
+        if n.op_type == "QuantizeLinear" or any(o in keep for o in n.output) or any(o in v.virtual for o in n.output):
+            continue
+        if not ((n.op_type == "DequantizeLinear" and n.input[0] not in g.initializers)
+                or any(i in island for i in n.input)):
+            continue
+        island.update(o for o in n.output if o)
+        for o in n.output:
+            if o:
+                rename[o] = f"{PREFIX}/{o}"
+    if not rename:
+        return
+    for j, n in enumerate(v.nodes):
+        if not any(i in rename for i in n.input) and not any(o in rename for o in n.output):
+            continue
+        c = onnx.NodeProto()
+        c.CopyFrom(n)
+        c.input[:] = [rename.get(i, i) for i in n.input]
+        c.output[:] = [rename.get(o, o) for o in n.output]
+        v.nodes[j] = c
+        for o, new in zip(n.output, c.output):
+            if o and new != o:
+                v.virtual[new] = c
+                g.shapes[new] = g.shapes.get(o)
+                if o in g.dtypes:
+                    g.dtypes[new] = g.dtypes[o]
+
+
+def float_view(g, where: str = "model") -> None:
+    """Replace the quantized ops in `g`'s node list (what the backward walks; the forward emitted is `g.model`'s)
+    by their float view; record the view's own tensors (`g.virtual`: tensor -> node) and dequantized constants
+    (added to `g.initializers`, listed in `g.virtual_consts`)."""
+    g.virtual, g.virtual_consts = {}, {}
+    ops = {n.op_type for n in g.nodes}
+    if not ops & (set(QOPS) | set(INTEGER_OPS) | {"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"}):
+        return
+    v = _View(g, where)
+    producer = {o: n for n in g.nodes for o in n.output if o}
+    consumers: dict = {}
+    for n in g.nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    skip: set = set()
+    rename: dict = {}  # a DequantizeLinear of constants: its output read as the dequantized constant
+    for n in g.nodes:
+        if id(n) in skip:
+            continue
+        if n.domain in ("", "ai.onnx") and n.op_type == "DequantizeLinear" and all(not i or g.is_const(i) for i in n.input):
+            ins = list(n.input) + [""]
+            rename[n.output[0]] = v.dq_const(ins[0], ins[1], ins[2], attr(n, "axis", 1), n.output[0])
+            continue
+        if n.op_type in QOPS and n.domain in ("", "ai.onnx", MS):
+            v.qop(n, QOPS[n.op_type])
+        elif n.op_type in INTEGER_OPS and n.domain in ("", "ai.onnx"):
+            skip |= v.integer(n, producer, consumers)
+        else:
+            v.nodes.append(n)
+    for j, n in enumerate(v.nodes):
+        if any(i in rename for i in n.input):
+            # a copy: the forward model's own nodes are never modified
+            c = onnx.NodeProto()
+            c.CopyFrom(n)
+            c.input[:] = [rename.get(i, i) for i in n.input]
+            v.nodes[j] = c
+    _recompute_islands(g, v)
+    g.nodes = v.nodes
+    g.producer, g.consumers = {}, defaultdict(list)
+    for node in g.nodes:
+        for o in node.output:
+            if o:
+                g.producer[o] = node
+        for i in node.input:
+            if i:
+                g.consumers[i].append(node)
+    for name, t in v.consts.items():
+        g.initializers[name] = t
+    g.virtual, g.virtual_consts = v.virtual, v.consts
