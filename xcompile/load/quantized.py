@@ -24,6 +24,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import XCompileError
 from ..graph import attr
+from ..kinds import QUANTIZATION_OPS, ROUTE_OPS
 
 PREFIX = "xc/dequantized"
 MS = "com.microsoft"
@@ -55,6 +56,8 @@ QOPS = {
     "QLinearConcat": QOp("Concat", (), out=(0, 1), variadic=2),
 }
 INTEGER_OPS = {"ConvInteger": "Conv", "MatMulInteger": "MatMul"}  # + Cast + Mul(scale): the dynamic form
+# ops whose backward reads no input value (routing / shape): they run on the quantized tensor in the view too
+VALUE_FREE_OPS = ROUTE_OPS | {"Slice", "Pad", "Split", "Gather", "Tile", "DepthToSpace", "SpaceToDepth"}
 REFUSED = {"MatMulNBits": "weight-only int4 (MatMulNBits) models are not supported; quantize to int8 "
                           "(onnxruntime.quantization quantize_static / quantize_dynamic) instead"}
 
@@ -111,7 +114,7 @@ class _View:
             return self.dq_const(v, s, z, axis, v)
         name = f"{PREFIX}/{key}"
         if name not in self.virtual:
-            n = helper.make_node("DequantizeLinear", [v, s] + ([z] if z else []), [name], name=f"{node_name}/dequantize",
+            n = helper.make_node("DequantizeLinear", [v, s] + ([z] if z else []), [name], name=f"{key}/dequantize",
                                  **({"axis": axis} if axis != 1 else {}))
             self.add(n, {name: self.g.shapes.get(v)})
         return name
@@ -165,6 +168,24 @@ class _View:
             s, z = ins[spec.out[0]], ins[spec.out[1]]
             self.nodes.append(helper.make_node("QuantizeLinear", [y, s] + ([z] if z else []), [n.output[0]],
                                                name=f"{name}/requantize"))
+
+    def wrap(self, n, s, z):
+        """A float op on a quantized tensor as QuantizeLinear(op(DQ(x)), s, z); its other outputs (MaxPool's
+        indices) become the view's own."""
+        name = n.name or n.output[0]
+        x = self.dq(n.input[0], s, z, 1, f"{name}/in0", name)
+        y = f"{PREFIX}/{name}/y"
+        outs = [y] + [f"{PREFIX}/{o}" if o else "" for o in n.output[1:]]
+        c = onnx.NodeProto()
+        c.CopyFrom(n)
+        c.input[0] = x
+        c.output[:] = outs
+        self.add(c, {o: self.g.shapes.get(orig) for o, orig in zip(outs, n.output) if o})
+        for o, orig in zip(outs[1:], n.output[1:]):
+            if o and orig in self.g.dtypes:
+                self.g.dtypes[o] = self.g.dtypes[orig]
+        self.nodes.append(helper.make_node("QuantizeLinear", [y, s] + ([z] if z else []), [n.output[0]],
+                                           name=f"{name}/requantize"))
 
     def integer(self, n, producer, consumers):
         """ConvInteger / MatMulInteger -> Cast(float) -> Mul(scale) as Conv / MatMul of the dequantized inputs."""
@@ -258,6 +279,7 @@ def float_view(g, where: str = "model") -> None:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     skip: set = set()
+    qparams: dict = {}  # quantized tensor -> its per-tensor (scale, zero point)
     rename: dict = {}  # a DequantizeLinear of constants: its output read as the dequantized constant
     for n in g.nodes:
         if id(n) in skip:
@@ -268,8 +290,23 @@ def float_view(g, where: str = "model") -> None:
             continue
         if n.op_type in QOPS and n.domain in ("", "ai.onnx", MS):
             v.qop(n, QOPS[n.op_type])
+            out = QOPS[n.op_type].out
+            if out is not None and len(n.input) > out[0] and n.input[out[0]]:
+                qparams[n.output[0]] = (n.input[out[0]], n.input[out[1]] if len(n.input) > out[1] else "")
         elif n.op_type in INTEGER_OPS and n.domain in ("", "ai.onnx"):
             skip |= v.integer(n, producer, consumers)
+        elif n.op_type == "QuantizeLinear" and len(n.input) > 1 and g.is_const(n.input[1]) \
+                and g.const(n.input[1]).size == 1:
+            qparams[n.output[0]] = (n.input[1], n.input[2] if len(n.input) > 2 else "")
+            v.nodes.append(n)
+        elif n.input and n.input[0] in qparams and n.domain in ("", "ai.onnx") and n.op_type not in QUANTIZATION_OPS:
+            # a float op run on a quantized tensor (QOperator graphs run MaxPool, Reshape, ... on uint8): its
+            # output keeps the input's scale; ops whose backward reads values see them dequantized
+            qparams[n.output[0]] = qparams[n.input[0]]
+            if n.op_type in VALUE_FREE_OPS:
+                v.nodes.append(n)
+            else:
+                v.wrap(n, *qparams[n.input[0]])
         else:
             v.nodes.append(n)
     for j, n in enumerate(v.nodes):
