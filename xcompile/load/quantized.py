@@ -180,7 +180,11 @@ class _View:
         c.CopyFrom(n)
         c.input[0] = x
         c.output[:] = outs
+        _with_indices(c, self.g)
+        outs = list(c.output)
         self.add(c, {o: self.g.shapes.get(orig) for o, orig in zip(outs, n.output) if o})
+        for o in outs[len(n.output):]:  # the Indices output _with_indices added
+            self.virtual[o] = c
         for o, orig in zip(outs[1:], n.output[1:]):
             if o and orig in self.g.dtypes:
                 self.g.dtypes[o] = self.g.dtypes[orig]
@@ -262,6 +266,23 @@ def _recompute_islands(g, v: _View) -> None:
                 g.shapes[new] = g.shapes.get(o)
                 if o in g.dtypes:
                     g.dtypes[new] = g.dtypes[o]
+        if _with_indices(c, g):
+            v.virtual[c.output[1]] = c
+
+
+def _with_indices(c, g) -> bool:
+    """The view's copy of a MaxPool gets the Indices output the backward reuses (canonicalize/maxpool.py leaves
+    the forward's quantized MaxPool as it is)."""
+    if c.op_type != "MaxPool" or (len(c.output) > 1 and c.output[1]):
+        return False
+    name = f"{c.output[0]}/indices"
+    if len(c.output) > 1:
+        c.output[1] = name
+    else:
+        c.output.append(name)
+    g.shapes[name] = g.shapes.get(c.output[0])
+    g.dtypes[name] = np.dtype(np.int64)
+    return True
 
 
 def float_view(g, where: str = "model") -> None:
