@@ -123,7 +123,7 @@ def run(model_path, x: np.ndarray, target: np.ndarray):
             out = _fq(torch.cat([v(i[k]) for k in range(2, len(n.input), 3)], a["axis"]), c(i[0]), c(i[1]))
         elif op == "DynamicQuantizeLinear":
             t = v(i[0])
-            lo, hi = min(float(t.min()), 0.0), max(float(t.max()), 0.0)
+            lo, hi = min(float(t.detach().min()), 0.0), max(float(t.detach().max()), 0.0)
             s = np.float32((hi - lo) / 255.0)
             zp = np.uint8(np.clip(np.round(0 - lo / s), 0, 255))
             q = torch.fake_quantize_per_tensor_affine(t.detach(), float(s), int(zp), 0, 255)
