@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import quant_oracle
 from onnx import TensorProto, helper, numpy_helper
 
-import quant_oracle
 from xcompile.compiler import compile as xcompile
 from xcompile.errors import XCompileError
 
