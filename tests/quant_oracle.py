@@ -72,6 +72,62 @@ def measured(m: onnx.ModelProto, x: np.ndarray) -> dict:
     return dict(zip(names, sess.run(None, {mm.graph.input[0].name: x})))
 
 
+def _ints(t):
+    return [int(d) for d in (t.tolist() if hasattr(t, "tolist") else t)]
+
+
+def _slice(n, a, x, c):
+    t = x[0]
+    starts, ends = _ints(x[1]), _ints(x[2])
+    axes = _ints(x[3]) if len(x) > 3 and x[3] is not None else list(range(len(starts)))
+    steps = _ints(x[4]) if len(x) > 4 and x[4] is not None else [1] * len(starts)
+    idx = [slice(None)] * t.dim()
+    for s_, e_, ax, st in zip(starts, ends, axes, steps):
+        size = t.shape[ax]
+        s_ = max(0, min(size, s_ + size if s_ < 0 else s_))
+        e_ = max(0, min(size, e_ + size if e_ < 0 else e_))
+        idx[ax] = slice(s_, e_, st)
+    return t[tuple(idx)]
+
+
+def _layernorm(n, a, x, c):
+    axis = a.get("axis", -1)
+    dims = tuple(range(axis % x[0].dim(), x[0].dim()))
+    mu = x[0].mean(dims, keepdim=True)
+    var = ((x[0] - mu) ** 2).mean(dims, keepdim=True)
+    y = (x[0] - mu) / torch.sqrt(var + a.get("epsilon", 1e-5)) * x[1]
+    return y + x[2] if len(x) > 2 and x[2] is not None else y
+
+
+FLOAT_OPS = {  # the float ops of the small models these tests quantize (resnet18, mobilenet_v2, a tiny ViT)
+    "Clip": lambda n, a, x, c: torch.clamp(x[0], float(x[1]) if len(x) > 1 and x[1] is not None else None,
+                                           float(x[2]) if len(x) > 2 and x[2] is not None else None),
+    "Div": lambda n, a, x, c: x[0] / x[1],
+    "Sqrt": lambda n, a, x, c: torch.sqrt(x[0]),
+    "Erf": lambda n, a, x, c: torch.erf(x[0]),
+    "Softmax": lambda n, a, x, c: torch.softmax(x[0], a.get("axis", -1)),
+    "LayerNormalization": _layernorm,
+    "Transpose": lambda n, a, x, c: x[0].permute(*a["perm"]),
+    "Concat": lambda n, a, x, c: torch.cat(x, a["axis"]),
+    "Slice": _slice,
+    "Gather": lambda n, a, x, c: torch.index_select(x[0], a.get("axis", 0) % x[0].dim(),
+                                                    x[1].reshape(-1).long() % x[0].shape[a.get("axis", 0)]).reshape(
+        tuple(x[0].shape[:a.get("axis", 0) % x[0].dim()]) + tuple(x[1].shape) + tuple(x[0].shape[a.get("axis", 0) % x[0].dim() + 1:])),
+    "Expand": lambda n, a, x, c: x[0] * torch.ones(_ints(x[1])),
+    "Unsqueeze": lambda n, a, x, c: x[0].reshape(_unsqueezed(x[0].shape, _ints(x[1]))),
+    "Squeeze": lambda n, a, x, c: x[0].squeeze(tuple(d % x[0].dim() for d in _ints(x[1]))),
+    "Identity": lambda n, a, x, c: x[0],
+    "Where": lambda n, a, x, c: torch.where(x[0].bool(), x[1], x[2]),
+}
+
+
+def _unsqueezed(shape, axes):
+    out = list(shape)
+    for ax in sorted(d % (len(shape) + len(axes)) for d in axes):
+        out.insert(ax, 1)
+    return out
+
+
 def run(model_path, x: np.ndarray, target: np.ndarray):
     """(scores, d score[target] / d x) of the quantized model, by autograd.
 
@@ -94,6 +150,9 @@ def run(model_path, x: np.ndarray, target: np.ndarray):
             return env[name]
         return torch.tensor(init[name])
 
+    def qv(k, s, z, axis=1):  # a quantized input's value: dequantized when it is a constant
+        return _deq(c(k), c(s), c(z), axis) if k in init else v(k)
+
     for n in m.graph.node:
         a, i, op = _attrs(n), list(n.input) + [""] * 10, n.op_type
         if op == "QuantizeLinear":
@@ -101,7 +160,8 @@ def run(model_path, x: np.ndarray, target: np.ndarray):
         elif op == "DequantizeLinear":
             out = _deq(c(i[0]), c(i[1]), c(i[2]), a.get("axis", 1)) if i[0] in init else v(i[0])
         elif op in ("QLinearConv", "QLinearMatMul", "QGemm"):
-            xq, wq = v(i[0]), _deq(c(i[3]), c(i[4]), c(i[5]), 0 if op == "QLinearConv" or a.get("transB") else -1)
+            xq = qv(i[0], i[1], i[2])
+            wq = qv(i[3], i[4], i[5], 0 if op == "QLinearConv" or a.get("transB") else -1)
             bslot = 8 if op == "QLinearConv" else 6
             b = None
             if op != "QLinearMatMul" and i[bslot]:
@@ -115,12 +175,12 @@ def run(model_path, x: np.ndarray, target: np.ndarray):
             ys = 6 if op != "QGemm" else 7
             out = _fq(y, c(i[ys]), c(i[ys + 1])) if i[ys] else y
         elif op in ("QLinearAdd", "QLinearMul"):
-            y = v(i[0]) + v(i[3]) if op == "QLinearAdd" else v(i[0]) * v(i[3])
+            y = qv(i[0], i[1], i[2]) + qv(i[3], i[4], i[5]) if op == "QLinearAdd" else qv(i[0], i[1], i[2]) * qv(i[3], i[4], i[5])
             out = _fq(y, c(i[6]), c(i[7]))
         elif op == "QLinearGlobalAveragePool":
             out = _fq(v(i[0]).mean(dim=tuple(range(2, v(i[0]).dim())), keepdim=True), c(i[3]), c(i[4]))
         elif op == "QLinearConcat":
-            out = _fq(torch.cat([v(i[k]) for k in range(2, len(n.input), 3)], a["axis"]), c(i[0]), c(i[1]))
+            out = _fq(torch.cat([qv(i[k], i[k + 1], i[k + 2]) for k in range(2, len(n.input), 3)], a["axis"]), c(i[0]), c(i[1]))
         elif op == "DynamicQuantizeLinear":
             t = v(i[0])
             lo, hi = min(float(t.detach().min()), 0.0), max(float(t.detach().max()), 0.0)
@@ -148,8 +208,8 @@ def run(model_path, x: np.ndarray, target: np.ndarray):
             x0, x1 = v(i[0]), v(i[1])
             out = x0 + x1 if op == "Add" else (x0 * x1 if op == "Mul" else x0 - x1)
         elif op == "Reshape":
-            out = v(i[0]).reshape([int(d) for d in c(i[1])]) if 0 not in c(i[1]) else \
-                v(i[0]).reshape([v(i[0]).shape[k] if d == 0 else int(d) for k, d in enumerate(c(i[1]))])
+            shape = _ints(v(i[1]))
+            out = v(i[0]).reshape([v(i[0]).shape[k] if d == 0 else d for k, d in enumerate(shape)])
         elif op == "Relu":
             out = F.relu(v(i[0]))
         elif op == "MaxPool":
@@ -166,6 +226,17 @@ def run(model_path, x: np.ndarray, target: np.ndarray):
             out = _gemm(v(i[0]), v(i[1]), v(i[2]) if i[2] else None, a)
         elif op == "MatMul":
             out = v(i[0]) @ v(i[1])
+        elif op in FLOAT_OPS:
+            out = FLOAT_OPS[op](n, a, [v(k) if k else None for k in n.input], c)
+        elif op == "QLinearSoftmax":
+            out = _fq(torch.softmax(v(i[0]), a.get("axis", -1)), c(i[3]), c(i[4]))
+        elif op in ("Shape", "Size", "Equal", "ConstantOfShape", "Constant") or \
+                not any(k in env and env[k].requires_grad for k in n.input):
+            # shape arithmetic and constants carry no gradient: onnxruntime's values
+            for o in n.output:
+                if o:
+                    env[o] = torch.tensor(seen[o])
+            continue
         else:
             raise NotImplementedError(op)
         ref = seen[n.output[0]]
@@ -176,8 +247,9 @@ def run(model_path, x: np.ndarray, target: np.ndarray):
         elif ref.dtype in (np.int8, np.uint8):  # a quantized output: its dequantized value
             slots = {"QuantizeLinear": (1, 2)}.get(op, (7, 8) if op == "QGemm" else
                                                     (0, 1) if op == "QLinearConcat" else
-                                                    (3, 4) if op in ("QLinearGlobalAveragePool",) else (6, 7))
-            if op in ("MaxPool", "Reshape", "Flatten"):  # a quantized tensor moved: its input's parameters
+                                                    (3, 4) if op in ("QLinearGlobalAveragePool", "QLinearSoftmax") else (6, 7))
+            if op != "QuantizeLinear" and not op.startswith("QLinear") and op != "QGemm":
+                # a quantized tensor moved (MaxPool, Reshape, Transpose, ...): the value computed from its input
                 slots = None
                 ref = out.detach().numpy()
             if slots is not None:

@@ -54,7 +54,9 @@ QOPS = {
     "QLinearLeakyRelu": QOp("LeakyRelu", ((0, 1, 2),), out=(3, 4)),
     "QLinearSigmoid": QOp("Sigmoid", ((0, 1, 2),), out=(3, 4)),
     "QLinearConcat": QOp("Concat", (), out=(0, 1), variadic=2),
+    "QLinearSoftmax": QOp("Softmax", ((0, 1, 2),), out=(3, 4)),
 }
+DROPPED_ATTRS = ("channels_last", "opset")  # layout / version flags of the QLinear ops, not float-op attributes
 INTEGER_OPS = {"ConvInteger": "Conv", "MatMulInteger": "MatMul"}  # + Cast + Mul(scale): the dynamic form
 # ops whose backward reads no input value (routing / shape): they run on the quantized tensor in the view too
 VALUE_FREE_OPS = ROUTE_OPS | {"Slice", "Pad", "Split", "Gather", "Tile", "DepthToSpace", "SpaceToDepth"}
@@ -131,8 +133,10 @@ class _View:
         name = n.name or n.output[0]
         ins = list(n.input) + [""] * 10
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        if attrs.pop("channels_last", 0):
+        if attrs.get("channels_last", 0):
             raise XCompileError(f"{self.where}: node {name!r} ({n.op_type}): channels_last=1 is not supported")
+        for k in DROPPED_ATTRS:
+            attrs.pop(k, None)
         triples = list(spec.triples)
         if spec.variadic is not None:
             triples = [(k, k + 1, k + 2) for k in range(spec.variadic, len(n.input), 3)]
