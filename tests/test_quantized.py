@@ -54,17 +54,18 @@ def resnet(tmp_path_factory):
     return d
 
 
-def _calibration():
+def _calibration(hw):
     class Reader(ort_q.CalibrationDataReader):
         def __init__(self):
-            self.it = iter([{"input": np.random.RandomState(100 + i).randn(1, 3, H, H).astype(np.float32)} for i in range(8)])
+            self.it = iter([{"input": np.random.RandomState(100 + i).randn(1, 3, hw, hw).astype(np.float32)}
+                            for i in range(8)])
 
         def get_next(self):
             return next(self.it, None)
     return Reader()
 
 
-def quantized(d, form: str):
+def quantized(d, form: str, hw: int = H):
     """form: qdq / qoperator (+ '_pc' per channel) or dynamic (QUInt8 weights) / dynamic_pc (QInt8, per channel)."""
     out = d / f"{form}.onnx"
     if not out.exists():
@@ -75,7 +76,7 @@ def quantized(d, form: str):
         else:
             fmt = ort_q.QuantFormat.QDQ if form.startswith("qdq") else ort_q.QuantFormat.QOperator
             act = ort_q.QuantType.QInt8 if form.startswith("qdq") else ort_q.QuantType.QUInt8
-            ort_q.quantize_static(str(d / "float.onnx"), str(out), _calibration(), quant_format=fmt, per_channel=pc,
+            ort_q.quantize_static(str(d / "float.onnx"), str(out), _calibration(hw), quant_format=fmt, per_channel=pc,
                                   activation_type=act, weight_type=ort_q.QuantType.QInt8)
     return out
 
@@ -135,6 +136,58 @@ def test_resnet18_methods(resnet, form):
     ratio = out["relevance"].reshape(2, -1).sum(1) / score
     print(f"{form}: LRP epsilon-plus-flat sum(R) / score = {np.round(ratio, 3)}")
     assert np.isfinite(out["relevance"]).all() and np.all(np.abs(ratio) < 10)
+
+
+@pytest.fixture(scope="module")
+def small_models(tmp_path_factory):
+    """mobilenet_v2 (3x64x64, calibrated BatchNorm) and a tiny ViT (3x32x32, 2 layers; its zero-initialised head
+    given seeded weights so the scores are not all 0), float ONNX."""
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    from model_zoo.zoo import export_onnx
+    d = tmp_path_factory.mktemp("quantized_small")
+    torch.manual_seed(0)
+    mb = torchvision.models.mobilenet_v2(num_classes=10)
+    gen = torch.Generator().manual_seed(0)
+    for b in [b for b in mb.modules() if isinstance(b, torch.nn.BatchNorm2d)]:
+        b.reset_running_stats()
+        b.momentum = None
+        b.train()
+    with torch.no_grad():
+        for _ in range(2):
+            mb(torch.randn(8, 3, 64, 64, generator=gen))
+    mb.eval()
+    (d / "mobilenet_v2").mkdir()
+    export_onnx(mb, torch.randn(1, 3, 64, 64, generator=gen), d / "mobilenet_v2" / "float.onnx")
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                                               mlp_dim=64, num_classes=10).eval()
+    torch.nn.init.normal_(vit.heads.head.weight, std=0.2, generator=gen)
+    (d / "vit").mkdir()
+    export_onnx(vit, torch.randn(1, 3, 32, 32, generator=gen), d / "vit" / "float.onnx")
+    return d
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mobilenet_v2", "vit"])
+@pytest.mark.parametrize("form", ["qdq_pc", "qoperator_pc", "dynamic_pc"])
+def test_mobilenet_and_vit(small_models, name, form):
+    d, hw = small_models / name, 64 if name == "mobilenet_v2" else 32
+    path = quantized(d, form, hw)
+    x = np.random.RandomState(5).randn(2, 3, hw, hw).astype(np.float32)
+    target = np.array([2, 5])
+    m = xcompile(str(path), "gradient")
+    got = _explain(m, x, target)
+    np.testing.assert_array_equal(got[m.graph.output[0].name], _session(path).run(None, {"input": x})[0])
+    _, ref = quant_oracle.run(path, x, target)
+    err = np.abs(got["relevance"] - ref).max() / np.abs(ref).max()
+    assert err <= 1e-4, err
+    ixg = _explain(xcompile(str(path), "input_x_gradient"), x, target)["relevance"]
+    assert np.abs(ixg - x * ref).max() <= 1e-4 * np.abs(x * ref).max()
+    for method, kw in (("integrated_gradients", {"steps": 8}),
+                       ("lrp", {"rules": "attnlrp" if name == "vit" else "epsilon-plus-flat"})):
+        r = _explain(xcompile(str(path), method, **kw), x, target)["relevance"]
+        assert np.isfinite(r).all() and np.abs(r).max() > 0, method
+    print(f"{name} {form}: gradient vs fake_quantize oracle {err:.1e} of max")
 
 
 # ----------------------------------------------------------------------------------- one-node tests against numpy
