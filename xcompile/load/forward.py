@@ -15,6 +15,7 @@ from ..canonicalize.passes import (
 from ..errors import XCompileError
 from ..graph import ForwardGraph
 from ..options import Param, as_bool
+from ..write.precision import parse_precision
 from .loader import (
     default_opset,
     find_data_input,
@@ -33,6 +34,8 @@ COMMON = {
     "output": Param(None, "name of the score output"),
     "keep_softmax": Param(False, "explain the softmax output instead of the logits (true/false)", as_bool),
     "keep_outputs": Param(False, "keep every original output, in place, and add relevance after them (true/false)", as_bool),
+    "precision": Param(None, "float32 (default) or float16: a float16 explainer of a float32 model (for GPUs; "
+                       "relevance stays float32)", parse_precision),
     "input_shape": Param(None, "sample shape without the batch, e.g. 3x224x224",
                          lambda v: tuple(int(d) for d in (v.split("x") if isinstance(v, str) else v))),
 }

@@ -17,6 +17,7 @@ from ..graph import RELEVANCE, TARGET
 EXPLAINED_CLASS = "explained_class"
 from ..protobuf_limit import on_disk, save_external, too_large
 from .lower import lower_for_cuda
+from .precision import to_float16
 
 
 def _with_batch(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
@@ -66,6 +67,8 @@ def assemble(g, b, built, meta: dict, keep_outputs: bool = False, where: str = "
     opsets = [o for o in g.model.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
     model = helper.make_model(graph, opset_imports=opsets, ir_version=g.model.ir_version,
                               producer_name="xcompile", producer_version=meta.get("xcompile_version", ""))
+    if meta.get("params", {}).get("precision") == "float16":
+        model = to_float16(model, where)
     for k in sorted(meta):
         p = model.metadata_props.add()
         p.key, p.value = f"xcompile.{k}", meta[k] if isinstance(meta[k], str) else json.dumps(meta[k], sort_keys=True)
