@@ -28,6 +28,7 @@ from ..kinds import QUANTIZATION_OPS, ROUTE_OPS
 
 PREFIX = "xc/dequantized"
 MS = "com.microsoft"
+SMALL = 1024  # dequantized constants up to this size are written as float initializers
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class _View:
         self.nodes: list = []
         self.virtual: dict = {}   # virtual tensor -> the view node that computes it
         self.consts: dict = {}    # virtual constant -> TensorProto
+        self.dq_nodes: dict = {}  # a large one -> the DequantizeLinear of the int8 initializer that makes it
 
     def const(self, name):
         return self.g.const(name) if name else None
@@ -108,6 +110,10 @@ class _View:
             arr = dequantize(self.const(v), self.const(s), self.const(z) if z else None, axis)
             self.consts[name] = numpy_helper.from_array(arr, name)
             self.g.shapes[name] = tuple(arr.shape)
+            if arr.size > SMALL:
+                # the explainer file keeps the int8 weight only: the backward dequantizes it at run time
+                self.dq_nodes[name] = helper.make_node("DequantizeLinear", [v, s] + ([z] if z else []), [name],
+                                                       name=f"{name}/dequantize", **({"axis": axis} if axis != 1 else {}))
         return name
 
     def dq(self, v, s, z, axis, key, node_name):
@@ -354,3 +360,4 @@ def float_view(g, where: str = "model") -> None:
     for name, t in v.consts.items():
         g.initializers[name] = t
     g.virtual, g.virtual_consts = v.virtual, v.consts
+    g.virtual.update(v.dq_nodes)

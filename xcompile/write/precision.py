@@ -11,6 +11,8 @@ Everything else (forward and backward) runs in float16; onnxruntime's CPU provid
 no kernel for in float32 (its InsertCastTransformer), the CUDA provider runs them in float16."""
 from __future__ import annotations
 
+import warnings
+
 import onnx
 
 from ..errors import XCompileError
@@ -131,8 +133,10 @@ def to_float16(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     # the converter leaves Cast's `to` as it is: the explainer's own casts to float32 (masks to numbers) go to float16
     casts = {n.name for n in model.graph.node if n.op_type == "Cast" and n.name not in blocked
              and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in n.attribute)}
-    out = float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False,
-                                           node_block_list=blocked, op_block_list=OP_BLOCK_LIST)
+    with warnings.catch_warnings():  # its notes on constants clamped to float16's range, one per tensor
+        warnings.simplefilter("ignore")
+        out = float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False,
+                                               node_block_list=blocked, op_block_list=OP_BLOCK_LIST)
     for n in out.graph.node:
         if n.name in casts:
             for a in n.attribute:

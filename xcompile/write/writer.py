@@ -85,9 +85,9 @@ def dequantized_view_part(g, emitted: list) -> tuple[list, list]:
     nodes, seen, used_consts = [], set(), {}
 
     def need(name):
-        if name in consts:
-            used_consts.setdefault(name, consts[name])
         node = virtual.get(name)
+        if name in consts and node is None:  # (a large dequantized weight is made by a DequantizeLinear node)
+            used_consts.setdefault(name, consts[name])
         if node is None or id(node) in seen:
             return
         seen.add(id(node))
