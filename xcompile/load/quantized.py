@@ -238,8 +238,22 @@ class _View:
             axis = (0 if op == "Conv" else -1) if j == 1 else 1
             floats.append(self.dq(v, s, z, axis, f"{name}/in{j}", name))
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        self.nodes.append(helper.make_node(op, floats, [mul.output[0]], name=name, **attrs))
-        return {id(cast[0]), id(mul)}
+        out, done = mul.output[0], {id(cast[0]), id(mul)}
+        add = consumers.get(out, [])
+        if op == "Conv" and len(add) == 1 and add[0].op_type == "Add":
+            # the float Conv's bias, added after the rescaling: part of the layer (LRP's rules see it there)
+            other = [i for i in add[0].input if i != out]
+            b = self.const(other[0]) if len(other) == 1 else None
+            cout = self.g.shapes.get(out, (None, None))[1]
+            if b is not None and tuple(b.shape) in ((cout,), (cout, 1, 1), (1, cout, 1, 1)):
+                bname = f"{PREFIX}/{name}/bias"
+                self.consts[bname] = numpy_helper.from_array(np.ascontiguousarray(b.reshape(-1), np.float32), bname)
+                self.g.shapes[bname] = (int(cout),)
+                floats.append(bname)
+                out = add[0].output[0]
+                done.add(id(add[0]))
+        self.nodes.append(helper.make_node(op, floats, [out], name=name, **attrs))
+        return done
 
 
 def _recompute_islands(g, v: _View) -> None:
