@@ -331,3 +331,27 @@ def test_matmulnbits_and_bfloat16_refused_in_one_line():
     with pytest.raises(XCompileError, match=r"bfloat16 models are not supported") as e:
         xcompile(m, "gradient")
     assert "\n" not in str(e.value)
+
+
+def test_weight_fake_quantized_in_graph_is_a_constant_for_lrp():
+    """A float weight quantized in the graph (Q(W) -> DQ, as QAT exports write it): LRP's rules see the constant
+    DQ(Q(W)); LRP-epsilon of x -> Q/DQ -> Gemm equals numpy's a_i W_it R_t / (z_t + eps sign z_t)."""
+    rs = np.random.RandomState(3)
+    w, b = rs.randn(3, 6).astype(np.float32), rs.randn(3).astype(np.float32) * 0.1
+    ws = (np.abs(w).max(1) / 127).astype(np.float32)
+    nodes = [helper.make_node("QuantizeLinear", ["input", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["a"]),
+             helper.make_node("QuantizeLinear", ["w", "ws", "wz"], ["wq"], axis=0),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0),
+             helper.make_node("Gemm", ["a", "wd", "b"], ["scores"], transB=1)]
+    m = _model(nodes, {"s": np.float32(0.02), "z": np.int8(0), "w": w, "ws": ws, "wz": np.zeros(3, np.int8), "b": b},
+               1, [6], 3)
+    x = rs.randn(4, 6).astype(np.float32)
+    t = np.array([0, 1, 2, 1])
+    a = (np.clip(np.round(x / np.float32(0.02)), -128, 127) * np.float32(0.02)).astype(np.float32)
+    wd = (np.clip(np.round(w / ws[:, None]), -128, 127) * ws[:, None]).astype(np.float32)
+    z = a @ wd.T + b
+    zt = z[np.arange(4), t]
+    ref = a * wd[t] * (zt / (zt + 1e-6 * np.where(zt < 0, -1, 1)))[:, None]
+    got = _explain(xcompile(m, "lrp", rules="epsilon"), x, t)["relevance"]
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())

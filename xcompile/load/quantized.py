@@ -116,6 +116,24 @@ class _View:
                                                        name=f"{name}/dequantize", **({"axis": axis} if axis != 1 else {}))
         return name
 
+    def fake_quant_const(self, q, d):
+        """DQ(Q(W)) of a constant float W, as onnxruntime computes it (round half to even, saturate)."""
+        name = f"{PREFIX}/{d.output[0]}"
+        if name not in self.consts:
+            qi = list(q.input) + [""]
+            w, s, z = self.const(qi[0]), self.const(qi[1]), self.const(qi[2]) if qi[2] else np.zeros((), np.uint8)
+            axis = attr(q, "axis", 1)
+            shape = [1] * w.ndim
+            if np.ndim(s) == 1 and w.ndim > 1:
+                shape[axis % w.ndim] = -1
+            lo, hi = np.iinfo(z.dtype).min, np.iinfo(z.dtype).max
+            qv = np.clip(np.round(w / np.reshape(s, shape if np.ndim(s) == 1 else ())) +
+                         np.reshape(z, shape if np.ndim(z) == 1 else ()).astype(np.float32), lo, hi).astype(z.dtype)
+            arr = dequantize(qv, s, z, axis)
+            self.consts[name] = numpy_helper.from_array(arr, name)
+            self.g.shapes[name] = tuple(arr.shape)
+        return name
+
     def dq(self, v, s, z, axis, key, node_name):
         """The float value of the quantized tensor v: a constant, or a virtual DequantizeLinear output."""
         if self.g.is_const(v) and self.g.is_const(s) and (not z or self.g.is_const(z)):
@@ -332,6 +350,12 @@ def float_view(g, where: str = "model") -> None:
         if n.domain in ("", "ai.onnx") and n.op_type == "DequantizeLinear" and all(not i or g.is_const(i) for i in n.input):
             ins = list(n.input) + [""]
             rename[n.output[0]] = v.dq_const(ins[0], ins[1], ins[2], attr(n, "axis", 1), n.output[0])
+            continue
+        q = producer.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear" and all(not i or g.is_const(i) for i in q.input) \
+                and all(not i or g.is_const(i) for i in n.input[1:]):
+            # a float weight fake-quantized in the graph (QAT exports: Q(W) -> DQ): its dequantized value, constant
+            rename[n.output[0]] = v.fake_quant_const(q, n)
             continue
         if n.op_type in QOPS and n.domain in ("", "ai.onnx", MS):
             v.qop(n, QOPS[n.op_type])
