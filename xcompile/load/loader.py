@@ -11,7 +11,7 @@ from onnx import helper, version_converter
 from ..canonicalize.groupnorm import expand_groupnorm18
 from ..errors import XCompileError
 from ..protobuf_limit import check_model, infer_shapes, too_large
-from .quantized import refuse_unsupported
+from .quantized_ops import refuse_unsupported
 
 MIN_OPSET = 11
 MAX_OPSET = 23
