@@ -120,8 +120,9 @@ def test_resnet18_gradient_matches_fake_quantize_oracle(resnet, form):
 @pytest.mark.parametrize("form", ["qoperator_pc", pytest.param("dynamic", marks=pytest.mark.slow),
                                   pytest.param("qdq", marks=pytest.mark.slow)])
 def test_resnet18_methods(resnet, form):
-    """input_x_gradient = x * the oracle's gradient; integrated_gradients and LRP epsilon-plus-flat run, finite;
-    LRP's relevance sums to a sensible share of the score (dequantized weights, relevance passed through Q/DQ)."""
+    """input_x_gradient = x * the oracle's gradient; integrated_gradients, LRP epsilon-plus-flat and
+    patternattribution run, finite; LRP's relevance sums to a sensible share of the score (dequantized weights,
+    relevance passed through Q/DQ)."""
     path = quantized(resnet, form)
     target = np.array([3, 7])
     _, ref = quant_oracle.run(path, X, target)
@@ -136,6 +137,12 @@ def test_resnet18_methods(resnet, form):
     ratio = out["relevance"].reshape(2, -1).sum(1) / score
     print(f"{form}: LRP epsilon-plus-flat sum(R) / score = {np.round(ratio, 3)}")
     assert np.isfinite(out["relevance"]).all() and np.all(np.abs(ratio) < 10)
+    # patterns are fitted on the layers' float view too (its recomputed tensors go into the instrumented graph)
+    from xcompile.patterns.fit import fit_file
+    np.save(path.parent / "fit.npy", np.random.RandomState(1).randn(8, 3, H, H).astype(np.float32))
+    fit_file(str(path), str(path.parent / "fit.npy"), out=str(path.parent / f"{form}_patterns.npz"), batch_size=8)
+    pa = _explain(xcompile(str(path), "patternattribution", patterns=str(path.parent / f"{form}_patterns.npz")), X, target)
+    assert np.isfinite(pa["relevance"]).all() and np.abs(pa["relevance"]).max() > 0
 
 
 @pytest.fixture(scope="module")
