@@ -228,6 +228,16 @@ def run(model_path, x: np.ndarray, target: np.ndarray):
             out = v(i[0]) @ v(i[1])
         elif op in FLOAT_OPS:
             out = FLOAT_OPS[op](n, a, [v(k) if k else None for k in n.input], c)
+        elif op in ("QLinearLeakyRelu", "QLinearSigmoid"):
+            t = qv(i[0], i[1], i[2])
+            y = F.leaky_relu(t, a.get("alpha", 0.01)) if op == "QLinearLeakyRelu" else torch.sigmoid(t)
+            out = _fq(y, c(i[3]), c(i[4]))
+        elif op == "QLinearAveragePool":
+            k = a["kernel_shape"]
+            p = a.get("pads", [0] * 2 * len(k))
+            y = F.avg_pool2d(qv(i[0], i[1], i[2]), k, a.get("strides", k), p[:len(k)],
+                             count_include_pad=bool(a.get("count_include_pad", 0)))
+            out = _fq(y, c(i[3]), c(i[4]))
         elif op == "QLinearSoftmax":
             out = _fq(torch.softmax(v(i[0]), a.get("axis", -1)), c(i[3]), c(i[4]))
         elif op in ("Shape", "Size", "Equal", "ConstantOfShape", "Constant") or \
@@ -247,7 +257,8 @@ def run(model_path, x: np.ndarray, target: np.ndarray):
         elif ref.dtype in (np.int8, np.uint8):  # a quantized output: its dequantized value
             slots = {"QuantizeLinear": (1, 2)}.get(op, (7, 8) if op == "QGemm" else
                                                     (0, 1) if op == "QLinearConcat" else
-                                                    (3, 4) if op in ("QLinearGlobalAveragePool", "QLinearSoftmax") else (6, 7))
+                                                    (3, 4) if op in ("QLinearGlobalAveragePool", "QLinearSoftmax", "QLinearLeakyRelu",
+                                                                      "QLinearSigmoid", "QLinearAveragePool") else (6, 7))
             if op != "QuantizeLinear" and not op.startswith("QLinear") and op != "QGemm":
                 # a quantized tensor moved (MaxPool, Reshape, Transpose, ...): the value computed from its input
                 slots = None

@@ -362,3 +362,36 @@ def test_weight_fake_quantized_in_graph_is_a_constant_for_lrp():
     ref = a * wd[t] * (zt / (zt + 1e-6 * np.where(zt < 0, -1, 1)))[:, None]
     got = _explain(xcompile(m, "lrp", rules="epsilon"), x, t)["relevance"]
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_qoperator_activation_pool_concat_ops(tmp_path):
+    """QLinearLeakyRelu, QLinearSigmoid, QLinearConcat, QLinearAveragePool, QLinearGlobalAveragePool and QLinearAdd
+    (com.microsoft) in one small graph: gradient equal to the fake_quantize oracle."""
+    rs = np.random.RandomState(4)
+    u8 = np.uint8
+    c = {"s0": np.float32(0.03), "z0": u8(128), "s1": np.float32(0.02), "z1": u8(100), "s2": np.float32(1 / 255),
+         "z2": u8(0), "s3": np.float32(0.02), "z3": u8(90), "s4": np.float32(0.015), "z4": u8(80),
+         "s5": np.float32(0.01), "z5": u8(60), "s6": np.float32(0.012), "z6": u8(40), "w": rs.randn(2, 4).astype(np.float32)}
+    ms = "com.microsoft"
+    nodes = [helper.make_node("QuantizeLinear", ["input", "s0", "z0"], ["q0"]),
+             helper.make_node("QLinearLeakyRelu", ["q0", "s0", "z0", "s1", "z1"], ["q1"], domain=ms, alpha=0.1),
+             helper.make_node("QLinearSigmoid", ["q0", "s0", "z0", "s2", "z2"], ["q2"], domain=ms),
+             helper.make_node("QLinearConcat", ["s3", "z3", "q1", "s1", "z1", "q2", "s2", "z2"], ["q3"], domain=ms, axis=1),
+             helper.make_node("QLinearAveragePool", ["q3", "s3", "z3", "s4", "z4"], ["q4"], domain=ms,
+                              kernel_shape=[2, 2], strides=[1, 1]),
+             helper.make_node("QLinearAdd", ["q4", "s4", "z4", "q4", "s4", "z4", "s5", "z5"], ["q5"], domain=ms),
+             helper.make_node("QLinearGlobalAveragePool", ["q5", "s5", "z5", "s6", "z6"], ["q6"], domain=ms),
+             helper.make_node("DequantizeLinear", ["q6", "s6", "z6"], ["d"]),
+             helper.make_node("Flatten", ["d"], ["f"]),
+             helper.make_node("MatMul", ["f", "w"], ["scores"])]
+    m = _model(nodes, c, 1, [1, 5, 5], 4, opsets=(("", 17), (ms, 1)))
+    onnx.save(m, tmp_path / "q.onnx")
+    x = (rs.randn(3, 1, 5, 5) * 2).astype(np.float32)
+    t = np.array([0, 1, 3])
+    expl = xcompile(str(tmp_path / "q.onnx"), "gradient")
+    onnx.checker.check_model(expl, full_check=True)
+    got = _explain(expl, x, t)
+    scores, ref = quant_oracle.run(tmp_path / "q.onnx", x, t)
+    np.testing.assert_array_equal(got["scores"], scores)
+    assert np.abs(ref).max() > 0
+    np.testing.assert_allclose(got["relevance"], ref, rtol=0, atol=1e-5 * np.abs(ref).max())
