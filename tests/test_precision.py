@@ -112,3 +112,17 @@ def test_precision_refusals():
     with pytest.raises(XCompileError, match=r"option precision='bfloat16'") as e:
         xcompile(str(DIGITS), "gradient", precision="bfloat16")
     assert "\n" not in str(e.value)
+    # a quantized model keeps its own integer forward: no float16 explainer of it
+    from onnx import TensorProto, helper, numpy_helper
+    nodes = [helper.make_node("QuantizeLinear", ["input", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+             helper.make_node("MatMul", ["d", "w"], ["scores"])]
+    g = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 2])],
+                          initializer=[numpy_helper.from_array(np.float32(0.1), "s"),
+                                       numpy_helper.from_array(np.uint8(128), "z"),
+                                       numpy_helper.from_array(np.ones((4, 2), np.float32), "w")])
+    q = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(XCompileError, match=r"precision=float16 applies to float models; this model is quantized") as e:
+        xcompile(q, "gradient", precision="float16")
+    assert "\n" not in str(e.value)
