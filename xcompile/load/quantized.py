@@ -214,25 +214,27 @@ class _View:
 
 
 def _recompute_islands(g, v: _View) -> None:
-    """QDQ models: the float tensors between a DequantizeLinear of an activation and the next QuantizeLinear
-    become the view's own (recomputed in the backward part from the quantized tensors), so that the backward reads
-    no float tensor of a DQ -> op -> Q group and onnxruntime fuses the forward's groups into its integer kernels
-    exactly as in the quantized model's own session (the scores stay its own at every optimization level)."""
+    """QDQ models: the backward reads no tensor of the forward between its input and its scores. Every tensor on
+    the data path becomes the view's own, recomputed in the backward part (a float copy of the QDQ graph whose
+    QuantizeLinear roots read copies of their scales, so that onnxruntime's common-subexpression elimination does
+    not merge the copy back into the forward): any extra reader of a DQ -> op -> Q group's tensors stops
+    onnxruntime from fusing it into its integer kernel, and the scores would no longer be the quantized model's own.
+    The copy computes what the unfused graph computes (onnxruntime at ORT_DISABLE_ALL)."""
     keep = {o.name for o in g.model.graph.output} | {g.explained, g.data_input}
-    island: set = set()
+    qdq = any(n.op_type == "QuantizeLinear" and n.input[0] not in g.initializers for n in v.nodes)
+    if not qdq:
+        return
+    island: set = {g.data_input}
     rename: dict = {}
-    for j, n in enumerate(v.nodes):
-        if n.op_type == "QuantizeLinear" or any(o in keep for o in n.output) or any(o in v.virtual for o in n.output):
+    for n in v.nodes:
+        if any(o in keep for o in n.output) or any(o in v.virtual for o in n.output):
             continue
-        if not ((n.op_type == "DequantizeLinear" and n.input[0] not in g.initializers)
-                or any(i in island for i in n.input)):
+        if not any(i in island for i in n.input):
             continue
         island.update(o for o in n.output if o)
         for o in n.output:
             if o:
                 rename[o] = f"{PREFIX}/{o}"
-    if not rename:
-        return
     for j, n in enumerate(v.nodes):
         if not any(i in rename for i in n.input) and not any(o in rename for o in n.output):
             continue
@@ -240,6 +242,15 @@ def _recompute_islands(g, v: _View) -> None:
         c.CopyFrom(n)
         c.input[:] = [rename.get(i, i) for i in n.input]
         c.output[:] = [rename.get(o, o) for o in n.output]
+        if g.data_input in n.input and any(o in rename for o in n.output):  # a root: its own constants
+            for k, i in enumerate(c.input):
+                t = g.initializers.get(i)
+                if t is not None and i not in v.consts and int(np.prod(t.dims)) <= SMALL:
+                    own = f"{PREFIX}/root/{i}"
+                    v.consts[own] = onnx.TensorProto()
+                    v.consts[own].CopyFrom(t)
+                    v.consts[own].name = own
+                    c.input[k] = own
         v.nodes[j] = c
         for o, new in zip(n.output, c.output):
             if o and new != o:
