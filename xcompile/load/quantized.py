@@ -11,8 +11,9 @@ so every method reuses the float op's backward (LRP's rules see the dequantized 
 a QuantizeLinear whose backward is the clipped straight-through estimator (Jacob et al. 2018; PyTorch's
 fake_quantize). The dynamic form ``DynamicQuantizeLinear -> ConvInteger / MatMulInteger -> Cast -> Mul(scale)``
 becomes ``Conv / MatMul(DQ(x), DQ(w))``; a DequantizeLinear of constants is a constant (the dequantized weight,
-computed here). Tensors of the view that the forward lacks (``virtual``) are emitted by the writer from their
-view node (DequantizeLinear, or the float op recomputed) when the backward reads them."""
+computed here). Tensors of the view that the forward lacks (``virtual``: DQ of an activation, the float output
+before requantization, and in QDQ models every tensor between the input and the scores, see
+``_recompute_data_path``) are emitted by the writer from their view node when the backward reads them."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -213,7 +214,7 @@ class _View:
         return done
 
 
-def _recompute_islands(g, v: _View) -> None:
+def _recompute_data_path(g, v: _View) -> None:
     """QDQ models: the backward reads no tensor of the forward between its input and its scores. Every tensor on
     the data path becomes the view's own, recomputed in the backward part (a float copy of the QDQ graph whose
     QuantizeLinear roots read copies of their scales, so that onnxruntime's common-subexpression elimination does
@@ -335,7 +336,7 @@ def float_view(g, where: str = "model") -> None:
             c.CopyFrom(n)
             c.input[:] = [rename.get(i, i) for i in n.input]
             v.nodes[j] = c
-    _recompute_islands(g, v)
+    _recompute_data_path(g, v)
     g.nodes = v.nodes
     g.producer, g.consumers = {}, defaultdict(list)
     for node in g.nodes:
