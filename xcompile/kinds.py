@@ -28,6 +28,9 @@ SHAPE_SOURCES = frozenset({"Shape", "Size"})
 # removed by canonicalization (inference: Dropout is the identity)
 IDENTITY_OPS = ("Identity", "Dropout")
 
+# quantization ops (in the dequantized view of a quantized model, load/quantized.py): LRP passes relevance through
+# them unchanged; their gradient is the clipped straight-through estimator (backward/ops/quantized.py)
+QUANTIZATION_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 NORMALIZATION_OPS = frozenset({"BatchNormalization", "LayerNormalization", "InstanceNormalization",
                                "GroupNormalization", "MeanVarianceNormalization", "LpNormalization", "LRN"})
 # LRP: relevance passes through unchanged (Zennit `Pass`): activations, elementwise maps, unfolded normalisation
@@ -35,7 +38,7 @@ PASS_OPS = frozenset({
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
     "Softplus", "Softsign", "Gelu", "Erf", "Mish", "ThresholdedRelu", "Shrink",
     "Identity", "Dropout", "Cast", "Neg", "Abs", "Sqrt", "Exp", "Log", "Reciprocal", "Pow", "Sin", "Cos",
-}) | NORMALIZATION_OPS
+}) | NORMALIZATION_OPS | QUANTIZATION_OPS
 # LRP: relevance in proportion to the inputs' contributions (Zennit `Norm`)
 # (ConvTranspose: a linear layer no weight rule handles yet; proportional is its LRP-0 / z-rule)
 PROPORTIONAL_OPS = frozenset({"AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "CumSum",

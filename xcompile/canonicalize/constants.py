@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..kinds import RANDOM_OPS
+from ..kinds import QUANTIZATION_OPS, RANDOM_OPS
 from ..sessions import session
 from .rewrite import consumers as _consumers
 from .rewrite import replace_nodes as _replace_nodes
@@ -47,7 +47,9 @@ def fold_constants(model: onnx.ModelProto) -> int:
     for node in g.node:
         if node.op_type in RANDOM_OPS or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             continue
-        if node.domain not in ("", "ai.onnx"):
+        if node.domain not in ("", "ai.onnx") or node.op_type in QUANTIZATION_OPS:
+            # a DequantizeLinear of int8 weights stays: onnxruntime fuses DQ -> Conv -> Q into its integer kernels,
+            # which a folded float weight would stop (the scores would no longer be the quantized model's own)
             continue
         if all((not i) or i in known or i in produced for i in node.input) and not any(i in graph_inputs for i in node.input):
             foldable.append(node)

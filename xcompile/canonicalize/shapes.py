@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..kinds import RANDOM_OPS, SHAPE_SOURCES
+from ..kinds import QUANTIZATION_OPS, RANDOM_OPS, SHAPE_SOURCES
 from .rewrite import Decision
 from .rewrite import consumers as _consumers
 from .rewrite import replace_nodes as _replace_nodes
@@ -38,7 +38,7 @@ def freeze_shape_arithmetic(model: onnx.ModelProto, data_input: str, at_one: dic
     consumers = _consumers(g)
     frozen = []
     for node in g.node:
-        if node.op_type in RANDOM_OPS:
+        if node.op_type in RANDOM_OPS or node.op_type in QUANTIZATION_OPS:  # DQ(int8 weight) stays: constants.py
             continue
         for o in node.output:
             if not o or o in data_dependent or o in known or o in outputs or o not in at_one or o not in at_two:

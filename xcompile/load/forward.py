@@ -15,6 +15,7 @@ from ..canonicalize.passes import (
 from ..errors import XCompileError
 from ..graph import ForwardGraph
 from ..options import Param, as_bool
+from ..write.precision import parse_precision
 from .loader import (
     default_opset,
     find_data_input,
@@ -25,6 +26,7 @@ from .loader import (
     read_model,
 )
 from .probe import probe
+from .quantized import float_view
 
 # options every method accepts (they shape how the model is read, not how it is explained)
 COMMON = {
@@ -32,6 +34,8 @@ COMMON = {
     "output": Param(None, "name of the score output"),
     "keep_softmax": Param(False, "explain the softmax output instead of the logits (true/false)", as_bool),
     "keep_outputs": Param(False, "keep every original output, in place, and add relevance after them (true/false)", as_bool),
+    "precision": Param(None, "float32 (default) or float16: a float16 explainer of a float32 model (for GPUs; "
+                       "relevance stays float32)", parse_precision),
     "input_shape": Param(None, "sample shape without the batch, e.g. 3x224x224",
                          lambda v: tuple(int(d) for d in (v.split("x") if isinstance(v, str) else v))),
 }
@@ -79,6 +83,7 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     _declare_measured_shapes(m, shapes)
     g = ForwardGraph(m, data.name, score, explained, shapes, dtypes, fixed, default_opset(m))
     g.canonicalization = decisions
+    float_view(g, where)  # quantized ops: the backward walks their dequantized view (load/quantized.py)
     if len(g.shape(explained)) != 2:
         raise XCompileError(f"{where}: the explained output {explained!r} has shape {list(g.shape(explained))}; expected [N, classes]")
     return g

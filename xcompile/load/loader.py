@@ -11,6 +11,7 @@ from onnx import helper, version_converter
 from ..canonicalize.groupnorm import expand_groupnorm18
 from ..errors import XCompileError
 from ..protobuf_limit import check_model, infer_shapes, too_large
+from .quantized_ops import refuse_unsupported
 
 MIN_OPSET = 11
 MAX_OPSET = 23
@@ -54,6 +55,7 @@ def prepare(model: onnx.ModelProto, where: str = "model") -> onnx.ModelProto:
     m.CopyFrom(model)
     if len(m.graph.node) == 0:
         raise XCompileError(f"{where}: the graph has no nodes")
+    refuse_unsupported(m, where)  # int4 weight-only / bfloat16: one line (load/quantized.py)
     expand_groupnorm18(m)  # the deprecated GroupNormalization-18 fails onnx's checker: rewritten into what it computes
     try:
         check_model(m)

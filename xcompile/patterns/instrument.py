@@ -26,6 +26,7 @@ def instrument(g, layers: list[LinearLayer], raw: bool = False) -> tuple[onnx.Mo
     """The canonical forward graph plus, per layer, the in-graph reductions (or, with raw=True, the
     patches [g, S, Dg], pre-bias outputs [g, Cg, S] and gates [g, Cg, S] themselves)."""
     from ..backward.builder import Builder
+    from ..write.writer import dequantized_view_part
     src = g.model.graph
     reserved = ({t.name for t in src.initializer} | {i.name for i in src.input} |
                 {o for n in src.node for o in n.output} | {n.name for n in src.node})
@@ -94,9 +95,10 @@ def instrument(g, layers: list[LinearLayer], raw: bool = False) -> tuple[onnx.Mo
             outs.append({"xy": XY, "v": V, "sx": SX})
     names = [t for o in outs for t in o.values()]
     dtype = TensorProto.FLOAT if raw else DOUBLE
-    graph = helper.make_graph(list(src.node) + b.nodes, "xcompile_fit", list(src.input),
+    view_nodes, view_consts = dequantized_view_part(g, b.nodes)  # quantized models: the layers' float view
+    graph = helper.make_graph(list(src.node) + view_nodes + b.nodes, "xcompile_fit", list(src.input),
                               [helper.make_tensor_value_info(n, dtype, None) for n in names],
-                              initializer=list(src.initializer) + b.initializers)
+                              initializer=list(src.initializer) + view_consts + b.initializers)
     model = helper.make_model(graph, opset_imports=list(g.model.opset_import), ir_version=g.model.ir_version,
                               producer_name="xcompile-fit")
     return model, outs

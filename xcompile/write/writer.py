@@ -17,6 +17,7 @@ from ..graph import RELEVANCE, TARGET
 EXPLAINED_CLASS = "explained_class"
 from ..protobuf_limit import on_disk, save_external, too_large
 from .lower import lower_for_cuda
+from .precision import to_float16
 
 
 def _with_batch(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
@@ -55,16 +56,52 @@ def assemble(g, b, built, meta: dict, keep_outputs: bool = False, where: str = "
     inits = {t.name for t in src.initializer}
     inputs = [_with_batch(data_vi) if i.name == g.data_input else i for i in src.input if i.name not in inits]
     inputs.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, ["N"]))
-    initializers = list(src.initializer) + b.initializers
-    nodes, _ = lower_for_cuda(list(src.node) + b.nodes + tail + extra_nodes, initializers)
+    emitted = b.nodes + tail + extra_nodes
+    view_nodes, view_consts = dequantized_view_part(g, emitted)
+    initializers = list(src.initializer) + view_consts + b.initializers
+    nodes, _ = lower_for_cuda(list(src.node) + view_nodes + emitted, initializers)
     graph = helper.make_graph(nodes, src.name or "xcompile", inputs, outputs, initializer=initializers)
-    opsets = [o for o in g.model.opset_import if o.domain in ("", "ai.onnx")]
+    # the forward's own domains (onnxruntime's com.microsoft quantized ops) stay imported; ai.onnx.ml never reaches
+    # an explainer's forward (neuralized models are rebuilt)
+    used = {n.domain for n in src.node}
+    opsets = [o for o in g.model.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
     model = helper.make_model(graph, opset_imports=opsets, ir_version=g.model.ir_version,
                               producer_name="xcompile", producer_version=meta.get("xcompile_version", ""))
+    if meta.get("params", {}).get("precision") == "float16":
+        model = to_float16(model, where)
     for k in sorted(meta):
         p = model.metadata_props.add()
         p.key, p.value = f"xcompile.{k}", meta[k] if isinstance(meta[k], str) else json.dumps(meta[k], sort_keys=True)
     return check(model, where)
+
+
+def dequantized_view_part(g, emitted: list) -> tuple[list, list]:
+    """The nodes and constants of a quantized model's dequantized view (load/quantized.py) that the emitted
+    backward reads (DequantizeLinear of a forward tensor, a float op recomputed for its straight-through mask,
+    dequantized weights), in dependency order; placed between the forward and the backward."""
+    virtual, consts = getattr(g, "virtual", {}), getattr(g, "virtual_consts", {})
+    if not virtual and not consts:
+        return [], []
+    nodes, seen, used_consts = [], set(), {}
+
+    def need(name):
+        node = virtual.get(name)
+        if name in consts and node is None:  # (a large dequantized weight is made by a DequantizeLinear node)
+            used_consts.setdefault(name, consts[name])
+        if node is None or id(node) in seen:
+            return
+        seen.add(id(node))
+        for i in node.input:
+            need(i)
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)  # the view's float op keeps the quantized node's name there (LRP rule selectors)
+        copy.name = f"xc/dequantized/{node.name or node.output[0]}/recomputed"
+        nodes.append(copy)
+
+    for n in emitted:
+        for i in n.input:
+            need(i)
+    return nodes, [used_consts[k] for k in sorted(used_consts)]
 
 
 def check(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
