@@ -8,6 +8,8 @@ Analysis": gates are constant weights, the signal takes all relevance, c_t = f c
 its terms, the linear maps by LRP-epsilon)."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -283,12 +285,11 @@ def _check_gradient_family(tmp_path, model, exporter, ig=True):
     if not model.batch_first:
         pytest.skip("the explained input is batch first (the data input's dim 0 is the batch)")
     x = _x(model.batch_first)
-    m64 = model.double().eval()
+    m64 = copy.deepcopy(model).double().eval()
     target = torch.tensor([0, 2, 1])
     xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     scores = m64(xt)
     grad, = torch.autograd.grad(scores[torch.arange(3), target].sum(), xt)
-    model.float()
     errs = {}
     out = _compiled(tmp_path, model, x, exporter, "gradient").explain(x, target.numpy())
     assert rel_err(out.scores, scores.detach().numpy()) < 1e-5
@@ -355,7 +356,7 @@ def _lrp_linear(a, w, z, r, e):
     return a * ((r / _eps(z, e)) @ w.T)
 
 
-def arras_lrp(cell, rnn, fc, x, target, e=1e-6):
+def arras_lrp(cell, rnn, fc, x, target, e):
     """Relevance of x [N, T, F] for a one-layer unidirectional nn.LSTM / nn.GRU (batch_first, zero initial states)
     read out at the last step by fc; written from Arras et al. 2017 (and its GRU form: gates are constant weights)."""
     p = {k: v.detach().double().numpy() for k, v in rnn.named_parameters()}
@@ -395,8 +396,8 @@ def arras_lrp(cell, rnn, fc, x, target, e=1e-6):
         if cell == "LSTM":
             rc = rc + rh                                     # h = o * tanh(c): gate o constant, tanh passes
             ct = c[t + 1]
-            r_prev = k["f"] * c[t] / _eps(ct, 1e-6) * rc     # c_t = f c_{t-1} + i g: proportional
-            rg = k["i"] * k["g"] / _eps(ct, 1e-6) * rc       # i * g: the signal g takes it all; tanh passes
+            r_prev = k["f"] * c[t] / _eps(ct, e) * rc     # c_t = f c_{t-1} + i g: proportional
+            rg = k["i"] * k["g"] / _eps(ct, e) * rc       # i * g: the signal g takes it all; tanh passes
             w = np.concatenate([Wi, Wh], 1)[2 * H:3 * H].T   # the candidate's linear map over [x_t, h_{t-1}]
             rxh = _lrp_linear(k["xh"], w, k["z"][:, 2 * H:3 * H], rg, e)
             rx[:, t] = rxh[:, :F]
@@ -404,15 +405,28 @@ def arras_lrp(cell, rnn, fc, x, target, e=1e-6):
         else:
             hn_new = h[t + 1]
             a, b = (1 - k["u"]) * k["n"], k["u"] * k["hprev"]
-            rn = a / _eps(hn_new, 1e-6) * rh                  # (1 - z) n + z h: proportional; gates constant
-            r_hprev = b / _eps(hn_new, 1e-6) * rh
+            rn = a / _eps(hn_new, e) * rh                  # (1 - z) n + z h: proportional; gates constant
+            r_hprev = b / _eps(hn_new, e) * rh
             zn = k["xn"] + k["r"] * k["hn"]                    # tanh passes; Add proportional
-            rxn = k["xn"] / _eps(zn, 1e-6) * rn
-            rrh = k["r"] * k["hn"] / _eps(zn, 1e-6) * rn       # r * (R_n h + b): the gate r is constant
+            rxn = k["xn"] / _eps(zn, e) * rn
+            rrh = k["r"] * k["hn"] / _eps(zn, e) * rn       # r * (R_n h + b): the gate r is constant
             rx[:, t] = _lrp_linear(k["xt"], Wi[2 * H:].T, k["xn"], rxn, e)
             r_hprev = r_hprev + _lrp_linear(k["hprev"], Wh[2 * H:].T, k["hn"], rrh, e)
             rh = r_hprev
     return s, rx
+
+
+TINY = 1e-10
+
+
+def tiny_rules(tmp_path):
+    """LRP-epsilon with a tiny epsilon, and the proportional sums with a tiny stabilizer: where nothing (no bias, no
+    initial state) absorbs relevance, conservation is then exact up to float32 rounding."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(f'name = "epsilon-tiny"\n\n[[rule]]\nop = ["Add", "ReduceMean"]\nrule = "proportional"\n'
+                    f'params = {{ stabilizer = {TINY} }}\n\n[[rule]]\nkind = "linear"\nrule = "epsilon"\n'
+                    f'params = {{ epsilon = {TINY} }}\n')
+    return str(path)
 
 
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
@@ -422,8 +436,10 @@ def test_lrp_matches_arras_reference(tmp_path, cell, zero_bias, exporter):
     model = SeqClassifier(cell, zero_bias=zero_bias, seed=3).eval()
     x = _x(True)
     target = np.array([0, 2, 1])
-    s, ref = arras_lrp(cell, model.rnn, model.fc, x.astype(np.float64), target)
-    out = _compiled(tmp_path, model, x, exporter, "lrp", rules="epsilon").explain(x, target)
+    e = TINY if zero_bias else 1e-6
+    s, ref = arras_lrp(cell, model.rnn, model.fc, x.astype(np.float64), target, e)
+    rules = tiny_rules(tmp_path) if zero_bias else "epsilon"
+    out = _compiled(tmp_path, model, x, exporter, "lrp", rules=rules).explain(x, target)
     err = rel_err(out.relevance, ref)
     cons = out.relevance.reshape(3, -1).sum(1) / s[np.arange(3), target]
     print(cell, exporter, "zero_bias" if zero_bias else "bias", "err", err, "sum R / score", cons)
@@ -432,9 +448,9 @@ def test_lrp_matches_arras_reference(tmp_path, cell, zero_bias, exporter):
         assert np.abs(cons - 1).max() <= 1e-4
 
 
-def _lrp_conservation(tmp_path, model, exporter):
+def _lrp_conservation(tmp_path, model, exporter, rules="epsilon"):
     x = _x(True)
-    out = _compiled(tmp_path, model, x, exporter, "lrp", rules="epsilon").explain(x, np.array([0, 2, 1]))
+    out = _compiled(tmp_path, model, x, exporter, "lrp", rules=rules).explain(x, np.array([0, 2, 1]))
     assert np.isfinite(out.relevance).all()
     return out.relevance.reshape(3, -1).sum(1) / out.scores[np.arange(3), [0, 2, 1]]
 
@@ -446,7 +462,7 @@ def _lrp_conservation(tmp_path, model, exporter):
 ])
 def test_lrp_conservation_without_biases(tmp_path, cell, kw, exporter):
     """LRP-epsilon on bias-free stacked / bidirectional cells: relevance is conserved exactly (nothing absorbs it)."""
-    cons = _lrp_conservation(tmp_path, SeqClassifier(cell, zero_bias=True, **kw), exporter)
+    cons = _lrp_conservation(tmp_path, SeqClassifier(cell, zero_bias=True, **kw), exporter, tiny_rules(tmp_path))
     print(cell, exporter, cons)
     assert np.abs(cons - 1).max() <= 1e-4
 
@@ -459,5 +475,5 @@ def test_lrp_matrix_finite(tmp_path, cell, kw, exporter):
     print(cell, kw, exporter, cons)
     if not kw["states"]:
         (tmp_path / f"{exporter}.onnx").unlink()
-        cons0 = _lrp_conservation(tmp_path, SeqClassifier(cell, zero_bias=True, **kw), exporter)
+        cons0 = _lrp_conservation(tmp_path, SeqClassifier(cell, zero_bias=True, **kw), exporter, tiny_rules(tmp_path))
         assert np.abs(cons0 - 1).max() <= 1e-4, cons0
