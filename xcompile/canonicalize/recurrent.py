@@ -156,9 +156,10 @@ class _Unroll:
         self.e, self.node, self.gi, self.d = e, node, gi, d
         self.op, self.H, self.T, self.layout = node.op_type, d["H"], d["T"], d["layout"]
         self.n_dir = 2 if d["direction"] == "bidirectional" else 1
+        self.last_c: list = []   # LSTM: each direction's final cell state (Y_c)
 
     def used(self, k: int) -> bool:
-        out = _input_out(self.node, k)
+        out = _output(self.node, k)
         return bool(out) and (out in self.gi.outputs or bool(self.gi.consumers.get(out)))
 
     def run(self) -> None:
@@ -253,7 +254,8 @@ class _Unroll:
                 keep = e.op("Sub", [one, gz], f"{tag}/1-z")
                 h = e.op("Add", [e.op("Mul", [keep, n], f"{tag}/1-z_n"), e.op("Mul", [gz, h], f"{tag}/z_h")], f"{tag}/h")
             out[t] = h
-        self.last_c = getattr(self, "last_c", []) + ([c] if op == "LSTM" else [])
+        if op == "LSTM":
+            self.last_c.append(c)
         return [out[t] for t in range(self.T)], h
 
     # ---------------------------------------------------------------------------------- outputs
@@ -275,11 +277,11 @@ class _Unroll:
                 per_t.append(self.stack([hs[d][t] for d in range(self.n_dir)], [1, 2] if lay else [0, 1],
                                         2 if lay else 1, f"Y_t{t}"))
             e.op("Concat", per_t, "Y", outputs=[node.output[0]], axis=1 if lay else 0)
-        for k, states in ((1, finals), (2, getattr(self, "last_c", []))):
+        for k, states in ((1, finals), (2, self.last_c)):
             if self.used(k):  # Y_h / Y_c: [D, N, H] (layout 0) or [N, D, H] (layout 1)
                 self.stack(states, [1] if lay else [0], 1 if lay else 0, "Y_h" if k == 1 else "Y_c",
                            output=node.output[k])
 
 
-def _input_out(node, k) -> str:
+def _output(node, k) -> str:
     return node.output[k] if k < len(node.output) else ""
