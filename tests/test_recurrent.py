@@ -199,8 +199,9 @@ def test_one_node_float16_keeps_dtype():
     xt = torch.tensor(x.astype(np.float64), requires_grad=True)
     ref = reference_scores("GRU", inits, head, kw, xt)
     grad, = torch.autograd.grad(ref[torch.arange(2), torch.tensor([0, 1])].sum(), xt)
-    assert rel_err(out.scores.astype(np.float64), ref.detach().numpy()) < 1e-2
-    assert rel_err(out.relevance, grad.numpy()) < 2e-2
+    errs = rel_err(out.scores.astype(np.float64), ref.detach().numpy()), rel_err(out.relevance, grad.numpy())
+    print("float16 GRU: scores %.1e, gradient %.1e" % errs)
+    assert errs[0] < 5e-3 and errs[1] < 5e-3   # float16 arithmetic (10-bit mantissa) over 7 steps
 
 
 @pytest.mark.parametrize("form,match", [

@@ -3,7 +3,8 @@
 `prepare()` chooses, for every node on the relevance path, a rule object (`lrp/rules.py`): a rule on the weights
 for linear layers (epsilon, z+, gamma, ...), else a treatment: pass (activations, elementwise affine maps with a
 constant, unfolded normalisation), proportional (Zennit's Norm: residual Add/Sum, average pools, means/sums),
-product (elementwise/matrix product of two activations: the gate is a constant weight), maxpool-proportional
+product (elementwise/matrix product of two activations: the gate is a constant weight; a gate times a recurrent
+cell's initial state absorbs the relevance, Arras et al. 2017), maxpool-proportional
 (option) or gradient (routing by position, winner-take-all). The engine asks `backward_for(node)` and calls the
 chosen rule's `emit`; traversal stays the engine's."""
 from __future__ import annotations
