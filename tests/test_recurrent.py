@@ -238,7 +238,8 @@ def test_symbolic_length_and_other_lengths_refused():
 
 # ------------------------------------------------------------------------------ PyTorch classifiers
 class SeqClassifier(torch.nn.Module):
-    """[N, T, F] (batch_first) or [T, N, F] -> nn.LSTM/GRU/RNN -> last step or mean over time -> Linear -> logits."""
+    """[N, T, F] (batch_first) or [T, N, F] -> nn.LSTM/GRU/RNN -> last step, mean over time or the final hidden
+    state (pool = last | mean | final) -> Linear -> logits."""
 
     def __init__(self, cell, bidirectional=False, layers=1, batch_first=True, pool="last", states=False,
                  nonlinearity="tanh", zero_bias=False, seed=0):
@@ -261,9 +262,13 @@ class SeqClassifier(torch.nn.Module):
             n = x.shape[0 if self.batch_first else 1]
             h0 = self.h0.expand(-1, n, -1).contiguous()
             st = (h0, self.c0.expand(-1, n, -1).contiguous()) if self.cell == "LSTM" else h0
-            y, _ = self.rnn(x, st)
+            y, hn = self.rnn(x, st)
         else:
-            y, _ = self.rnn(x)
+            y, hn = self.rnn(x)
+        if self.pool == "final":  # the last layer's final hidden states (Y_h), both directions
+            hn = hn[0] if self.cell == "LSTM" else hn
+            d = 2 if self.rnn.bidirectional else 1
+            return self.fc(hn[-d:].transpose(0, 1).reshape(hn.shape[1], -1))
         t_axis = 1 if self.batch_first else 0
         z = y.mean(t_axis) if self.pool == "mean" else y.select(t_axis, -1)
         return self.fc(z)
@@ -313,6 +318,7 @@ DEFAULT_MODELS = [
     ("LSTM", dict(bidirectional=True, layers=2, pool="mean"), "legacy"),
     ("GRU", dict(states=True), "dynamo"),
     ("RNN", dict(bidirectional=True, nonlinearity="relu"), "legacy"),
+    ("LSTM", dict(bidirectional=True, layers=2, pool="final"), "legacy"),
 ]
 
 
@@ -323,7 +329,7 @@ def test_torch_gradient_family(tmp_path, cell, kw, exporter):
 
 MATRIX = [(cell, dict(bidirectional=bi, layers=layers, batch_first=True, states=st, nonlinearity=nl, pool=pool), ex)
           for cell in ("LSTM", "GRU", "RNN") for bi in (False, True) for layers in (1, 2) for st in (False, True)
-          for nl in (("tanh", "relu") if cell == "RNN" else ("tanh",)) for pool in ("last",)
+          for nl in (("tanh", "relu") if cell == "RNN" else ("tanh",)) for pool in (("last", "final") if bi else ("last",))
           for ex in ("legacy", "dynamo")]
 
 
