@@ -445,7 +445,7 @@ def test_canonicalize_whole():
     m = mk(nodes, (2, 4, 4), inits=inits)
     out, report = apply(P.canonicalize, m)
     assert report == {"explicit_defaults": 0, "constants_to_initializers": 1, "drop_identity": 2, "fold_constants": 4,
-                      "fold_batchnorm": 1, "expose_maxpool_indices": 1}
+                      "unroll_recurrent": 0, "fold_batchnorm": 1, "expose_maxpool_indices": 1}
     assert ops(out) == ["Mul", "Conv", "Relu", "MaxPool", "Reshape", "MatMul", "Softmax"]
     assert_same_function(m, out, A(2, 2, 4, 4))
     assert P.find_explained_scores(out, "y") == "logits"

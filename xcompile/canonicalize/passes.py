@@ -16,11 +16,13 @@ from .constants import constants_to_initializers, fold_constants, remove_unused_
 from .defaults import explicit_defaults  # noqa: F401 - re-exported
 from .identity import DropIdentity, drop_identity  # noqa: F401 - re-exported
 from .maxpool import expose_maxpool_indices  # noqa: F401 - re-exported
+from .recurrent import UnrollRecurrent, unroll_recurrent  # noqa: F401 - re-exported
 from .rewrite import Decision, MatchResult, RewriteRule, apply_rules  # noqa: F401 - re-exported
 from .scores import find_explained_scores  # noqa: F401 - re-exported
 from .shapes import freeze_shape_arithmetic  # noqa: F401 - re-exported
 
-PASSES = [explicit_defaults, constants_to_initializers, drop_identity, fold_constants, fold_batchnorm, expose_maxpool_indices]
+PASSES = [explicit_defaults, constants_to_initializers, drop_identity, fold_constants, unroll_recurrent, fold_batchnorm,
+          expose_maxpool_indices]
 
 
 def canonicalize(model: onnx.ModelProto, passes=None, decisions: Optional[list] = None) -> dict:

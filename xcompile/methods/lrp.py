@@ -3,7 +3,8 @@
 `prepare()` chooses, for every node on the relevance path, a rule object (`lrp/rules.py`): a rule on the weights
 for linear layers (epsilon, z+, gamma, ...), else a treatment: pass (activations, elementwise affine maps with a
 constant, unfolded normalisation), proportional (Zennit's Norm: residual Add/Sum, average pools, means/sums),
-product (elementwise/matrix product of two activations: the gate is a constant weight), maxpool-proportional
+product (elementwise/matrix product of two activations: the gate is a constant weight; a gate times a recurrent
+cell's initial state absorbs the relevance, Arras et al. 2017), maxpool-proportional
 (option) or gradient (routing by position, winner-take-all). The engine asks `backward_for(node)` and calls the
 chosen rule's `emit`; traversal stays the engine's."""
 from __future__ import annotations
@@ -148,6 +149,8 @@ class LRP(Method):
         if op in SUM_OPS:
             return Proportional() if len(live_in) > 1 else Pass()
         if op in PRODUCT_OPS or op in LINEAR_OPS:
+            if len(live_in) == 1 and self._gates_a_state(n, live_in[0]):
+                return Product([0.0] * len(n.input))  # the gate is a constant weight; its signal is no activation
             if len(live_in) <= 1:
                 return Pass() if op in PRODUCT_OPS else Gradient()
             return Product(self.product_weights(n, live_in))
@@ -196,12 +199,23 @@ class LRP(Method):
         roots = set(self._chain(gate, SELF_GATE_OPS)[1:])
         return any(t in roots for t in self._chain(sig, SCALE_OPS))
 
+    def _gates_a_state(self, n, k):
+        """Mul(gate, s) where s carries no relevance and is computed, not a weight: a recurrent cell's initial state
+        (Arras et al. 2017: the gate takes no relevance, so what reaches the state is absorbed there)."""
+        if n.op_type != "Mul" or self.options["gate"] != "signal" or len(n.input) != 2:
+            return False
+        other = n.input[1 - k]
+        return self._is_gate(n.input[k]) and other not in self.live and self.g.const(other) is None
+
     def _is_gate(self, t):
         seen = 0
         while t in self.g.producer and seen < 16:
             p = self.g.producer[t]
             if p.op_type in GATE_OPS:
                 return True
+            if p.op_type == "Sub" and self.g.const(p.input[0]) is not None and np.all(self.g.const(p.input[0]) == 1):
+                t, seen = p.input[1], seen + 1  # 1 - gate (GRU's update share) is a gate too
+                continue
             if p.op_type not in ROUTE_OPS:
                 return False
             t, seen = p.input[0], seen + 1
