@@ -38,8 +38,9 @@ from ..kinds import (
     SUM_OPS,
     linear_view,
 )
+from ..backward.ops.normalization import normalization_vjp
 from . import emitters as E
-from .rules import Product
+from .rules import Product, StdConstant
 
 LABELS = ("cnn", "attention", "norm", "gate", "gating", "activation", "token-mixer", "residual", "bias",
           "cnn-stage", "linear", "other")
@@ -76,7 +77,34 @@ class Shares(Product):
         return "signal " + "/".join(f"{w:g}" for w in self.weights)
 
 
-class _Graph:
+class InstanceStdConstant(StdConstant):
+    """InstanceNormalization (also GroupNorm(1) as PyTorch exports it) with its std held constant, as AttnLRP's
+    LayerNorm: R_x = x * J^T(R / y), J^T g = (scale g - mean(scale g)) / std over the spatial axes, scale per channel."""
+    selectable = False
+    applies_to = "InstanceNormalization"
+
+    def compatible(self, node):
+        return node.op_type == "InstanceNormalization"
+
+    def emit(self, ctx, gy):
+        b = ctx.b
+        rank = len(ctx.in_shape(0))
+        scale = b.reshape(ctx.x(1), [-1] + [1] * (rank - 2), "scale")
+        gh = b.mul(b.div(gy[0], b.stabilize(ctx.y(0), self.stabilizer), "s"), scale, "s_scaled")
+        g = normalization_vjp(b, ctx.x(0), gh, list(range(2, rank)), ctx.attr("epsilon", 1e-5), hold_std=True)
+        return [b.mul(ctx.x(0), g, "r"), None, None]
+
+
+def std_constant_for(node, params) -> Optional[StdConstant]:
+    """The std-constant treatment of a data-dependent normalisation node (None for other ops)."""
+    if node.op_type == "LayerNormalization":
+        return StdConstant(**params)
+    if node.op_type == "InstanceNormalization":
+        return InstanceStdConstant(**params)
+    return None
+
+
+class Structure:
     def __init__(self, g, live):
         self.g, self.live = g, live
 
@@ -149,6 +177,21 @@ class _Graph:
         return p is not None and p.op_type in ("AveragePool", "GlobalAveragePool") and \
             self.chain(p.input[0], ROUTE_OPS)[-1] == self.chain(x, ROUTE_OPS)[-1]
 
+    def layer_bias(self, n):
+        """Is n (Add / Sub of an activation and a constant) the bias of the linear layer or normalisation before it,
+        written as a separate node (MatMul + Add of 3-D linear layers, the affine of an unfolded GroupNorm)?"""
+        live = self.live_in(n)
+        if n.op_type not in ("Add", "Sub") or len(live) != 1 or (n.op_type == "Sub" and live[0] != 0):
+            return False
+        top = self.chain(n.input[live[0]], ROUTE_OPS | {"Mul"})[-1]  # through reshapes and the scale of an affine
+        p = self.g.producer.get(top)
+        if p is None:
+            return False
+        if p.op_type in ("LayerNormalization", "InstanceNormalization"):
+            return True
+        view = linear_view(self.g, p, self.live) if p.op_type in LINEAR_OPS else None
+        return view is not None and view.bias is None and not (len(p.input) > 2 and p.input[2])
+
     def nonneg(self, t):
         top = self.chain(t, RELU_TRANSPARENT_OPS)[-1]
         p = self.g.producer.get(top)
@@ -162,7 +205,7 @@ class _Graph:
         return False
 
 
-def label(G: _Graph, n) -> Block:
+def label(G: Structure, n) -> Block:
     op, ins = n.op_type, n.input
     live = G.live_in(n)
     if op == "Softmax":
@@ -213,7 +256,7 @@ def label(G: _Graph, n) -> Block:
 def classify(g, live, nodes) -> tuple[dict, bool]:
     """{first output: Block} for the nodes on the relevance path, and whether the model is a pure CNN (then every
     node is labelled ``cnn``)."""
-    G = _Graph(g, live)
+    G = Structure(g, live)
     blocks = {n.output[0]: label(G, n) for n in nodes}
     foreign = [b for b in blocks.values() if b.label in TRANSFORMER_LABELS]
     if foreign:

@@ -100,6 +100,7 @@ class LRP(Method):
         self.choices = {}
         live, nodes = self.engine(g, Builder(g.opset)).paths()
         self.live, self.nodes = live, nodes
+        self._graph = B.Structure(g, live)
         self.blocks, self.pure_cnn = B.classify(g, live, nodes)
         self._warn_foreign(rs, where)
         lin_nodes = [n for n in nodes if n.op_type in LINEAR_OPS and linear_view(g, n, live) is not None]
@@ -119,7 +120,8 @@ class LRP(Method):
             elif e.rule == "product":
                 choices[key] = self._product(n, e)
             else:
-                choices[key] = self._checked(rs, e, n, info, make_rule(e.rule, e.params))
+                r = (B.std_constant_for(n, e.params) if e.rule == "std-constant" else None) or make_rule(e.rule, e.params)
+                choices[key] = self._checked(rs, e, n, info, r)
         self.choices = choices
 
     def _product(self, n, e) -> LRPRule:
@@ -168,9 +170,14 @@ class LRP(Method):
     def default_choice(self, n) -> LRPRule:
         op = n.op_type
         live_in = [k for k, i in enumerate(n.input) if i in self.live]
+        norm = B.std_constant_for(n, {})
+        if norm is not None:  # data-dependent std held constant (AttnLRP): passing R would decouple it from x
+            return norm
         if op in PASS_OPS:
             return Pass()
         if op in SUM_OPS:
+            if len(live_in) == 1 and self._graph.layer_bias(n):
+                return Proportional()  # a split-off bias absorbs its share, as in the layer's epsilon rule
             return Proportional() if len(live_in) > 1 else Pass()
         if op in PRODUCT_OPS or op in LINEAR_OPS:
             if len(live_in) <= 1:
@@ -182,9 +189,9 @@ class LRP(Method):
             return MaxPoolProportional()
         return Gradient()
 
-    def product_weights(self, n, live_in, gate=None):
+    def product_weights(self, n, live_in, mode=None):
         """Which operand of a product of two activations is the gate (a constant weight: it gets no relevance)."""
-        gate = gate or self.options["gate"]
+        mode = mode or self.options["gate"]
         w = [0.0] * len(n.input)
         if n.op_type == "Mul" and len(live_in) == 2:
             a, c = (n.input[k] for k in live_in)
@@ -192,7 +199,7 @@ class LRP(Method):
                 if self._self_gate(gate, n.input[sig]):  # x * f(x): an activation (SiLU, GELU, ...): identity rule
                     w[sig] = 1.0
                     return w
-        if gate == "signal":
+        if mode == "signal":
             if n.op_type == "Div" and len(live_in) == 2:
                 w[0] = 1.0  # the divisor (a norm, a std) is the gate
                 return w
