@@ -118,3 +118,124 @@ def test_conservation_is_nan_where_the_score_is_zero():
     res = _explain(m, x, np.array([0, 1]), rules="epsilon")
     c = res.extras["conservation"]
     assert np.isnan(c[1]) and abs(c[0] - 1.0) < 1e-5
+
+
+# ------------------------------------------------------------------- blow-up mechanisms, each on a minimal graph
+def _graph(nodes, x_shape, out_shape, inits, opset=17):
+    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *x_shape])],
+                          [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", *out_shape])],
+                          initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in inits])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _seed(y, t):
+    R = np.zeros_like(y)
+    R[np.arange(len(t)), t] = y[np.arange(len(t)), t]
+    return R
+
+
+def _stab(z, eps):
+    return z + eps * np.where(z < 0, -1.0, 1.0)
+
+
+def test_split_off_bias_absorbs_its_share():
+    """MatMul + Add(bias) (how 3-D linear layers are exported): the bias Add used to pass all relevance, so the
+    epsilon rule divided it by the bias-free z = x W, which cancels where x W ~ -b (1e35 / NaN on DeiT under ε+♭).
+    Now it is the epsilon rule of the layer with its bias: R_x = x * W^T (R / (x W + b)), as the same layer as a
+    Gemm with a bias."""
+    w = RNG.standard_normal((4, 3)).astype(np.float32)
+    b = RNG.standard_normal(3).astype(np.float32)
+    x = RNG.standard_normal((3, 4)).astype(np.float32)
+    x[0] = 0.0
+    x[0, 0], x[0, 1] = 1.0, -w[0, 1] / w[1, 1] * (1 + 1e-2)   # row 0, class 1: x W cancels to ~1e-2, x W + b not
+    t = np.array([1, 0, 2])
+    split = _graph([helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Add", ["z", "b"], ["scores"])],
+                   [4], [3], [("w", w), ("b", b)])
+    gemm = _graph([helper.make_node("Gemm", ["x", "w", "b"], ["scores"])], [4], [3], [("w", w), ("b", b)])
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    zn = x64 @ w64
+    z = zn + b
+    Rz = zn * _seed(z, t) / _stab(z, 1e-6)           # the bias Add: proportional (Zennit Norm)
+    ref = x64 * ((Rz / _stab(zn, 1e-6)) @ w64.T)     # the MatMul: epsilon
+    for rules in ("epsilon",):
+        r = _explain(split, x, t, rules=rules).relevance
+        np.testing.assert_allclose(r, ref, rtol=1e-3, atol=1e-5)  # float32 x W cancels to ~1e-3
+        assert np.abs(r[0]).max() < 10, r[0]   # passing R on to x W gave |R_x| ~ |b| / 1e-3
+        # = the layer's own epsilon rule with its bias (stabilizer placed once: 1e-6 / 1e-3 apart)
+        np.testing.assert_allclose(r, _explain(gemm, x, t, rules=rules).relevance, rtol=2e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("rules", ["auto", "epsilon", "epsilon-plus-flat"])
+def test_instance_norm_holds_its_std_constant(rules):
+    """GroupNorm(1) as PyTorch exports it (InstanceNormalization): passed unchanged, its relevance no longer follows
+    the values it explains, and the next ratio rule divides by a near-zero input (MobileViTv2: -1.9e5 under auto).
+    Now AttnLRP's LayerNorm rule over the normalised axes: R_x = x * (g - mean(g)) / std, g = scale R / y."""
+    C, L = 2, 5
+    scale = RNG.uniform(0.5, 1.5, C).astype(np.float32)
+    bias = (RNG.standard_normal(C) * 0.3).astype(np.float32)
+    m = _graph([helper.make_node("InstanceNormalization", ["x", "s", "b"], ["y"], epsilon=1e-5),
+                helper.make_node("Flatten", ["y"], ["scores"], axis=1)], [C, L], [C * L], [("s", scale), ("b", bias)])
+    x = RNG.standard_normal((3, C, L)).astype(np.float32)
+    t = np.array([0, 4, 7])
+    x64 = x.astype(np.float64)
+    xc = x64 - x64.mean(2, keepdims=True)
+    std = np.sqrt((xc ** 2).mean(2, keepdims=True) + 1e-5)
+    y = xc / std * scale[:, None] + bias[:, None]
+    eps = 1e-9 if rules == "auto" else 1e-6
+    g = scale[:, None] * _seed(y.reshape(3, -1), t).reshape(y.shape) / _stab(y, eps)
+    ref = x64 * (g - g.mean(2, keepdims=True)) / std
+    np.testing.assert_allclose(_explain(m, x, t, rules=rules).relevance, ref, rtol=1e-4, atol=1e-6)
+
+
+def _written_out_layernorm(square="Pow"):
+    """LayerNorm as ReduceMean / Sub / Pow / ReduceMean / Add / Sqrt / Div / Mul / Add (older exporters)."""
+    sq = (helper.make_node("Pow", ["xc", "two"], ["sq"]) if square == "Pow" else
+          helper.make_node("Mul", ["xc", "xc"], ["sq"]))
+    return [helper.make_node("ReduceMean", ["x"], ["mu"], axes=[-1]), helper.make_node("Sub", ["x", "mu"], ["xc"]), sq,
+            helper.make_node("ReduceMean", ["sq"], ["var"], axes=[-1]), helper.make_node("Add", ["var", "eps"], ["ve"]),
+            helper.make_node("Sqrt", ["ve"], ["std"]), helper.make_node("Div", ["xc", "std"], ["xh"]),
+            helper.make_node("Mul", ["xh", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["scores"])]
+
+
+@pytest.mark.parametrize("square", ["Pow", "Mul"])
+@pytest.mark.parametrize("rules", ["auto", "attnlrp"])
+def test_written_out_layernorm_is_attnlrp_layernorm(rules, square):
+    """A written-out LayerNorm: the Div by the std is no product of two activations (split half into the std path
+    under attnlrp's uniform rule; the std path's ratios divide by cancelling sums): the std is held constant, the
+    centering x - mean(x) is proportional, which together is AttnLRP's LayerNorm rule (numpy, from the formula)."""
+    D = 6
+    w = RNG.uniform(0.5, 1.5, D).astype(np.float32)
+    b = (RNG.standard_normal(D) * 0.3).astype(np.float32)
+    m = _graph(_written_out_layernorm(square), [D], [D],
+               [("w", w), ("b", b), ("two", np.float32(2.0)), ("eps", np.float32(1e-5))])
+    x = RNG.standard_normal((3, D)).astype(np.float32)
+    t = np.array([0, 2, 5])
+    x64 = x.astype(np.float64)
+    xc = x64 - x64.mean(1, keepdims=True)
+    std = np.sqrt((xc ** 2).mean(1, keepdims=True) + 1e-5)
+    y = xc / std * w + b
+    g = w * _seed(y, t) / _stab(y, 1e-9)
+    ref = x64 * (g - g.mean(1, keepdims=True)) / std
+    np.testing.assert_allclose(_explain(m, x, t, rules=rules).relevance, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_sigmoid_gate_keeps_the_signal_under_auto():
+    """Arras et al. 2017 (gated cells): in a model that is no pure CNN (a LayerNorm here), Mul(signal,
+    sigmoid(gate)) gives all relevance to the signal under auto, while act x act gating (SwiGLU-like u * v) splits."""
+    D = 4
+    nodes = [helper.make_node("LayerNormalization", ["x", "ones"], ["h"], axis=-1),
+             helper.make_node("Split", ["h", "sp"], ["u", "v"], axis=1),
+             helper.make_node("Sigmoid", ["v"], ["gv"]),
+             helper.make_node("Mul", ["u", "gv"], ["gated"]),
+             helper.make_node("Mul", ["u", "v"], ["prod"]),
+             helper.make_node("Concat", ["gated", "prod"], ["scores"], axis=1)]
+    m = _graph(nodes, [2 * D], [2 * D], [("ones", np.ones(2 * D, np.float32)), ("sp", np.array([D, D], np.int64))])
+    from xcompile.commands.inspect_model import inspect_model
+    import onnx as _onnx
+    lines = []
+    p = "/tmp/_auto_gate.onnx"
+    _onnx.save(m, p)
+    inspect_model(p, "lrp", "auto", {}, lines.append)
+    text = "\n".join(lines)
+    assert "signal 1/0" in text and "[gate:" in text, text
+    assert "product 0.5/0.5" in text and "[gating:" in text, text

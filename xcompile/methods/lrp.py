@@ -57,6 +57,7 @@ class LRP(Method):
         if self.uses_rules:
             rulesets.load(self.values["rules"])  # fail early (one line) on an unknown or malformed rule set
 
+    blocks: dict = {}   # forward node (its first output) -> lrp.blocks.Block (its block type)
     choices: dict = {}  # forward node (its first output) -> the LRPRule chosen by prepare()
 
     def rule_for(self, node) -> LRPRule:
@@ -129,7 +130,7 @@ class LRP(Method):
         the signal operand (a gate, a normalisation's statistic, PoolFormer's mixer), `signal` gives it all."""
         gate = self.values.get("gate") or e.gate or self.options["gate"]
         blk = self.blocks[n.output[0]]
-        if gate == "signal" and blk.signal is not None:
+        if (gate == "signal" or blk.label == "norm") and blk.signal is not None:  # a std is constant, never a gate
             w = [0.0] * len(n.input)
             w[blk.signal] = 1.0
             return B.Shares(w, **e.params)
@@ -182,6 +183,11 @@ class LRP(Method):
         if op in PRODUCT_OPS or op in LINEAR_OPS:
             if len(live_in) <= 1:
                 return Pass() if op in PRODUCT_OPS else Gradient()
+            blk = self.blocks.get(n.output[0])
+            if blk is not None and blk.label == "norm" and blk.signal is not None:
+                w = [0.0] * len(n.input)  # x / std, x * rsqrt(var): the statistic is held constant (AttnLRP)
+                w[blk.signal] = 1.0
+                return B.Shares(w)
             return Product(self.product_weights(n, live_in))
         if is_proportional(n):
             return Proportional()
