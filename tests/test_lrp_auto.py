@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
@@ -219,7 +220,7 @@ def test_written_out_layernorm_is_attnlrp_layernorm(rules, square):
     np.testing.assert_allclose(_explain(m, x, t, rules=rules).relevance, ref, rtol=1e-4, atol=1e-6)
 
 
-def test_sigmoid_gate_keeps_the_signal_under_auto():
+def test_sigmoid_gate_keeps_the_signal_under_auto(tmp_path):
     """Arras et al. 2017 (gated cells): in a model that is no pure CNN (a LayerNorm here), Mul(signal,
     sigmoid(gate)) gives all relevance to the signal under auto, while act x act gating (SwiGLU-like u * v) splits."""
     D = 4
@@ -230,8 +231,9 @@ def test_sigmoid_gate_keeps_the_signal_under_auto():
              helper.make_node("Mul", ["u", "v"], ["prod"]),
              helper.make_node("Concat", ["gated", "prod"], ["scores"], axis=1)]
     m = _graph(nodes, [2 * D], [2 * D], [("ones", np.ones(2 * D, np.float32)), ("sp", np.array([D, D], np.int64))])
-    from xcompile.commands.inspect_model import inspect_model
     import onnx as _onnx
+
+    from xcompile.commands.inspect_model import inspect_model
     lines = []
     p = "/tmp/_auto_gate.onnx"
     _onnx.save(m, p)
@@ -239,3 +241,59 @@ def test_sigmoid_gate_keeps_the_signal_under_auto():
     text = "\n".join(lines)
     assert "signal 1/0" in text and "[gate:" in text, text
     assert "product 0.5/0.5" in text and "[gating:" in text, text
+
+
+# ------------------------------------------------------------------------------------------------- warnings
+def _attention_graph():
+    """x [N, T, D] -> softmax(x x^T) x -> mean over tokens and features -> Gemm: softmax attention, no norm."""
+    D, T = 4, 3
+    w = RNG.standard_normal((D, 2)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["x", "xt"], ["a"]), helper.make_node("Softmax", ["a"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "x"], ["o"]),
+             helper.make_node("ReduceMean", ["o"], ["m"], axes=[1], keepdims=0),
+             helper.make_node("Gemm", ["m", "w"], ["scores"])]
+    return _graph(nodes, [T, D], [2], [("w", w)])
+
+
+def test_compile_warns_when_cnn_rules_meet_attention(capsys):
+    m = _attention_graph()
+    xcompile.compile(m, "lrp", rules="epsilon-plus-flat", where="attn.onnx")
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "designed for CNNs" in ln]
+    assert len(lines) == 1 and "attention" in lines[0] and "--rules auto" in lines[0], err
+    xcompile.compile(m, "lrp", rules="auto", where="attn2.onnx")
+    assert "designed for" not in capsys.readouterr().err
+
+
+def test_run_warns_once_outside_the_band(cnns, tmp_path):
+    import subprocess
+    import sys
+    x, paths = cnns
+    np.save(tmp_path / "x.npy", x)
+    rf = tmp_path / "tight.toml"
+    rf.write_text('[options]\nband = [0.99, 1.01]\n[[rule]]\nkind = "linear"\nrule = "epsilon"\n')
+
+    def run(rules):
+        p = tmp_path / f"e_{rf.stem if rules != 'auto' else 'auto'}.onnx"
+        onnx.save(xcompile.compile(paths["vggish"], "lrp", rules=rules), p)
+        r = subprocess.run([sys.executable, "-m", "xcompile.cli", "run", str(p), "-i", str(tmp_path / "x.npy"),
+                            "--out", str(tmp_path / "out")], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return [ln for ln in r.stderr.splitlines() if "warning" in ln]
+
+    warned = run(str(rf))
+    assert len(warned) == 1 and "leaves [0.99, 1.01]" in warned[0] and "2 of 2 rows" in warned[0], warned
+    assert run("auto") == []   # VGGish: -0.21 / -0.19, inside auto's [-1, 2]
+
+
+def test_run_warning_names_non_finite_relevance():
+    from xcompile.lrp.rulesets import run_warning
+    r = np.ones((3, 2, 2), np.float32)
+    r[1, 0, 0] = np.nan
+    msg = run_warning({"method": "lrp", "params": {"rules": "auto"}}, r, np.ones(3))
+    assert "NaN/Inf" in msg and "1 of 3 rows" in msg and "--rules auto" in msg
+    r[1, 0, 0] = 1
+    assert run_warning({"method": "lrp", "params": {}}, r, np.array([1.0, 5.0, np.nan])).startswith(
+        "sum(relevance) / score leaves [-1, 2] (rule set 'auto') in 1 of 3 rows (worst 5)")
+    assert run_warning({"method": "gradient"}, r, None) is None

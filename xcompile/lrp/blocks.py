@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from ..backward.ops.normalization import normalization_vjp
 from ..kinds import (
     GATE_OPS,
     LINEAR_OPS,
@@ -38,7 +39,6 @@ from ..kinds import (
     SUM_OPS,
     linear_view,
 )
-from ..backward.ops.normalization import normalization_vjp
 from . import emitters as E
 from .rules import Product, StdConstant
 

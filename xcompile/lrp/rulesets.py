@@ -218,3 +218,54 @@ def _check_selectors(label, sel):
 
 def _is_builtin(path: Path) -> bool:
     return any(path.resolve().parent == d.resolve() for d in rules_dirs())
+
+
+def band_of(meta: dict) -> Optional[tuple]:
+    """The conservation band of the rule set an explainer was compiled with (its metadata), None when it has none or
+    the rule file cannot be read here."""
+    if meta.get("method") != "lrp":
+        return None
+    try:
+        return load((meta.get("params") or {}).get("rules") or DEFAULT_RULESET).band
+    except XCompileError:
+        return None
+
+
+def run_warning(meta: dict, relevance, conservation) -> Optional[str]:
+    """One line for `xcompile run` when the relevance holds NaN / Inf or sum(relevance) / score leaves the rule set's
+    band (rules/README.md, `band`), else None. `meta`: the explainer's xcompile.* metadata (JSON-decoded)."""
+    import numpy as np
+    rel = np.asarray(relevance)
+    rows = rel.reshape(len(rel), -1)
+    bad = ~np.isfinite(rows).all(1)
+    if bad.any():
+        return (f"relevance has NaN/Inf values in {int(bad.sum())} of {len(rows)} rows: not meaningful"
+                + ("; try --rules auto" if meta.get("method") == "lrp" else ""))
+    band = band_of(meta)
+    if band is None or conservation is None:
+        return None
+    c = np.asarray(conservation, np.float64)
+    out = np.isfinite(c) & ((c < band[0]) | (c > band[1]))
+    if not out.any():
+        return None
+    rules = (meta.get("params") or {}).get("rules") or DEFAULT_RULESET
+    worst = c[out][np.argmax(np.abs(c[out] - 1))]
+    return (f"sum(relevance) / score leaves [{band[0]:g}, {band[1]:g}] (rule set {rules!r}) in {int(out.sum())} of "
+            f"{len(c)} rows (worst {worst:.3g}): the relevance may not be meaningful")
+
+
+def warn_run(explainer, res) -> None:
+    """`xcompile run`: `run_warning` for an Explainer's result, printed once (errors.warn_once)."""
+    import json
+
+    from ..errors import warn_once
+    meta = {}
+    for k, v in explainer.session.get_modelmeta().custom_metadata_map.items():
+        if k.startswith("xcompile."):
+            try:
+                meta[k[9:]] = json.loads(v)
+            except ValueError:
+                meta[k[9:]] = v
+    note = run_warning(meta, res.relevance, (getattr(res, "extras", None) or {}).get("conservation"))
+    if note:
+        warn_once("run:relevance", note)
