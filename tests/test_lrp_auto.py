@@ -237,10 +237,13 @@ def test_sigmoid_gate_keeps_the_signal_under_auto(tmp_path):
     lines = []
     p = "/tmp/_auto_gate.onnx"
     _onnx.save(m, p)
-    inspect_model(p, "lrp", "auto", {}, lines.append)
-    text = "\n".join(lines)
-    assert "signal 1/0" in text and "[gate:" in text, text
-    assert "product 0.5/0.5" in text and "[gating:" in text, text
+    for rules in ("auto", "attnlrp"):   # attnlrp: split, half passed the sigmoid into the squeeze path (MaxViT 700)
+        lines.clear()
+        inspect_model(p, "lrp", rules, {}, lines.append)
+        rows = {ln.split()[0]: " ".join(ln.split()[2:]) for ln in lines[1:] if ln.startswith("  ")}
+        assert rows["gated"].startswith("signal 1/0"), rows
+        assert rows["prod"].startswith("product 0.5/0.5"), rows
+    assert "[gate:" in rows["gated"] and "[gating:" in rows["prod"], rows
 
 
 # ------------------------------------------------------------------------------------------------- warnings
@@ -297,3 +300,60 @@ def test_run_warning_names_non_finite_relevance():
     assert run_warning({"method": "lrp", "params": {}}, r, np.array([1.0, 5.0, np.nan])).startswith(
         "sum(relevance) / score leaves [-1, 2] (rule set 'auto') in 1 of 3 rows (worst 5)")
     assert run_warning({"method": "gradient"}, r, None) is None
+
+
+# ---------------------------------------------------------------------- transformers and hybrids under auto
+def _randomize_zeros(m):
+    """timm zero-initialises heads, layer scales and some biases: every score would be 0."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in m.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * (0.1 if p.dim() < 2 else 1 / p.shape[-1] ** 0.5))
+    return m.eval()
+
+
+def _timm(name):
+    import timm
+    torch.manual_seed(0)
+    if name == "deit":
+        m = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=32, patch_size=8, depth=2)
+    elif name == "swin":
+        m = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=5, img_size=32,
+                              window_size=4, depths=(1, 1), num_heads=(2, 4), embed_dim=32)
+    elif name == "mobilevit":
+        m = timm.create_model("mobilevitv2_050", pretrained=False, num_classes=5)
+    elif name == "poolformer":
+        from timm.models.metaformer import GroupNorm1, MetaFormer
+        m = MetaFormer(depths=(1, 1, 1, 1), dims=(16, 24, 32, 48), downsample_norm=None, mlp_act=torch.nn.GELU,
+                       mlp_bias=True, norm_layers=GroupNorm1, layer_scale_init_values=1e-5, res_scale_init_values=None,
+                       use_mlp_head=False, num_classes=5)
+    else:  # gMLP: spatial gating u * proj(v) (act x act) and a gated MLP
+        from timm.layers import GatedMlp
+        from timm.models.mlp_mixer import MlpMixer, SpatialGatingBlock
+        m = MlpMixer(num_classes=5, img_size=32, patch_size=8, num_blocks=2, embed_dim=32, mlp_ratio=6,
+                     block_layer=SpatialGatingBlock, mlp_layer=GatedMlp)
+    return _randomize_zeros(m)
+
+
+@pytest.mark.parametrize("name", ["deit", "swin",
+                                  pytest.param("mobilevit", marks=pytest.mark.slow),
+                                  pytest.param("poolformer", marks=pytest.mark.slow),
+                                  pytest.param("gmlp", marks=pytest.mark.slow)])
+def test_auto_on_transformers_and_hybrids(tmp_path, name):
+    """Finite, the two exporters agree (<= 1e-3 of max), sum(relevance) / score inside auto's band."""
+    from xcompile.lrp.rulesets import load
+    torch.set_num_threads(2)
+    m = _timm(name)
+    x = RNG.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    rel = {}
+    with torch.no_grad():  # the class of the largest |score|: conservation is a ratio, ill-conditioned near 0
+        t = m(torch.tensor(x)).abs().argmax(1).numpy()
+    for e in ("legacy", "dynamo"):
+        res = _explain(_export(m, x, tmp_path / f"{name}_{e}.onnx", e), x, t)
+        assert np.isfinite(res.relevance).all()
+        lo, hi = load("auto").band
+        c = res.extras["conservation"]
+        assert ((c >= lo) & (c <= hi)).all(), c
+        rel[e] = res.relevance
+    assert np.abs(rel["legacy"] - rel["dynamo"]).max() <= 1e-3 * np.abs(rel["legacy"]).max()
