@@ -45,6 +45,34 @@ MODELS = {  # name -> (timm kwargs, input size)
     "tv_vit": ({}, 32),
 }
 RULESETS = "auto,attnlrp,epsilon-plus-flat"
+MECHANISMS = """
+## Mechanisms found (each has a minimal hand-made graph test in tests/test_lrp_auto.py)
+
+1. **A bias written as a separate Add** (how PyTorch exports a Linear on 3-D input: MatMul + Add) passed all
+   relevance to the MatMul, whose epsilon rule then divided it by the bias-free x W, which cancels where the bias
+   carries the output. Now the Add is proportional: the bias absorbs its share, exactly the layer's epsilon rule with
+   its bias (`test_split_off_bias_absorbs_its_share`).
+2. **A data-dependent normalisation passing relevance unchanged** (LayerNorm, InstanceNorm = GroupNorm(1) as
+   exported): the relevance no longer follows the values it explains, so the next ratio rule (residual sum, bias,
+   epsilon) divides it by near-zero inputs. With 1 and 2 together the growth is geometric in depth: DeiT under
+   epsilon-plus-flat reached 1e31 by block 4 and overflowed to NaN (the NaN of DeiT, XCiT, Swin, DaViT, Hiera,
+   gMLP). Now the std is held constant (AttnLRP's LayerNorm rule) in every rule set; under auto/attnlrp this fixed
+   MobileViTv2 (-1.9e5 / -3.9e4, InstanceNorm) (`test_instance_norm_holds_its_std_constant`).
+3. **A written-out normalisation's statistic treated as a second activation** (ReduceMean / Sub / Pow / Sqrt / Div,
+   x * rsqrt(var), L2 normalisation): the uniform rule sent half the relevance into the std path. The divisor is now
+   constant under every gate option; with the centering proportional this equals AttnLRP's LayerNorm rule
+   (`test_written_out_layernorm_is_attnlrp_layernorm`, Pow and Mul squares, auto and attnlrp).
+4. **A sigmoid gate split half/half** (attnlrp's uniform rule on SE blocks): half the relevance passed the sigmoid
+   unchanged into the squeeze path and was amplified there (MaxViT 700 under attnlrp). Sigmoid gates now keep the
+   gate constant (Arras et al. 2017) under auto and attnlrp (`test_sigmoid_gate_keeps_the_signal_under_auto`).
+5. **PoolFormer's pool(x) - x**: proportional shares divide by the difference, which cancels wherever the map is
+   smooth; auto gives the mixer's relevance to pool(x).
+
+Not explained yet (finite and exporter-agreeing, but almost no relevance reaches the input): CaiT and LeViT give
+sum(R) / score ~1e-6 .. 1e-5 under auto / attnlrp (epsilon-plus-flat: ~0.5 / -0.02). Likely, not verified:
+learned constants absorb it (CaiT's class token enters late through a residual sum, LeViT adds a learned attention
+bias to q k^T), which is AttnLRP's bias convention rather than a blow-up.
+"""
 
 
 def build(name):
@@ -153,6 +181,7 @@ def write(rows, out: Path, cmd: str, seconds: float, band):
         both = sum(r["agree"] is not None for r in rr)
         cons = sum(np.isfinite(r["worst"]) and abs(r["worst"]) <= 10 for r in rr)
         lines.append(f"| {rs} | {len(rr)} | {fin} | {ag} of {both} | {cons} |")
+    lines += ["", MECHANISMS.strip()]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
 

@@ -130,7 +130,12 @@ class Structure:
         return None if p is None else p.op_type
 
     def is_gate(self, t):
-        return self.source_op(t) in GATE_OPS - {"Softmax"}
+        """A squashed gate: sigmoid(x), or 1 - sigmoid(x) (GRU's update gate)."""
+        top = self.chain(t, ROUTE_OPS)[-1]
+        p = self.g.producer.get(top)
+        if p is not None and p.op_type == "Sub" and len(p.input) == 2 and self.g.const(p.input[0]) is not None:
+            return self.is_gate(p.input[1])
+        return p is not None and p.op_type in GATE_OPS - {"Softmax"}
 
     def is_softmax(self, t):
         if self.source_op(t) == "Softmax":
@@ -237,7 +242,7 @@ def label(G: Structure, n) -> Block:
             return Block("attention", "product with a softmax output")
         gates = [k for k in live if G.is_gate(ins[k])]
         if len(gates) == 1:
-            return Block("gate", f"gated by a {G.source_op(ins[gates[0]])} (Arras et al. 2017)",
+            return Block("gate", "sigmoid gate constant (Arras et al. 2017)",
                          signal=next(k for k in live if k != gates[0]))
         return Block("gating", "product of two activations")
     if op in SUM_OPS and len(live) >= 2:
