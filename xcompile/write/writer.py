@@ -77,9 +77,11 @@ def conservation(g, b, relevance: str, cls: str):
         scores = b.cast(g.explained, TensorProto.FLOAT, "scores")
         score = b.squeeze(b.op("GatherElements", [scores, b.unsqueeze(cls, [1])], "score", axis=1), [1])
         flat = b.op("Flatten", [b.cast(relevance, TensorProto.FLOAT, "r")], "r_flat", axis=1)
-        ratio = b.div(b.reduce("ReduceSum", flat, [1], keepdims=0, hint="total"), score, "ratio")
+        total = b.reduce("ReduceSum", flat, [1], keepdims=0, hint="total")
         tiny = b.op("Less", [b.op("Abs", [score], "abs_score"), b.f32(1e-12)], "tiny")
-        return b.where(tiny, b.f32(float("nan")), ratio, "conservation"), vi
+        zero = b.f32(0.0)  # 0 / 0 = NaN where the score is tiny, computed at run time: no NaN initializer
+        return b.div(b.where(tiny, zero, total, "total_or_0"), b.where(tiny, zero, score, "score_or_0"),
+                     "conservation"), vi
 
 
 def check(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
