@@ -122,22 +122,34 @@ def export(name, cache: Path):
     return paths, notes
 
 
-def measure(paths, rules, x):
+def lxt_parity(name, rules, rel, predicted, x):
+    """max|ours - LXT AttnLRP| / max|LXT| for the torchvision ViT (tests/attnlrp_reference.py, float64), else None."""
+    if name != "tv_vit" or rules not in ("auto", "attnlrp") or rel is None:
+        return None
+    sys.path.insert(0, str(ROOT / "tests"))
+    import attnlrp_reference as REF
+    _, ref = REF.relevance(build(name), x, predicted, "attnlrp")
+    return float(np.abs(rel - ref).max() / np.abs(ref).max())
+
+
+def measure(paths, rules, x, name=""):
     import xcompile
-    out, rel = {}, {}
+    out, rel, pred = {}, {}, {}
     for e, p in paths.items():
         try:
             res = xcompile.Explainer(xcompile.compile(p, "lrp", rules=rules)).explain(x)
         except Exception as ex:  # noqa: BLE001
             out[e] = {"error": _clean(ex)}
             continue
-        rel[e] = res.relevance
+        rel[e], pred[e] = res.relevance, res.predicted
         out[e] = {"finite": bool(np.isfinite(res.relevance).all()),
                   "conservation": np.asarray(res.extras["conservation"], np.float64)}
     agree = None
     if len(rel) == 2:
         a, b = rel["legacy"], rel["dynamo"]
         agree = float(np.abs(a - b).max() / max(float(np.abs(a).max()), 1e-30)) if np.isfinite(a).all() and np.isfinite(b).all() else float("nan")
+    if "legacy" in rel:
+        out["legacy"]["parity"] = lxt_parity(name, rules, rel["legacy"], pred["legacy"], x)
     return out, agree
 
 
@@ -149,8 +161,9 @@ def row(name, rules, out, agree, notes):
     med = float(np.nanmedian(cons)) if cons.size and np.isfinite(cons).any() else float("nan")
     worst = float(cons[np.nanargmax(np.abs(np.log(np.abs(cons) + 1e-30)) + (cons < 0) * 1e3)]) if cons.size and np.isfinite(cons).any() else float("nan")
     exps = "+".join(e for e, v in out.items() if "error" not in v)
+    parity = next((v.get("parity") for v in ok if v.get("parity") is not None), None)
     return {"model": name, "rules": rules, "exporters": exps, "finite": finite, "median": med, "worst": worst,
-            "agree": agree, "notes": "; ".join(notes + errs)}
+            "agree": agree, "parity": parity, "notes": "; ".join(notes + errs)}
 
 
 def fmt(v):
@@ -173,11 +186,14 @@ def write(rows, out: Path, cmd: str, seconds: float, band):
              "Random weights: biases and epsilon absorb more relevance than in a trained model, so values well "
              "below 1 are expected; what the table guards against are non-finite values, blow-ups (|c| >> 1) and "
              "exporter disagreement.", "",
-             "| model | rules | exporters | finite | conservation median | worst | legacy vs dynamo | notes |",
-             "|---|---|---|---|---|---|---|---|"]
+             "Oracle parity = max|ours - oracle| / max|oracle| (legacy export): LXT's AttnLRP (tests/attnlrp_reference.py, "
+             "float64) for the torchvision ViT; on pure CNNs auto is byte-identical to epsilon-plus-flat, whose Zennit "
+             "parity is docs/lrp_parity.md.", "",
+             "| model | rules | exporters | finite | conservation median | worst | legacy vs dynamo | oracle parity | notes |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['rules']} | {r['exporters'] or '–'} | {fmt(r['finite'])} | "
-                     f"{fmt(r['median'])} | {fmt(r['worst'])} | {fmt(r['agree'])} | {r['notes']} |")
+                     f"{fmt(r['median'])} | {fmt(r['worst'])} | {fmt(r['agree'])} | {fmt(r['parity'])} | {r['notes']} |")
     by = {}
     for r in rows:
         by.setdefault(r["rules"], []).append(r)
@@ -221,7 +237,7 @@ def main(argv=None):
         size = MODELS[name][1]
         x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
         for rules in a.rulesets.split(","):
-            out, agree = measure(paths, rules, x) if paths else ({}, None)
+            out, agree = measure(paths, rules, x, name) if paths else ({}, None)
             r = row(name, rules, out, agree, notes)
             rows.append(r)
             print(" | ".join(f"{k}={fmt(v)}" for k, v in r.items()), flush=True)
