@@ -26,6 +26,8 @@ def inspect_model(model_path, method: str, rules, params: dict, echo) -> int:
         bad = e.nodes
     why = {n[0]: (n[2] if len(n) > 2 else "") for n in bad}
     choices = getattr(m, "choices", None)
+    rs = m.ruleset() if getattr(cls, "uses_rules", False) else None  # rule sets for any model (auto): say why
+    by_block = rs is not None and rs.options.get("designed_for") == "any" and any("block" in e.select for e in rs.entries)
     header = f"{where}: method {method}" + (f", rules {getattr(m, 'ruleset_name', None) or rules or 'default'}" if getattr(cls, "uses_rules", False) else "")
     echo(header)
     width = max([len(n.name or n.output[0]) for n in nodes] + [4])
@@ -38,6 +40,9 @@ def inspect_model(model_path, method: str, rules, params: dict, echo) -> int:
         elif choices is not None:
             ch = choices.get(n.output[0])
             what = ch.describe() if ch is not None else "gradient"
+            blk = getattr(m, "blocks", {}).get(n.output[0])
+            if blk is not None and by_block:
+                what = f"{what:<40} [{blk}]"  # why: the block type the rule was chosen for
         else:
             spec = engine.spec(n)
             what = f"backward: {getattr(spec.fn, '__name__', str(spec.fn))}"

@@ -74,6 +74,8 @@ def run_cmd(
     else:
         res = _explain_with_progress(ex, x, target, batch_size)
     paths = write_results(out, names, x, images, res)
+    from ..lrp.rulesets import warn_run
+    warn_run(ex, res)  # one line: non-finite relevance, or conservation outside the rule set's band
     what = "predicted" if target < 0 else "explained class"
     classes = np.asarray(res.predicted) if target < 0 else np.full(len(names), target)  # the class each row explains
     for name, score, cls in zip(names, res.scores, classes):

@@ -11,12 +11,15 @@ import tomllib
 
 from ..errors import XCompileError
 from ..options import like_default
+from .blocks import LABELS
 from .rules import make_rule, selectable
 
-SELECTORS = ("op", "kind", "position", "layers", "name", "name_regex")
-ENTRY_KEYS = set(SELECTORS) | {"rule", "params", "note"}
-OPTIONS = {"maxpool": ("winner", "proportional"), "gate": ("signal", "split")}
-DEFAULT_RULESET = "epsilon-plus-flat"
+SELECTORS = ("op", "kind", "position", "layers", "name", "name_regex", "block", "bounds")
+ENTRY_KEYS = set(SELECTORS) | {"rule", "params", "note", "gate"}
+OPTIONS = {"maxpool": ("winner", "proportional"), "gate": ("signal", "split"),
+           "designed_for": ("any", "cnn", "transformer")}
+DEFAULT_RULESET = "auto"
+DEFAULT_BAND = None  # no conservation band unless the rule file states one
 
 
 def rules_dirs() -> list[Path]:
@@ -52,6 +55,7 @@ class Entry:
     rule: str
     params: dict
     linear_only: bool
+    gate: Optional[str] = None   # rule = "product": overrides the gate option for the nodes this entry selects
 
     def label(self) -> str:
         sel = ", ".join(f"{k}={v}" for k, v in self.select.items()) or "any"
@@ -65,6 +69,7 @@ class RuleSet:
     entries: list = field(default_factory=list)
     options: dict = field(default_factory=dict)
     description: str = ""
+    band: Optional[tuple] = None     # [low, high] of sum(relevance) / score this rule set keeps (xcompile run warns)
 
     def match_linear(self, info: dict) -> Optional[Entry]:
         return next((e for e in self.entries if _matches(e, info, linear=True)), None)
@@ -87,6 +92,10 @@ def _matches(e: Entry, info: dict, linear: bool) -> bool:
     if "name" in s and info["name"] not in _as_list(s["name"]):
         return False
     if "name_regex" in s and not re.search(s["name_regex"], info["name"]):
+        return False
+    if "block" in s and info.get("block") not in _as_list(s["block"]):
+        return False
+    if "bounds" in s and bool(info.get("bounds")) != s["bounds"]:
         return False
     if linear:
         if "kind" in s and s["kind"] != "linear" and info["kind"] != s["kind"]:
@@ -122,11 +131,19 @@ def load(spec) -> RuleSet:
     opts = data.get("options", {})
     if not isinstance(opts, dict):
         raise XCompileError(f"{where}: [options] must be a table")
+    opts = dict(opts)
+    band = opts.pop("band", DEFAULT_BAND)
+    if band is not None and not (isinstance(band, list) and len(band) == 2
+                                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in band)
+                                 and band[0] < band[1]):
+        raise XCompileError(f"{where}: option band = {band!r} (expected [low, high], low < high: the range of "
+                            "sum(relevance) / score this rule set keeps)")
     for k, v in opts.items():
         if k not in OPTIONS or v not in OPTIONS[k]:
             allowed = "; ".join(f"{o} = {'|'.join(vs)}" for o, vs in OPTIONS.items())
             raise XCompileError(f"{where}: option {k} = {v!r} is not known (allowed: {allowed})")
     rs.options = {k: vs[0] for k, vs in OPTIONS.items()} | dict(opts)
+    rs.band = None if band is None else (float(band[0]), float(band[1]))
     entries = data.get("rule", [])
     if not isinstance(entries, list) or not entries:
         raise XCompileError(f"{where}: needs at least one [[rule]] entry")
@@ -163,8 +180,12 @@ def load(spec) -> RuleSet:
                     like_default(k, v, cls.params[k])
             except (ValueError, TypeError) as e:
                 raise XCompileError(f"{label}: {e}") from None
-        linear_only = bool({"kind", "position", "layers"} & set(sel)) or cls.linear
-        rs.entries.append(Entry(i, sel, name, dict(params), linear_only))
+        gate = raw.get("gate")
+        if gate is not None and (name != "product" or gate not in OPTIONS["gate"]):
+            raise XCompileError(f"{label}: gate = {gate!r} applies to rule = \"product\" only, as "
+                                f"{' or '.join(OPTIONS['gate'])}")
+        linear_only = bool({"kind", "position", "layers", "bounds"} & set(sel)) or cls.linear
+        rs.entries.append(Entry(i, sel, name, dict(params), linear_only, gate))
     return rs
 
 
@@ -177,6 +198,12 @@ def _check_selectors(label, sel):
         v = sel["layers"]
         if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and x != 0 for x in v)):
             raise XCompileError(f"{label}: layers = {v!r} (expected [from, to], 1-based, negative counts from the last layer)")
+    if "bounds" in sel and not isinstance(sel["bounds"], bool):
+        raise XCompileError(f"{label}: bounds = {sel['bounds']!r} (expected true: only when --set low/high are given)")
+    if "block" in sel:
+        bad = [v for v in _as_list(sel["block"]) if v not in LABELS]
+        if bad:
+            raise XCompileError(f"{label}: block = {bad[0]!r} is not a block type (known: {', '.join(LABELS)})")
     for k in ("op", "name"):
         if k in sel and not all(isinstance(x, str) for x in _as_list(sel[k])):
             raise XCompileError(f"{label}: {k} must be a string or a list of strings")
@@ -191,3 +218,54 @@ def _check_selectors(label, sel):
 
 def _is_builtin(path: Path) -> bool:
     return any(path.resolve().parent == d.resolve() for d in rules_dirs())
+
+
+def band_of(meta: dict) -> Optional[tuple]:
+    """The conservation band of the rule set an explainer was compiled with (its metadata), None when it has none or
+    the rule file cannot be read here."""
+    if meta.get("method") != "lrp":
+        return None
+    try:
+        return load((meta.get("params") or {}).get("rules") or DEFAULT_RULESET).band
+    except XCompileError:
+        return None
+
+
+def run_warning(meta: dict, relevance, conservation) -> Optional[str]:
+    """One line for `xcompile run` when the relevance holds NaN / Inf or sum(relevance) / score leaves the rule set's
+    band (rules/README.md, `band`), else None. `meta`: the explainer's xcompile.* metadata (JSON-decoded)."""
+    import numpy as np
+    rel = np.asarray(relevance)
+    rows = rel.reshape(len(rel), -1)
+    bad = ~np.isfinite(rows).all(1)
+    if bad.any():
+        return (f"relevance has NaN/Inf values in {int(bad.sum())} of {len(rows)} rows: not meaningful"
+                + ("; try --rules auto" if meta.get("method") == "lrp" else ""))
+    band = band_of(meta)
+    if band is None or conservation is None:
+        return None
+    c = np.asarray(conservation, np.float64)
+    out = np.isfinite(c) & ((c < band[0]) | (c > band[1]))
+    if not out.any():
+        return None
+    rules = (meta.get("params") or {}).get("rules") or DEFAULT_RULESET
+    worst = c[out][np.argmax(np.abs(c[out] - 1))]
+    return (f"sum(relevance) / score leaves [{band[0]:g}, {band[1]:g}] (rule set {rules!r}) in {int(out.sum())} of "
+            f"{len(c)} rows (worst {worst:.3g}): the relevance may not be meaningful")
+
+
+def warn_run(explainer, res) -> None:
+    """`xcompile run`: `run_warning` for an Explainer's result, printed once (errors.warn_once)."""
+    import json
+
+    from ..errors import warn_once
+    meta = {}
+    for k, v in explainer.session.get_modelmeta().custom_metadata_map.items():
+        if k.startswith("xcompile."):
+            try:
+                meta[k[9:]] = json.loads(v)
+            except ValueError:
+                meta[k[9:]] = v
+    note = run_warning(meta, res.relevance, (getattr(res, "extras", None) or {}).get("conservation"))
+    if note:
+        warn_once("run:relevance", note)

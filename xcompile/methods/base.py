@@ -69,7 +69,11 @@ class Method:
         r = grads.get(g.data_input)
         if r is None:
             r = b.zeros_like(g.data_input)
-        return Built(self.finish(g, b, r))
+        built = Built(self.finish(g, b, r))
+        if self.seed == "score" and getattr(self, "attribution", True):  # relevance family (not PatternNet's signal)
+            from ..write.writer import conservation
+            built.extra_outputs.append(conservation(g, b, built.relevance, b.explained_class))
+        return built
 
     def finish(self, g: ForwardGraph, b: Builder, r: str) -> str:
         return r

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..backward.builder import Builder
 from ..backward.table import TABLE, Backward
-from ..errors import XCompileError
+from ..errors import XCompileError, warn_once
 from ..kinds import (
     GATE_OPS,
     LINEAR_OPS,
@@ -29,6 +29,7 @@ from ..kinds import (
     is_proportional,
     linear_view,
 )
+from ..lrp import blocks as B
 from ..lrp import rulesets
 from ..lrp.rules import Gradient, LRPRule, MaxPoolProportional, Pass, Product, Proportional, make_rule
 from ..options import as_floats as _floats
@@ -57,6 +58,7 @@ class LRP(Method):
         if self.uses_rules:
             rulesets.load(self.values["rules"])  # fail early (one line) on an unknown or malformed rule set
 
+    blocks: dict = {}   # forward node (its first output) -> lrp.blocks.Block (its block type)
     choices: dict = {}  # forward node (its first output) -> the LRPRule chosen by prepare()
 
     def rule_for(self, node) -> LRPRule:
@@ -100,13 +102,17 @@ class LRP(Method):
         self.choices = {}
         live, nodes = self.engine(g, Builder(g.opset)).paths()
         self.live, self.nodes = live, nodes
+        self._graph = B.Structure(g, live)
+        self.blocks, self.pure_cnn = B.classify(g, live, nodes)
+        self._warn_foreign(rs, where)
         lin_nodes = [n for n in nodes if n.op_type in LINEAR_OPS and linear_view(g, n, live) is not None]
         index = {n.output[0]: i + 1 for i, n in enumerate(lin_nodes)}
         choices = {}
         for n in nodes:
             key = n.output[0]
             info = {"op": n.op_type, "name": n.name or key, "index": index.get(key, 0), "count": len(lin_nodes),
-                    "kind": "conv" if n.op_type == "Conv" else "dense"}
+                    "kind": "conv" if n.op_type == "Conv" else "dense", "block": self.blocks[key].label,
+                    "bounds": self.values.get("low") is not None and self.values.get("high") is not None}
             if key in index:
                 choices[key] = self.choose_linear(rs, n, info)
                 continue
@@ -114,11 +120,33 @@ class LRP(Method):
             if e is None:
                 choices[key] = self.default_choice(n)
             elif e.rule == "product":
-                ch = self.default_choice(n)  # a product of one activation and a constant stays what it was
-                choices[key] = Product(ch.weights, **e.params) if isinstance(ch, Product) else ch
+                choices[key] = self._product(n, e)
             else:
-                choices[key] = self._checked(rs, e, n, info, make_rule(e.rule, e.params))
+                r = (B.std_constant_for(n, e.params) if e.rule == "std-constant" else None) or make_rule(e.rule, e.params)
+                choices[key] = self._checked(rs, e, n, info, r)
         self.choices = choices
+
+    def _product(self, n, e) -> LRPRule:
+        """A `product` entry: the entry's gate option (unless --set gate= says otherwise); where the block type names
+        the signal operand (a gate, a normalisation's statistic, PoolFormer's mixer), `signal` gives it all."""
+        gate = self.values.get("gate") or e.gate or self.options["gate"]
+        blk = self.blocks[n.output[0]]
+        if (gate == "signal" or blk.label == "norm") and blk.signal is not None:  # a std is constant, never a gate
+            w = [0.0] * len(n.input)
+            w[blk.signal] = 1.0
+            return B.Shares(w, **e.params)
+        ch = self.default_choice(n)  # a product of one activation and a constant stays what it was
+        if not isinstance(ch, Product):
+            return ch
+        live_in = [k for k, i in enumerate(n.input) if i in self.live]
+        return Product(self.product_weights(n, live_in, gate), **e.params)
+
+    def _warn_foreign(self, rs, where):
+        hit = B.foreign(self.blocks, rs.options.get("designed_for", "any"))
+        if hit:
+            warn_once(f"rules:{rs.name}:{where}", f"{where}: rule set {rs.name!r} is designed for CNNs, but the model "
+                      f"has {hit[0]} blocks (node {hit[1]!r}); their relevance may not be meaningful: use "
+                      "--rules auto (or attnlrp)")
 
     @staticmethod
     def _checked(rs, e, n, info, r: LRPRule) -> LRPRule:
@@ -144,15 +172,25 @@ class LRP(Method):
     def default_choice(self, n) -> LRPRule:
         op = n.op_type
         live_in = [k for k, i in enumerate(n.input) if i in self.live]
+        norm = B.std_constant_for(n, {})
+        if norm is not None:  # data-dependent std held constant (AttnLRP): passing R would decouple it from x
+            return norm
         if op in PASS_OPS:
             return Pass()
         if op in SUM_OPS:
+            if len(live_in) == 1 and self._graph.layer_bias(n):
+                return Proportional()  # a split-off bias absorbs its share, as in the layer's epsilon rule
             return Proportional() if len(live_in) > 1 else Pass()
         if op in PRODUCT_OPS or op in LINEAR_OPS:
             if len(live_in) == 1 and self._gates_a_state(n, live_in[0]):
                 return Product([0.0] * len(n.input))  # the gate is a constant weight; its signal is no activation
             if len(live_in) <= 1:
                 return Pass() if op in PRODUCT_OPS else Gradient()
+            blk = self.blocks.get(n.output[0])
+            if blk is not None and blk.label == "norm" and blk.signal is not None:
+                w = [0.0] * len(n.input)  # x / std, x * rsqrt(var): the statistic is held constant (AttnLRP)
+                w[blk.signal] = 1.0
+                return B.Shares(w)
             return Product(self.product_weights(n, live_in))
         if is_proportional(n):
             return Proportional()
@@ -160,8 +198,9 @@ class LRP(Method):
             return MaxPoolProportional()
         return Gradient()
 
-    def product_weights(self, n, live_in):
+    def product_weights(self, n, live_in, mode=None):
         """Which operand of a product of two activations is the gate (a constant weight: it gets no relevance)."""
+        mode = mode or self.options["gate"]
         w = [0.0] * len(n.input)
         if n.op_type == "Mul" and len(live_in) == 2:
             a, c = (n.input[k] for k in live_in)
@@ -169,7 +208,7 @@ class LRP(Method):
                 if self._self_gate(gate, n.input[sig]):  # x * f(x): an activation (SiLU, GELU, ...): identity rule
                     w[sig] = 1.0
                     return w
-        if self.options["gate"] == "signal":
+        if mode == "signal":
             if n.op_type == "Div" and len(live_in) == 2:
                 w[0] = 1.0  # the divisor (a norm, a std) is the gate
                 return w

@@ -15,6 +15,7 @@ from ..files import atomic_write, check_output
 from ..graph import RELEVANCE, TARGET
 
 EXPLAINED_CLASS = "explained_class"
+CONSERVATION = "conservation"
 from ..protobuf_limit import on_disk, save_external, too_large
 from .lower import lower_for_cuda
 from .precision import to_float16
@@ -45,7 +46,7 @@ def assemble(g, b, built, meta: dict, keep_outputs: bool = False, where: str = "
         tail = [helper.make_node("Cast", [built.relevance], [RELEVANCE], name="xc/relevance", to=TensorProto.FLOAT)]
     outputs = [_with_batch(o) for o in src.output] if keep_outputs else [_with_batch(score_vi)]
     outputs.append(helper.make_tensor_value_info(RELEVANCE, TensorProto.FLOAT, rel_shape))
-    extra = list(built.extra_outputs)
+    extra = [(t, vi) for t, vi in built.extra_outputs if not (vi.name == CONSERVATION and vi.name in taken)]
     cls = getattr(b, "explained_class", None)
     if cls is not None and EXPLAINED_CLASS not in taken and EXPLAINED_CLASS not in {vi.name for _, vi in extra}:
         # the class each row's relevance explains (the target, or the argmax of the explained scores): what
@@ -102,6 +103,22 @@ def dequantized_view_part(g, emitted: list) -> tuple[list, list]:
         for i in n.input:
             need(i)
     return nodes, [used_consts[k] for k in sorted(used_consts)]
+
+
+def conservation(g, b, relevance: str, cls: str):
+    """The `conservation` output of the relevance family (placed after explained_class): float32 [N], the sum of the
+    relevance over all non-batch axes / the explained score (the seed), NaN where |score| < 1e-12; 1 is perfect
+    conservation. Returns (tensor, ValueInfoProto) for Built.extra_outputs."""
+    vi = helper.make_tensor_value_info(CONSERVATION, TensorProto.FLOAT, ["N"])
+    with b.scope("conservation"):
+        scores = b.cast(g.explained, TensorProto.FLOAT, "scores")
+        score = b.squeeze(b.op("GatherElements", [scores, b.unsqueeze(cls, [1])], "score", axis=1), [1])
+        flat = b.op("Flatten", [b.cast(relevance, TensorProto.FLOAT, "r")], "r_flat", axis=1)
+        total = b.reduce("ReduceSum", flat, [1], keepdims=0, hint="total")
+        tiny = b.op("Less", [b.op("Abs", [score], "abs_score"), b.f32(1e-12)], "tiny")
+        zero = b.f32(0.0)  # 0 / 0 = NaN where the score is tiny, computed at run time: no NaN initializer
+        return b.div(b.where(tiny, zero, total, "total_or_0"), b.where(tiny, zero, score, "score_or_0"),
+                     "conservation"), vi
 
 
 def check(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
