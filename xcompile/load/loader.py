@@ -93,13 +93,18 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
 INT_TYPES = (onnx.TensorProto.INT32, onnx.TensorProto.INT64)
+_ID_ROUTES = ("Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
 
 
 def embedding_gather(model: onnx.ModelProto, name: str):
-    """The embedding look-up that reads integer input `name` (directly or through one Cast): a Gather (axis 0) on a
-    float constant table [vocab, D]. Returns (gather node, table name, vocab) of the largest such table, else None."""
+    """The embedding look-up that reads integer input `name`: a Gather (axis 0) on a
+    float constant table [vocab, D] (read through Cast / Reshape / Squeeze / Unsqueeze / Flatten / Identity).
+    Returns (gather node, table name, vocab) of the largest such table, else None."""
     tables = {t.name: t for t in model.graph.initializer if t.data_type in FLOAT_TYPES and len(t.dims) == 2}
-    ids = {name} | {n.output[0] for n in model.graph.node if n.op_type == "Cast" and n.input[0] == name}
+    ids = {name}
+    for n in model.graph.node:  # topological order: ids reshaped or cast first (GPT-2 views them as [-1, L])
+        if n.op_type in _ID_ROUTES and n.input and n.input[0] in ids:
+            ids.add(n.output[0])
     found = []
     for n in model.graph.node:
         if n.op_type == "Gather" and len(n.input) == 2 and n.input[1] in ids and n.input[0] in tables:

@@ -90,8 +90,9 @@ def probe(model: onnx.ModelProto, plan: dict, batches=(1, 2), seed: int = 0, whe
             vals = sess.run(outs, feeds)
         except Exception as e:  # noqa: BLE001
             if n == batches[0]:
-                shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
-                raise XCompileError(f"{where}: onnxruntime fails on inputs {shapes}: {str(e).splitlines()[0]}") from None
+                shapes = (f"an input of shape {next(iter(feeds.values())).shape}" if len(feeds) == 1 else
+                          "inputs " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items()))
+                raise XCompileError(f"{where}: onnxruntime fails on {shapes}: {str(e).splitlines()[0]}") from None
             runs.append(None)
             break
         runs.append(dict(zip(outs, vals)))
