@@ -323,6 +323,7 @@ def test_run_explains_token_ids_with_the_langid_explainer(tmp_path):
         grads += ek.grad / 16
     ref = (e * grads).sum(-1).numpy()
     err_max = np.abs(rel - ref).max() / np.abs(ref).max()
+    print(f"langid IG (16 steps) vs autograd: max error {err_max:.2e} of max |R|")
     assert err_max <= 1e-3, err_max
     pad = ids == vocab.pad_id
     assert np.abs(rel[pad]).max() <= 1e-6 * np.abs(rel).max()
@@ -341,11 +342,14 @@ def test_run_explains_token_ids_with_the_langid_explainer(tmp_path):
 
 @needs_tokens
 def test_demo_text_task_writes_token_heatmaps(tmp_path):
-    meta, _, _ = langid_heldout()
+    import onnxruntime as ort
+    meta, words, y = langid_heldout()
     rc, out, err = cli("demo", "--task", "text", "--out", tmp_path / "demo", "--n", "4")
     assert rc == 0, err
-    acc = float(out.split("accuracy (explainer scores)")[1].split()[0])
-    assert abs(acc - meta["heldout_accuracy"]) < 2e-3
+    acc, m = out.split("accuracy (explainer scores)")[1].split()[:3:2]
+    ids = plain_vocabulary(meta).encode(words[:int(m)], meta["max_len"], "held-out").ids
+    scores = ort.InferenceSession(str(LANGID), providers=["CPUExecutionProvider"]).run(None, {"chars": ids})[0]
+    assert abs(float(acc) - float((scores.argmax(1) == y[:int(m)]).mean())) <= 1e-4   # the model's own scores
     heat = tmp_path / "demo" / "heatmaps"
     assert len(list(heat.glob("*_heatmap.html"))) == 4 and len(list(heat.glob("*_heatmap.png"))) == 4
     p = Spans()
@@ -353,3 +357,55 @@ def test_demo_text_task_writes_token_heatmaps(tmp_path):
     shown = [w for group in zip(*meta["examples"].values()) for w in group][:4]
     assert "".join(s[0] for s in p.spans) == "".join(shown)
     assert html.escape(shown[0]) in out
+
+
+@needs_tokens
+def test_run_text_lines_through_a_tokenizer_on_a_two_input_bert(tokenizer_json, tmp_path):
+    """attention_mask built from the tokenizer's encoding; input x gradient vs Captum LayerGradientXActivation on
+    word_embeddings (summed over D); padding tokens get no relevance and are left out of the heatmap."""
+    import torch
+    import transformers
+    from captum.attr import LayerGradientXActivation
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=14, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=32, num_labels=3)
+    bert = transformers.BertForSequenceClassification(cfg).eval()
+
+    def logits(input_ids, attention_mask):
+        return bert(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    class Wrap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).logits
+    model = tmp_path / "bert.onnx"
+    ids0, mask0 = torch.randint(4, 14, (2, 12)), torch.ones(2, 12, dtype=torch.long)
+    with torch.no_grad():
+        torch.onnx.export(Wrap().eval(), (ids0, mask0), str(model), dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                          dynamic_axes={"input_ids": {0: "N"}, "attention_mask": {0: "N"}, "logits": {0: "N"}})
+    explainer = tmp_path / "ixg.onnx"
+    rc, _, err = cli("compile", model, "-m", "input_x_gradient", "-o", explainer)
+    assert rc == 0, err
+    lines = tmp_path / "lines.txt"
+    lines.write_text("the cats sat.\nun believable < & the cat sat\n", encoding="utf-8")
+    rc, out, err = cli("run", explainer, "-i", lines, "--tokenizer", tokenizer_json, "--out", tmp_path / "res")
+    assert rc == 0, err
+    enc = load_vocabulary(tokenizer_json).encode(lines.read_text().splitlines(), 12, "lines")
+    ids, mask = torch.from_numpy(enc.ids), torch.from_numpy(enc.mask)
+    target = logits(ids, mask).argmax(1)
+    ref = LayerGradientXActivation(logits, bert.bert.embeddings.word_embeddings).attribute(
+        ids, target=target, additional_forward_args=(mask,)).sum(-1).detach().numpy()
+    for i in range(2):
+        rel = np.load(tmp_path / "res" / f"lines_{i}_relevance.npy")
+        err_max = np.abs(rel - ref[i]).max() / np.abs(ref[i]).max()
+        print(f"BERT row {i}: input x gradient vs Captum: max error {err_max:.2e} of max |R|")
+        assert err_max <= 1e-4
+        assert np.abs(rel[enc.mask[i] == 0]).max(initial=0) <= 1e-6 * np.abs(rel).max()
+        p = Spans()
+        p.feed((tmp_path / "res" / f"lines_{i}_heatmap.html").read_text(encoding="utf-8"))
+        assert len(p.spans) == enc.mask[i].sum()
+        assert (tmp_path / "res" / f"lines_{i}_words.html").is_file()

@@ -171,6 +171,7 @@ class Batch:
     shown: np.ndarray | None = None
     vocab: object = None
     words: list = field(default_factory=list)
+    classes: list | None = None  # class names for the heatmap titles (default: the class index)
 
     @property
     def rows(self) -> int:
@@ -194,7 +195,9 @@ def write_results(out, names, x, images, res, batch: Batch | None = None) -> lis
         predicted = np.asarray(res.predicted)
         for i, name in enumerate(names):
             written.append(_npy(out / f"{name}_relevance.npy", rel[i]))
-            title = f"{name}: class {int(predicted[i])}"
+            k = int(predicted[i])
+            label = batch.classes[k] if batch is not None and batch.classes and 0 <= k < len(batch.classes) else k
+            title = f"{name}: class {label}"
             if batch is not None and batch.ids is not None:
                 written += _write_tokens(out, name, title, batch, i, rel[i])
             elif x is not None and rel[i].shape == x[i].shape and time_axis(x[i].shape) is not None:
