@@ -409,3 +409,35 @@ def test_run_text_lines_through_a_tokenizer_on_a_two_input_bert(tokenizer_json, 
         p.feed((tmp_path / "res" / f"lines_{i}_heatmap.html").read_text(encoding="utf-8"))
         assert len(p.spans) == enc.mask[i].sum()
         assert (tmp_path / "res" / f"lines_{i}_words.html").is_file()
+
+
+@needs_tokens
+def test_run_float_signal_with_an_extra_input(tmp_path):
+    """[N, 2, 32] signal times a second input s [N, 1, 1] -> linear scores: `run -i x.npy -i s=s.npy` feeds both,
+    relevance = x s W[:, c] (numpy reference), and the heatmap is the time-series plot."""
+    from onnx import TensorProto, helper
+    w = np.random.default_rng(0).standard_normal((64, 3)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("Mul", ["x", "s"], ["a"]), helper.make_node("Flatten", ["a"], ["f"]),
+                           helper.make_node("MatMul", ["f", "W"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 32]),
+                           helper.make_tensor_value_info("s", TensorProto.FLOAT, ["n", 1, 1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+                          [numpy_helper.from_array(w, "W")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    x = np.stack([np.sin(np.linspace(0, 9, 64)), np.cos(np.linspace(0, 5, 64))]).astype(np.float32).reshape(2, 2, 32)
+    s = np.array([1.0, -2.0], np.float32).reshape(2, 1, 1)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "s.npy", s)
+    rc, _, err = cli("compile", tmp_path / "m.onnx", "-m", "input_x_gradient", "--set", "input=x", "-o", tmp_path / "e.onnx")
+    assert rc == 0, err
+    rc, out, err = cli("run", tmp_path / "e.onnx", "-i", tmp_path / "x.npy", "-i", f"s={tmp_path / 's.npy'}",
+                       "--out", tmp_path / "r")
+    assert rc == 0, err
+    c = ((x * s).reshape(2, 64) @ w).argmax(1)
+    for i in range(2):
+        ref = x[i] * s[i] * w[:, c[i]].reshape(2, 32)
+        np.testing.assert_allclose(np.load(tmp_path / "r" / f"x_{i}_relevance.npy"), ref, rtol=1e-5, atol=1e-6)
+        img = np.asarray(Image.open(tmp_path / "r" / f"x_{i}_heatmap.png").convert("RGB"))
+        assert img.shape[1] == 800                       # the line plot, not the 3-inch image heatmap
+    rc, _, err = cli("run", tmp_path / "e.onnx", "-i", tmp_path / "x.npy", "--out", tmp_path / "r2")
+    assert rc == 2 and "missing input 's'" in err and len(err.strip().splitlines()) == 1

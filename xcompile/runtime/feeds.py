@@ -143,8 +143,10 @@ def _other_inputs(others, named: dict, n: int, built: dict, ex) -> dict:
     for inp in others:
         want = DTYPES.get(inp.type)
         if inp.name in named:
-            a = load_array(Path(named[inp.name]))
             what = f"--input {inp.name}={named[inp.name]}"
+            if not Path(named[inp.name]).is_file():
+                raise XCompileError(f"{what}: no such file")
+            a = load_array(Path(named[inp.name]))
             if want is not None and np.dtype(want).kind in "iub" and a.dtype.kind not in "iub":
                 raise XCompileError(f"{what}: array of dtype {a.dtype}; {inp.name!r} takes {np.dtype(want).name}")
             if a.dtype.kind not in "fiub":
