@@ -14,6 +14,8 @@ from .backward.builder import Builder
 from .errors import XCompileError, warn_once
 from .load.forward import COMMON, jsonable, load_forward, reserved_names, split_params
 from .methods import METHODS
+from .methods.tokens import refuse as refuse_tokens
+from .methods.tokens import token_outputs
 from .write.writer import assemble
 
 __all__ = ["compile", "make_method", "method_class", "load_forward", "split_params", "COMMON"]
@@ -57,11 +59,18 @@ def compile(model, method: str, rules=None, *, where: str | None = None, **param
     m, common = make_method(cls, method, rules, params)
     g = load_forward(model, common, where)
     warn_non_finite_weights(g.model, where)
+    refuse_tokens(m, g, where)
     m.prepare(g, where)
     m.check(g, where)
     b = Builder(g.opset, prefix=f"xc/{method}", reserved=reserved_names(g.model))
     built = m.build(g, b, where)
+    if g.token is not None:
+        built = token_outputs(m, g, b, built)
     meta = {"xcompile_version": __version__, "method": method,
             "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted({**m.values, **{k: v for k, v in common.items() if v is not None}}.items()) if jsonable(v)},
-            "data_input": g.data_input, "score_output": g.score_output, "explained": g.explained}
+            "data_input": g.graph_input, "score_output": g.score_output, "explained": g.explained,
+            "inputs": g.input_names, "token_input": g.token is not None}
+    if g.token is not None:
+        meta.update(embedding=g.data_input, vocab=g.token.vocab, baseline_token=g.token.baseline_token,
+                    token_relevance=m.token_relevance)
     return assemble(g, b, built, meta, keep_outputs=common["keep_outputs"], where=where)

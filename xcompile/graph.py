@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Optional
 
 import networkx as nx
 import onnx
@@ -42,6 +43,17 @@ def attrs(node: onnx.NodeProto) -> dict:
 
 
 @dataclass
+class TokenInput:
+    """A token-id data input: `input` (int ids [N, L]) is read by the Gather whose output `embedding` (E = table[ids],
+    [N, L, D]) is what every method explains; `table` is the embedding initializer with `vocab` rows."""
+    input: str
+    embedding: str
+    table: str
+    vocab: int
+    baseline_token: Optional[int] = None
+
+
+@dataclass
 class ForwardGraph:
     model: onnx.ModelProto
     data_input: str
@@ -53,6 +65,7 @@ class ForwardGraph:
     opset: int = 17
     _consts: dict = field(default_factory=dict)
     canonicalization: list = field(default_factory=list)  # the rewrite rules' decisions (canonicalize.rewrite)
+    token: Optional[TokenInput] = None  # set when the explained input is token ids: data_input is then its embedding
 
     def __post_init__(self):
         g = self.model.graph
@@ -70,6 +83,16 @@ class ForwardGraph:
         for vi in list(g.input):
             if vi.name == self.data_input:
                 self.shapes.setdefault(vi.name, None)
+
+    @property
+    def graph_input(self) -> str:
+        """The model input the user gives for the explained data (the token ids for a token model)."""
+        return self.token.input if self.token else self.data_input
+
+    @property
+    def input_names(self) -> list:
+        """Every model input (not initializers), in order: the explainer keeps them all."""
+        return [i.name for i in self.model.graph.input if i.name not in self.initializers]
 
     # ------------------------------------------------------------------ values
     def is_const(self, name: str) -> bool:
@@ -115,5 +138,6 @@ class ForwardGraph:
         carried = nx.descendants(dg, self.data_input) | {self.data_input}
         needed = nx.ancestors(dg, self.explained) | {self.explained}
         live = carried & needed
-        nodes = [n for n in self.nodes if any(o in live for o in n.output)]
+        # the producer of the data tensor (a token model's embedding Gather) is not walked: relevance stops at it
+        nodes = [n for n in self.nodes if any(o in live for o in n.output) and any(i in live for i in n.input)]
         return live, nodes

@@ -16,7 +16,7 @@ from .rewrite import replace_nodes as _replace_nodes
 from .rewrite import subgraph_reads as _subgraph_reads
 
 
-def freeze_shape_arithmetic(model: onnx.ModelProto, data_input: str, at_one: dict, at_two: Optional[dict],
+def freeze_shape_arithmetic(model: onnx.ModelProto, data_input, at_one: dict, at_two: Optional[dict],
                             decisions: Optional[list] = None) -> int:
     """Run-time shape arithmetic that does not depend on the batch size becomes constants.
 
@@ -27,7 +27,7 @@ def freeze_shape_arithmetic(model: onnx.ModelProto, data_input: str, at_one: dic
     if at_two is None:
         return 0
     g = model.graph
-    data_dependent = {data_input}
+    data_dependent = {data_input} if isinstance(data_input, str) else set(data_input)  # one input name, or every input
     for node in g.node:  # topological order (checked by onnx)
         if node.op_type in SHAPE_SOURCES:
             continue

@@ -43,10 +43,11 @@ def compile_cmd(
 @app.command("run")
 def run_cmd(
     explainer: Path = typer.Argument(..., help="an explainer written by `xcompile compile`"),
-    input: Path = typer.Option(..., "--input", "-i", help=".npy array, image file (PNG/JPEG) or a folder of them"),
+    input: List[str] = typer.Option(..., "--input", "-i", help="the explained input: .npy array, image file (PNG/JPEG) or a folder of them; token ids as an integer .npy [N, L] or a .txt file of lines (with --tokenizer). Other inputs of the explainer as NAME=FILE.npy (repeat --input)"),
     target: int = typer.Option(-1, "--target", "-t", help="class to explain (-1: the predicted class)"),
-    out: Path = typer.Option(Path("xcompile_out"), "--out", help="output folder for relevance .npy and heatmap PNGs"),
+    out: Path = typer.Option(Path("xcompile_out"), "--out", help="output folder for relevance .npy and heatmaps (PNG; HTML for tokens)"),
     preprocess: Optional[str] = typer.Option(None, "--preprocess", help="for images: 'resize=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225' (pixels scaled to [0,1] first)"),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="for token ids: a tokenizer.json (needs the 'text' extra) or a vocabulary JSON; shows token strings, encodes .txt input, adds word-level heatmaps"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     batch_size: int = typer.Option(32, "--batch-size", help="rows per onnxruntime call"),
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (shards over a Ray cluster)"),
@@ -57,41 +58,46 @@ def run_cmd(
     """Explain inputs with a compiled explainer; write relevance arrays and heatmaps."""
     from ..files import check_output
     from ..runtime.explainer import Explainer
-    from ..runtime.io import load_inputs, write_results
+    from ..runtime.feeds import load_batch
+    from ..runtime.io import write_results
     check_output(out, what="--out", folder=True)  # before the work: a file, /dev/null, an unwritable folder
     if engine not in ("local", "ray"):
         raise XCompileError(f"--engine {engine!r}: expected local or ray")
     if batch_size < 1 or workers < 1:
         raise XCompileError("--batch-size and --workers must be positive integers")
     ex = Explainer(explainer, device=device)
-    x, names, images = load_inputs(input, ex.sample_shape, preprocess)
-    if len(x) == 0:
-        raise XCompileError(f"{input}: 0 rows (an empty batch); give at least one input row")
+    batch = load_batch(input, ex, preprocess, tokenizer)
+    if batch.rows == 0:
+        raise XCompileError(f"{input[0]}: 0 rows (an empty batch); give at least one input row")
     if engine == "ray":
+        if batch.feeds is not None:
+            raise XCompileError("--engine ray: explainers with one float input only; use --engine local for "
+                                "token ids or several inputs")
         from ..serving.ray_batch import run_with_ray
-        res = run_with_ray(explainer, x, target, out, address=address, workers=workers, shard_size=shard_size,
+        res = run_with_ray(explainer, batch.x, target, out, address=address, workers=workers, shard_size=shard_size,
                            batch_size=batch_size, device=device)
     else:
-        res = _explain_with_progress(ex, x, target, batch_size)
-    paths = write_results(out, names, x, images, res)
+        res = _explain_with_progress(ex, batch.model_input, batch.rows, target, batch_size)
+    paths = write_results(out, batch.names, batch.x, batch.images, res, batch)
     from ..lrp.rulesets import warn_run
     warn_run(ex, res)  # one line: non-finite relevance, or conservation outside the rule set's band
     what = "predicted" if target < 0 else "explained class"
-    classes = np.asarray(res.predicted) if target < 0 else np.full(len(names), target)  # the class each row explains
-    for name, score, cls in zip(names, res.scores, classes):
+    classes = np.asarray(res.predicted) if target < 0 else np.full(batch.rows, target)  # the class each row explains
+    for name, score, cls in zip(batch.names, res.scores, classes):
         typer.echo(f"{name}: {what} {int(cls)} (score {float(score[int(cls)]):.4g})")
     typer.echo(f"wrote {len(paths)} files to {out}")
 
 
-def _explain_with_progress(ex, x, target, batch_size):
-    """A progress bar (rich, on stderr) for inputs of several batches when stderr is a terminal; none otherwise."""
-    if len(x) <= batch_size or not sys.stderr.isatty():
+def _explain_with_progress(ex, x, rows, target, batch_size):
+    """A progress bar (rich, on stderr) for inputs of several batches when stderr is a terminal; none otherwise.
+    ``x``: one array, or a dict of every input (token ids and masks) of ``rows`` rows."""
+    if rows <= batch_size or not sys.stderr.isatty():
         return ex.explain(x, target, batch_size=batch_size)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
     with Progress("explaining", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("explain", total=len(x))
+        task = bar.add_task("explain", total=rows)
         return ex.explain(x, target, batch_size=batch_size, progress=lambda done: bar.update(task, completed=done))
 
 
@@ -111,12 +117,19 @@ def inspect_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    out: Path = typer.Option(Path("xcompile_demo"), "--out", help="folder for the explainers and the PNG grid"),
-    n: int = typer.Option(8, "--n", help="held-out digits to show"),
+    out: Path = typer.Option(Path("xcompile_demo"), "--out", help="folder for the explainers and the heatmaps"),
+    n: int = typer.Option(8, "--n", help="held-out digits (or words, with --task text) to show"),
+    task: str = typer.Option("image", "--task", help="image: the digits CNN with several methods (a PNG grid); "
+                             "text: the character-level language identifier (token heatmaps)"),
 ):
-    """Compile the shipped digits CNN with several methods, explain held-out digits, write a PNG grid."""
-    from .demo import run_demo
-    run_demo(out, n, typer.echo)
+    """Compile a shipped model, explain held-out examples, write heatmaps (image: digits CNN; text: langid)."""
+    from .demo import run_demo, run_text_demo
+    if task == "image":
+        run_demo(out, n, typer.echo)
+    elif task == "text":
+        run_text_demo(out, n, typer.echo)
+    else:
+        raise XCompileError(f"--task {task!r}: expected image or text")
 
 
 # feature commands live beside this module, each with a `register(app)` function

@@ -13,19 +13,21 @@ from ..canonicalize.passes import (
     remove_unused_initializers,
 )
 from ..errors import XCompileError
-from ..graph import ForwardGraph
-from ..options import Param, as_bool
+from ..graph import ForwardGraph, TokenInput
+from ..options import Param, as_bool, non_negative_int
 from ..write.precision import parse_precision
 from .loader import (
     default_opset,
+    embedding_gather,
     find_data_input,
     find_score_output,
+    graph_inputs,
     input_dims,
     make_batch_symbolic,
     prepare,
     read_model,
 )
-from .probe import probe
+from .probe import feed_plan, numpy_dtype, probe
 from .quantized import float_view
 
 # options every method accepts (they shape how the model is read, not how it is explained)
@@ -37,7 +39,9 @@ COMMON = {
     "precision": Param(None, "float32 (default) or float16: a float16 explainer of a float32 model (for GPUs; "
                        "relevance stays float32)", parse_precision),
     "input_shape": Param(None, "sample shape without the batch, e.g. 3x224x224",
-                         lambda v: tuple(int(d) for d in (v.split("x") if isinstance(v, str) else v))),
+                         lambda v: tuple(int(d) for d in (v.split("x") if isinstance(v, str) else [v] if isinstance(v, int) else v))),
+    "baseline_token": Param(None, "token id of the baseline / occluding token for token-id inputs (typically the pad id)",
+                            non_negative_int),
 }
 
 
@@ -58,35 +62,95 @@ def split_params(params: dict) -> tuple[dict, dict]:
 def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     """Read, validate, canonicalize and measure the forward graph."""
     m = prepare(read_model(model), where)
-    data = find_data_input(m, common["input"], where)
     score = find_score_output(m, common["output"], where)
     decisions: list = []
+    if common["input_shape"]:  # declared before canonicalizing: passes that need static sizes (recurrent unrolling) see it
+        _declare_inputs(m, input_samples(m, find_data_input(m, common["input"], where), tuple(common["input_shape"]), where))
     canonicalize(m, decisions=decisions)
     explained = find_explained_scores(m, score, common["keep_softmax"])
+    data = find_data_input(m, common["input"], where)
+    dtype = numpy_dtype(data, where)
+    emb = None
+    if np.dtype(dtype).kind in "iu":
+        emb = embedding_gather(m, data.name)
+        if emb is None:
+            raise XCompileError(f"{where}: input {data.name!r} is {np.dtype(dtype).name} but no Gather reads it from a float "
+                                "embedding table [vocab, D]: an integer input is explained only as token ids")
+    elif np.dtype(dtype).kind != "f":
+        raise XCompileError(f"{where}: input {data.name!r} is {np.dtype(dtype).name}: the explained input must be float "
+                            "or integer token ids; choose another with --set input=NAME")
+    if common.get("baseline_token") is not None:
+        if emb is None:
+            raise XCompileError(f"{where}: option baseline_token applies to token-id inputs; {data.name!r} is a float input")
+        if common["baseline_token"] >= emb[2]:
+            raise XCompileError(f"{where}: option baseline_token={common['baseline_token']}: not an id of the embedding "
+                                f"table {emb[1]!r} (ids 0..{emb[2] - 1})")
     dims = input_dims(data)
     sample = common["input_shape"] or tuple(dims[1:])
     if not dims or any(not isinstance(d, int) or d <= 0 for d in sample):
-        raise XCompileError(f"{where}: input {data.name!r} has shape {dims}; give the sample shape with --set input_shape=CxHxW")
-    dtype = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
-             onnx.TensorProto.FLOAT16: np.float16}[data.type.tensor_type.elem_type]
-    if common["input_shape"]:
-        vi = next(i for i in m.graph.input if i.name == data.name)
-        del vi.type.tensor_type.shape.dim[:]
-        vi.type.tensor_type.shape.dim.add().dim_param = "N"
-        for d in sample:
-            vi.type.tensor_type.shape.dim.add().dim_value = d
-    make_batch_symbolic(m, data.name, score)
-    shapes, dtypes, at_one, fixed, at_two = probe(m, data.name, tuple(sample), dtype, where=where)
-    if freeze_shape_arithmetic(m, data.name, at_one, at_two, decisions):
+        hint = "L (the sequence length)" if emb is not None else "CxHxW"
+        raise XCompileError(f"{where}: input {data.name!r} has shape {dims}; give the sample shape with --set input_shape={hint}")
+    samples = input_samples(m, data, tuple(sample), where)
+    _declare_inputs(m, samples)
+    names = list(samples)
+    make_batch_symbolic(m, names, score)
+    gather_fed = {n for n in names if embedding_gather(m, n) is not None}
+    plan = feed_plan({n: (samples[n], numpy_dtype(vi, where)) for n, vi in ((v.name, v) for v in graph_inputs(m))},
+                     data.name, emb[2] if emb else None, gather_fed)
+    shapes, dtypes, at_one, fixed, at_two = probe(m, plan, where=where)
+    if freeze_shape_arithmetic(m, names, at_one, at_two, decisions):
         remove_unused_initializers(m)
-    shapes[data.name] = (None,) + tuple(sample)
+    for n in names:
+        shapes[n] = (None,) + tuple(samples[n])
     _declare_measured_shapes(m, shapes)
-    g = ForwardGraph(m, data.name, score, explained, shapes, dtypes, fixed, default_opset(m))
+    token = None
+    if emb is not None:
+        gather = next(n for n in m.graph.node if n.output and n.output[0] == emb[0].output[0])
+        token = TokenInput(data.name, gather.output[0], emb[1], emb[2], common.get("baseline_token"))
+    g = ForwardGraph(m, token.embedding if token else data.name, score, explained, shapes, dtypes, fixed,
+                     default_opset(m), token=token)
     g.canonicalization = decisions
     float_view(g, where)  # quantized ops: the backward walks their dequantized view (load/quantized.py)
     if len(g.shape(explained)) != 2:
         raise XCompileError(f"{where}: the explained output {explained!r} has shape {list(g.shape(explained))}; expected [N, classes]")
     return g
+
+
+def _declare_inputs(m: onnx.ModelProto, samples: dict) -> None:
+    """Every input declared [N, *sample]: the compiled shapes."""
+    for vi in graph_inputs(m):
+        del vi.type.tensor_type.shape.dim[:]
+        vi.type.tensor_type.shape.dim.add().dim_param = "N"
+        for d in samples[vi.name]:
+            vi.type.tensor_type.shape.dim.add().dim_value = d
+
+
+def input_samples(m: onnx.ModelProto, data: onnx.ValueInfoProto, sample: tuple, where: str) -> dict:
+    """{input: sample shape} for every graph input. A dimension of another input that is not a fixed number takes
+    the explained input's size where both name the same symbol (e.g. "sequence"), else where the ranks agree
+    (an attention mask [N, L] beside ids [N, L]); the batch dimension is always the first."""
+    data_dims = input_dims(data)
+    out = {}
+    for vi in graph_inputs(m):
+        if vi.name == data.name:
+            out[vi.name] = tuple(sample)
+            continue
+        dims = input_dims(vi)
+        if not dims:
+            raise XCompileError(f"{where}: input {vi.name!r} is a scalar (or has no declared shape); every input needs a batch dimension")
+        s = []
+        for k, d in enumerate(dims[1:], start=1):
+            if isinstance(d, int) and d > 0:
+                s.append(d)
+            elif isinstance(d, str) and d in data_dims[1:]:
+                s.append(sample[data_dims.index(d) - 1])
+            elif len(dims) == len(sample) + 1:
+                s.append(sample[k - 1])
+            else:
+                raise XCompileError(f"{where}: input {vi.name!r} has shape {dims}: dimension {k} is neither fixed nor "
+                                    f"shared with the explained input {data.name!r}; export it with a fixed size")
+        out[vi.name] = tuple(s)
+    return out
 
 
 def _declare_measured_shapes(m: onnx.ModelProto, shapes: dict) -> None:

@@ -93,17 +93,56 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in inits]
 
 
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
+INT_TYPES = (onnx.TensorProto.INT32, onnx.TensorProto.INT64)
+_ID_ROUTES = ("Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
+
+
+def embedding_gather(model: onnx.ModelProto, name: str):
+    """The embedding look-up that reads integer input `name`: a Gather (axis 0) on a
+    float constant table [vocab, D] (read through Cast / Reshape / Squeeze / Unsqueeze / Flatten / Identity).
+    Returns (gather node, table name, vocab) of the largest such table, else None."""
+    tables = {t.name: t for t in model.graph.initializer if t.data_type in FLOAT_TYPES and len(t.dims) == 2}
+    ids = {name}
+    for n in model.graph.node:  # topological order: ids reshaped or cast first (GPT-2 views them as [-1, L])
+        if n.op_type in _ID_ROUTES and n.input and n.input[0] in ids:
+            ids.add(n.output[0])
+    found = []
+    for n in model.graph.node:
+        if n.op_type == "Gather" and len(n.input) == 2 and n.input[1] in ids and n.input[0] in tables:
+            if all(a.name != "axis" or a.i == 0 for a in n.attribute):
+                found.append((int(tables[n.input[0]].dims[0]), n))
+    if not found:
+        return None
+    vocab, node = max(found, key=lambda f: f[0])
+    return node, node.input[0], vocab
+
+
 def find_data_input(model: onnx.ModelProto, name: str | None, where: str = "model") -> onnx.ValueInfoProto:
+    """The explained input: `name` if given; else the one float input; else the one integer input read by an
+    embedding Gather (token ids; with several, e.g. input_ids and token_type_ids, the one reading the largest table:
+    the word embedding, not the token-type or position tables)."""
     inputs = graph_inputs(model)
     if name is not None:
         for i in inputs:
             if i.name == name:
                 return i
         raise XCompileError(f"{where}: option input={name!r}: no such graph input (inputs: {[i.name for i in inputs]})")
-    floats = [i for i in inputs if i.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)]
-    if len(floats) != 1:
-        raise XCompileError(f"{where}: expected one float data input, found {[i.name for i in inputs]}; choose one with --set input=NAME")
-    return floats[0]
+    floats = [i for i in inputs if i.type.tensor_type.elem_type in FLOAT_TYPES]
+    if len(floats) == 1:
+        return floats[0]
+    if len(floats) > 1:
+        raise XCompileError(f"{where}: several float inputs {[i.name for i in floats]}: choose the explained one with --set input=NAME")
+    tokens = [(emb[2], i) for i in inputs if i.type.tensor_type.elem_type in INT_TYPES
+              for emb in [embedding_gather(model, i.name)] if emb is not None]
+    tokens.sort(key=lambda t: -t[0])
+    if not tokens:
+        raise XCompileError(f"{where}: no float input and no integer input read by an embedding Gather among "
+                            f"{[i.name for i in inputs]}: nothing to explain")
+    if len(tokens) > 1 and tokens[0][0] == tokens[1][0]:
+        raise XCompileError(f"{where}: inputs {[t[1].name for t in tokens]} each read an embedding table of {tokens[0][0]} "
+                            "rows: choose the explained one with --set input=NAME")
+    return tokens[0][1]
 
 
 def find_score_output(model: onnx.ModelProto, name: str | None, where: str = "model") -> str:
@@ -122,10 +161,11 @@ def input_dims(vi: onnx.ValueInfoProto) -> list:
     return dims
 
 
-def make_batch_symbolic(model: onnx.ModelProto, data_input: str, score_output: str) -> None:
-    """Rename the first dimension of the data input (and the score output) to the symbol 'N'."""
+def make_batch_symbolic(model: onnx.ModelProto, inputs, score_output: str) -> None:
+    """Rename the first dimension of every named input (and of the score output) to the symbol 'N'."""
+    names = {inputs} if isinstance(inputs, str) else set(inputs)
     for vi in list(model.graph.input) + list(model.graph.output):
-        if vi.name in (data_input, score_output) and vi.type.tensor_type.HasField("shape") and vi.type.tensor_type.shape.dim:
+        if (vi.name in names or vi.name == score_output) and vi.type.tensor_type.HasField("shape") and vi.type.tensor_type.shape.dim:
             d = vi.type.tensor_type.shape.dim[0]
             d.Clear()
             d.dim_param = "N"

@@ -1,7 +1,13 @@
 """Measure every tensor's shape by running the model in onnxruntime at batch 1 and batch 2.
 
 Robust where static shape inference gives up (run-time shape arithmetic, custom exporters): the
-dimension that changes with the batch size is the batch dimension (None in the result)."""
+dimension that changes with the batch size is the batch dimension (None in the result).
+
+Every input of the model is fed (`feed_plan`), with values that any sensible model accepts:
+- the explained input: standard normal (float), or token ids uniform in [0, vocab) of its embedding table;
+- other float inputs: ones where the name contains "mask" (nothing masked), else standard normal;
+- other integer inputs read by an embedding Gather (token types, segments, positions): zeros, a valid row of any
+  table; other integer inputs (attention masks, flags): ones, i.e. "keep every position"; bool inputs: True."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,16 +17,55 @@ from ..errors import XCompileError
 from ..sessions import session
 
 _NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
-       onnx.TensorProto.FLOAT16: np.float16}
+       onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT64: np.int64,
+       onnx.TensorProto.BOOL: np.bool_, onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8}
+
+
+def numpy_dtype(vi: onnx.ValueInfoProto, where: str = "model"):
+    t = vi.type.tensor_type.elem_type
+    if t not in _NP:
+        raise XCompileError(f"{where}: input {vi.name!r} has element type {onnx.TensorProto.DataType.Name(t)}; "
+                            f"supported inputs: {', '.join(sorted(np.dtype(d).name for d in _NP.values()))}")
+    return _NP[t]
+
+
+def feed_plan(inputs: dict, data_input: str, vocab: int | None, gather_fed: set) -> dict:
+    """{name: (sample shape, dtype)} -> {name: (sample shape, dtype, kind, vocab)}, kind one of normal/ids/zeros/ones
+    (the rule in this module's docstring)."""
+    plan = {}
+    for name, (shape, dtype) in inputs.items():
+        kind = np.dtype(dtype).kind
+        if name == data_input:
+            how = "ids" if kind in "iu" else "normal"
+        elif kind == "f":
+            how = "ones" if "mask" in name.lower() else "normal"
+        elif kind in "iu" and name in gather_fed:
+            how = "zeros"
+        else:
+            how = "ones"
+        plan[name] = (tuple(shape), dtype, how, vocab)
+    return plan
+
+
+def feed_values(plan: dict, n: int, rng) -> dict:
+    out = {}
+    for name, (shape, dtype, how, vocab) in plan.items():
+        full = (n, *shape)
+        if how == "normal":
+            out[name] = rng.standard_normal(full).astype(dtype)
+        elif how == "ids":
+            out[name] = rng.integers(0, vocab, full).astype(dtype)
+        else:
+            out[name] = (np.zeros if how == "zeros" else np.ones)(full, dtype)
+    return out
 
 
 def _session(model: onnx.ModelProto):
     return session(model, optimization="disable")
 
 
-def probe(model: onnx.ModelProto, data_input: str, sample_shape: tuple[int, ...], dtype,
-          batches=(1, 2), seed: int = 0, where: str = "model"):
-    """Returns (shapes, dtypes, values at the first batch size, fixed_batch, values at the second batch size or
+def probe(model: onnx.ModelProto, plan: dict, batches=(1, 2), seed: int = 0, where: str = "model"):
+    """`plan`: `feed_plan`'s {input: (sample shape, dtype, kind, vocab)}. Returns (shapes, dtypes, values at the first batch size, fixed_batch, values at the second batch size or
     None): shapes maps tensor -> tuple with None at the batch dim."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -40,12 +85,14 @@ def probe(model: onnx.ModelProto, data_input: str, sample_shape: tuple[int, ...]
     rng = np.random.default_rng(seed)
     runs = []
     for n in batches:
-        x = rng.standard_normal((n, *sample_shape)).astype(dtype)
+        feeds = feed_values(plan, n, rng)
         try:
-            vals = sess.run(outs, {data_input: x})
+            vals = sess.run(outs, feeds)
         except Exception as e:  # noqa: BLE001
             if n == batches[0]:
-                raise XCompileError(f"{where}: onnxruntime fails on an input of shape {x.shape}: {str(e).splitlines()[0]}") from None
+                shapes = (f"an input of shape {next(iter(feeds.values())).shape}" if len(feeds) == 1 else
+                          "inputs " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items()))
+                raise XCompileError(f"{where}: onnxruntime fails on {shapes}: {str(e).splitlines()[0]}") from None
             runs.append(None)
             break
         runs.append(dict(zip(outs, vals)))

@@ -29,8 +29,13 @@ class Method:
     params: dict = {}
     overrides: dict = {}
 
+    # token-id inputs (methods/tokens.py): "sum" / "norm" over the embedding axis, "own" (one value per token
+    # already), None (no meaning at an embedding: refused)
+    token_relevance: str | None = "sum"
+
     def __init__(self, **given):
         self.values = self.parse_params(given)
+        self.given = set(given)  # the options the user set (defaults that depend on the input kind look at it)
 
     @classmethod
     def parse_params(cls, given: dict) -> dict:
@@ -56,6 +61,8 @@ class Method:
         (e.g. Pad mode 'reflect'). The cheap op-table look-up runs first; the emitters' own checks need a build on a
         scratch builder, which runs when the look-up found something (so the list is complete) or with ``full``
         (inspect). Without either, the real build raises the same complete list."""
+        from .tokens import refuse  # tokens builds on this module
+        refuse(self, g, where)
         bad = self.engine(g, Builder(g.opset)).unsupported()
         if bad or full:
             self.build(g, Builder(g.opset, prefix=f"xc/{self.name}"), where)

@@ -45,6 +45,7 @@ from ..options import non_negative_int
 from .base import Built, Method, Param, make_seed, register, resolve_target
 from .clone import clone_forward
 from .paths import _repeat_rows
+from .tokens import baseline_embedding, no_float_baseline
 
 EPS = 1e-10  # Captum's DeepLift eps: below it, the multiplier is the gradient
 
@@ -264,7 +265,11 @@ class DeepLift(Method):
 
     def build(self, g: ForwardGraph, b: Builder, where: str) -> Built:
         sample = [int(d) for d in g.shape(g.data_input)[1:]]
-        refs = baseline_array(self.values["baseline"], sample, f"{where}: option baseline")
+        if g.token is not None:  # token ids: the reference is the baseline embedding at every position
+            no_float_baseline(self, g, where)
+            refs = np.broadcast_to(baseline_embedding(g), [1] + sample).astype(np.float32)
+        else:
+            refs = baseline_array(self.values["baseline"], sample, f"{where}: option baseline")
         n_refs = refs.shape[0]
         chunk = self.values["chunk"] or n_refs
         if chunk <= 0:
@@ -290,8 +295,9 @@ class DeepLift(Method):
                     ref_in = b.reshape(b.add(b.zeros_like(_repeat_rows(b, x, k, len(sample) + 1)), block),
                                        [-1] + sample, "baseline_batch")
                     t = b.reshape(_repeat_rows(b, target, k, 1), [-1], "targets")
-                    rename_x = clone_forward(g, b, model_dtype(xs, "inputs_float16"), b.fresh("fwd"))
-                self._rename_ref = clone_forward(g, b, model_dtype(ref_in, "baseline_float16"), b.fresh("ref"))
+                    rename_x = clone_forward(g, b, model_dtype(xs, "inputs_float16"), b.fresh("fwd"), repeat=k)
+                self._rename_ref = clone_forward(g, b, model_dtype(ref_in, "baseline_float16"), b.fresh("ref"),
+                                                  repeat=1 if n_refs == 1 else k)
                 fx = float32_view(b, g, g.explained, (rename_x or (lambda n: n))(g.explained))
                 seed = make_seed(b, n_classes, fx, t, "one")
                 grads = self.engine(g, b, rename=rename_x).run(seed, where)

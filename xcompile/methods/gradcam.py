@@ -40,6 +40,7 @@ def default_layer(g, engine) -> str:
 
 @register
 class GradCAM(Method):
+    token_relevance = None
     name = "gradcam"
     summary = "ReLU(sum_k mean(dF_c/dA_k) A_k) at the last conv feature map, upsampled"
     params = {

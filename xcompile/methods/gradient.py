@@ -12,6 +12,7 @@ from .base import Method, Param, as_bool, register
 class Gradient(Method):
     name = "gradient"
     summary = "dF_c/dx (saliency)"
+    token_relevance = "norm"
 
 
 @register
@@ -56,6 +57,7 @@ class _ModifiedRelu(Method):
     """Captum and Zennit modify only ReLU modules, so by default ReLU6 (Clip(x, 0, 6): MobileNetV2,
     EfficientNet-Lite) keeps its plain gradient there too; ``clip=true`` treats it as the rectifier it is."""
     relu_rule = staticmethod(_guided_relu)
+    token_relevance = None
     params = {"clip": Param(False, "also modify rectifying Clip(x, 0, max) nodes (ReLU6): true/false", as_bool)}
 
     @property

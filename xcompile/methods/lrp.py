@@ -330,6 +330,7 @@ class DeepTaylor(LRP):
     Taylor decomposition"): z+ on layers whose input is a ReLU output, z^B on the first layer
     (bounds required), w^2 where the input is unbounded (first=wsquare, or a layer not fed by a ReLU)."""
     name = "deep_taylor"
+    token_relevance = None
     summary = "deep Taylor decomposition: z+ on ReLU layers, z^B first (bounds required), w^2 on unbounded inputs"
     uses_rules = False
     params = {k: v for k, v in LRP.params.items() if k != "rules"} | {

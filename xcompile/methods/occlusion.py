@@ -13,6 +13,9 @@ F_c(occluded) per window, i.e. F_c(x) minus this map.
 The occluded copies are processed ``chunk`` windows at a time by successive forward copies (bounds
 memory; 0 = all at once). All channels are occluded together (the window spans the channel axis).
 No Python loop runs at explanation time: one onnxruntime call explains a batch.
+
+Token-id inputs (`occlusion_tokens`): windows of whole tokens (default 1 token, stride 1) are replaced by
+`--set baseline_token=K` (required: the pad id of the model's tokenizer, typically) in the ids themselves.
 """
 from __future__ import annotations
 
@@ -94,7 +97,11 @@ class Occlusion(Method):
     def check(self, g: ForwardGraph, where: str, full: bool = False) -> None:
         """Occlusion never runs a backward pass: every operator the forward graph has is fine."""
 
+    token_relevance = "own"  # token ids: whole tokens replaced by baseline_token (occlusion_tokens)
+
     def build(self, g: ForwardGraph, b: Builder, where: str) -> Built:
+        if g.token is not None:
+            return occlusion_tokens(self, g, b, where)
         x = g.data_input
         sample = tuple(int(d) for d in g.shape(x)[1:])
         spatial = spatial_dims(sample)
@@ -128,7 +135,7 @@ class Occlusion(Method):
                     if fill != 0.0:
                         occ = b.add(occ, b.const((1.0 - m) * np.float32(fill), hint="fill"), "occluded")
                     flat = b.reshape(occ, [-1] + list(sample), "occluded_batch")  # [N*k, C, ...]
-                    rename = clone_forward(g, b, flat, b.fresh("fwd"))
+                    rename = clone_forward(g, b, flat, b.fresh("fwd"), repeat=k)
                     s = b.reshape(rename(g.explained), [-1, k, n_classes], "scores_per_row")
                     s = b.reduce("ReduceSum", b.mul(s, onehot3), [2], keepdims=0, hint="occluded_score")  # [N, k]
                     drops.append(b.sub(base, s, "drop"))
@@ -138,3 +145,45 @@ class Occlusion(Method):
             if len(sample) >= 2 and sample[0] != 1:
                 heat = b.op("Expand", [heat, b.i64([1] + list(sample))], "all_channels")
         return Built(heat)
+
+
+def occlusion_tokens(method, g: ForwardGraph, b: Builder, where: str) -> Built:
+    """Score drop when a window of tokens is replaced by `baseline_token`: every occluded copy of the ids is built
+    in-graph ([N, P, L] -> [N*P, L]) and scored by a copy of the forward graph that reads the ids (so what the model
+    derives from the ids besides the embedding, e.g. positions or the pooled token, sees the replaced ids too)."""
+    tok = g.token
+    if tok.baseline_token is None:
+        raise XCompileError(f"{where}: occlusion of token ids needs --set baseline_token=K: the id that replaces an occluded "
+                            "token (typically the pad id)")
+    given = getattr(method, "given", set())
+    window = method.values["window"] if "window" in given else (1,)
+    stride = method.values["stride"] if "stride" in given else (1,)
+    length = int(g.shape(tok.input)[1])
+    keep, spread = occlusion_masks((length,), window, stride)
+    n_win = keep.shape[0]
+    chunk = min(method.values["chunk"] or n_win, n_win)
+    ids_dtype = np.int32 if np.dtype(g.dtypes.get(tok.input, np.int64)) == np.int32 else np.int64
+    check_memory(4.0 * 2 * row_activations(g) * chunk + NODE_BYTES * len(g.nodes) * -(-n_win // chunk),
+                 f"{where}: occlusion with {n_win} token windows")
+    n_classes = g.shape(g.explained)[1]
+    target = resolve_target(b, g, g.explained)
+    with b.scope("occlusion"):
+        onehot = b.op("OneHot", [target, b.i64([n_classes]), b.f32([0.0, 1.0])], "target_onehot", axis=-1)
+        base = b.reduce("ReduceSum", b.mul(g.explained, onehot), [1], keepdims=1, hint="score")  # [N, 1]
+        onehot3 = b.unsqueeze(onehot, [1], "target_onehot_rows")
+        ids = b.unsqueeze(tok.input, [1], "ids_rows")  # [N, 1, L]
+        drops = []
+        for c, start in enumerate(range(0, n_win, chunk)):
+            k = min(chunk, n_win - start)
+            with b.scope(f"chunk{c}"):
+                m = keep[start:start + k].astype(ids_dtype)  # [k, L]: 1 keep, 0 replace
+                occ = b.add(b.mul(ids, b.const(m, ids_dtype, hint="keep_mask")),
+                            b.const((1 - m) * tok.baseline_token, ids_dtype, hint="baseline_ids"), "occluded_ids")
+                flat = b.reshape(occ, [-1, length], "occluded_batch")
+                rename = clone_forward(g, b, flat, b.fresh("fwd"), repeat=k, source=tok.input)
+                s = b.reshape(rename(g.explained), [-1, k, n_classes], "scores_per_row")
+                s = b.reduce("ReduceSum", b.mul(s, onehot3), [2], keepdims=0, hint="occluded_score")
+                drops.append(b.sub(base, s, "drop"))
+        drop = drops[0] if len(drops) == 1 else b.op("Concat", drops, "drops", axis=1)  # [N, P]
+        heat = b.op("MatMul", [drop, b.const(spread, hint="window_to_tokens")], "token_drop")  # [N, L]
+    return Built(heat)

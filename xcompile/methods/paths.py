@@ -16,6 +16,7 @@ from ..graph import ForwardGraph
 from ..options import check_memory, in_range, non_negative_int, positive_int
 from .base import Built, Method, Param, as_float, as_int, make_seed, register, resolve_target
 from .clone import clone_forward
+from .tokens import baseline_embedding, no_float_baseline
 
 
 def _repeat_rows(b: Builder, t: str, m: int, rank: int) -> str:
@@ -71,7 +72,7 @@ class _PathMethod(Method):
                 flat = b.reshape(pts, [-1] + sample, "points")
                 if float32_view(b, g, g.data_input) != g.data_input:  # float16 input: the forward clone reads float16
                     flat = b.cast(flat, TensorProto.FLOAT16, "points_float16")
-                rename = clone_forward(g, b, flat, b.fresh("fwd"))
+                rename = clone_forward(g, b, flat, b.fresh("fwd"), repeat=k)
                 t = b.reshape(_repeat_rows(b, target, k, 1), [-1], "targets")
                 seed = make_seed(b, n_classes, rename(g.explained), t, "one")
                 grads = self.engine(g, b, rename=rename).run(seed, where)
@@ -98,14 +99,23 @@ class IntegratedGradients(_PathMethod):
     def points(self, g, b, start, k):
         m = self.values["steps"]
         rank = len(g.shape(g.data_input))
-        x, base = float32_view(b, g, g.data_input), b.f32(self.values["baseline"])
+        x, base = float32_view(b, g, g.data_input), self.baseline(g, b)
         alphas = (np.arange(start, start + k, dtype=np.float64) + 1) / m
         a = b.const(alphas.reshape([1, k] + [1] * (rank - 1)).astype(np.float32), hint="alphas")
         diff = b.unsqueeze(b.sub(x, base, "x_minus_baseline"), [1])
         return b.add(b.mul(diff, a), base, "path_points")
 
     def finish(self, g, b, r):
-        return b.mul(b.sub(float32_view(b, g, g.data_input), b.f32(self.values["baseline"])), r, "integrated_gradients")
+        return b.mul(b.sub(float32_view(b, g, g.data_input), self.baseline(g, b)), r, "integrated_gradients")
+
+    def baseline(self, g, b):
+        """x': the number given, or for token ids the embedding of baseline_token (zero vector when unset)."""
+        if g.token is not None:
+            return b.const(baseline_embedding(g), hint="baseline_embedding")
+        return b.f32(self.values["baseline"])
+
+    def prepare(self, g, where):
+        no_float_baseline(self, g, where)
 
 
 @register
@@ -120,6 +130,7 @@ class SmoothGrad(_PathMethod):
     }
 
     count_name = "samples"
+    token_relevance = "norm"  # the L2 norm of the mean gradient per token
 
     def count(self):
         return self.values["samples"]

@@ -62,6 +62,7 @@ def _matmul(ctx, gy):
 
 
 class _PatternMethod(Method):
+    token_relevance = None
     seed = "score"
     attribution = False
     params = {

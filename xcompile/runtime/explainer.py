@@ -65,6 +65,11 @@ def providers_for(device: str):
     raise XCompileError(f"unknown device {device!r} (cpu or cuda)")
 
 
+_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+          "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(int8)": np.int8,
+          "tensor(uint8)": np.uint8}
+
+
 def _check_rows(n: int) -> None:
     if n == 0:
         raise XCompileError("input has 0 rows (an empty batch); give at least one row")
@@ -105,12 +110,74 @@ class Explainer:
         names = [i.name for i in ins]
         if TARGET not in names or RELEVANCE not in [o.name for o in self.session.get_outputs()]:
             raise XCompileError(f"{self.where}: not an xcompile explainer (needs a 'target' input and a 'relevance' output)")
-        self.data_input = next(i for i in ins if i.name != TARGET)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = {k[len("xcompile."):]: v for k, v in meta.items() if k.startswith("xcompile.")}
+        self.inputs = [i for i in ins if i.name != TARGET]  # every model input, in order (NodeArgs)
+        self.input_names = [i.name for i in self.inputs]
+        named = self.metadata.get("data_input")
+        self.data_input = next((i for i in self.inputs if i.name == named), self.inputs[0])  # the explained input
+        self.token_input = self.metadata.get("token_input") == "true"  # explained input = token ids [N, L]
+        self.vocab = int(self.metadata["vocab"]) if self.token_input and "vocab" in self.metadata else None
+        bt = self.metadata.get("baseline_token")
+        self.baseline_token = int(bt) if bt not in (None, "null") else None
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.score_output = self.outputs[0]
         self.sample_shape = tuple(self.data_input.shape[1:])
         score_shape = self.session.get_outputs()[0].shape
         self.n_classes = score_shape[1] if len(score_shape) > 1 and isinstance(score_shape[1], int) else None
+
+    def _check_inputs(self, given: dict) -> dict:
+        """{name: array} for every input: names, dtypes (ids stay integer), shapes, equal row counts and the token id
+        range [0, vocab), each checked with one line."""
+        unknown = [k for k in given if k not in self.input_names]
+        missing = [k for k in self.input_names if k not in given]
+        if unknown or missing:
+            raise XCompileError(f"inputs {sorted(map(str, given))}: {self.where} takes {self.input_names}"
+                                + (f" (missing {missing})" if missing else "") + (f" (unknown {unknown})" if unknown else ""))
+        out = {}
+        for arg in self.inputs:
+            if arg.name == self.data_input.name and not self.token_input:
+                out[arg.name] = self._check_input(given[arg.name])
+            else:
+                out[arg.name] = self._check_other(arg, given[arg.name])
+        rows = {k: v.shape[0] for k, v in out.items()}
+        if len(set(rows.values())) > 1:
+            raise XCompileError(f"inputs have different numbers of rows {rows}; give one row per example in each")
+        _check_rows(next(iter(rows.values())))
+        if self.token_input and self.vocab is not None:
+            ids = out[self.data_input.name]
+            bad = (ids < 0) | (ids >= self.vocab)
+            if bad.any():
+                raise XCompileError(f"input {self.data_input.name!r}: token id {int(ids[bad][0])} is out of range "
+                                    f"(the embedding has ids 0..{self.vocab - 1})")
+        return out
+
+    def _check_other(self, arg, x) -> np.ndarray:
+        """A model input other than a float explained one: its declared dtype and shape."""
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as e:
+            raise XCompileError(f"input {arg.name!r} is not a rectangular array ({' '.join(str(e).split())[:120]})") from None
+        want = _NUMPY.get(arg.type)
+        if want is None:
+            raise XCompileError(f"input {arg.name!r}: {self.where} declares it as {arg.type}, which this runtime does not feed")
+        kind = np.dtype(want).kind
+        ok = x.dtype.kind == kind or (kind in "iu" and x.dtype.kind in "iub") or (kind == "f" and x.dtype.kind in "fiub") \
+            or (kind == "b" and x.dtype.kind in "iub")
+        if not ok:
+            raise XCompileError(f"input {arg.name!r} has dtype {x.dtype}; {self.where} expects {np.dtype(want).name}")
+        if kind in "iu" and x.dtype.kind in "iu" and x.size and (x.min() < np.iinfo(want).min or x.max() > np.iinfo(want).max):
+            raise XCompileError(f"input {arg.name!r}: values out of the range of {np.dtype(want).name}")
+        sample = tuple(arg.shape[1:])
+        if x.ndim == len(sample):
+            x = x[None]
+        fixed = [d if isinstance(d, int) else None for d in sample]
+        if x.ndim != len(fixed) + 1 or any(f is not None and f != s for f, s in zip(fixed, x.shape[1:])):
+            want_shape = ", ".join(str(d) if d is not None else "?" for d in fixed)
+            pad = (f"; the sequence length is fixed when compiling: pad (or cut) the inputs to {fixed[-1]} tokens"
+                   if self.token_input and len(fixed) == 1 else "")
+            raise XCompileError(f"input {arg.name!r} has shape {list(x.shape)}; {self.where} expects [N, {want_shape}]{pad}")
+        return np.ascontiguousarray(x.astype(want, copy=False))
 
     def _check_input(self, x, shape_only: bool = False) -> np.ndarray:
         try:
@@ -160,18 +227,29 @@ class Explainer:
     def explain(self, x, target=None, batch_size: int | None = None, progress=None) -> Explanation:
         """``x``: numpy array, or a torch / cupy / any DLPack tensor (CPU or GPU): those are bound in place with
         IOBinding (no host copy on the GPU) and the results come back as tensors of the same kind and device.
+        A model with several inputs takes a dict {input name: array} with every one of ``input_names`` (numpy or
+        CPU tensors); token ids stay integer and must lie in [0, vocab). A token model's
+        ``extras["embedding_relevance"]`` is the relevance [N, L, D] at the embedding.
         ``batch_size`` splits a large batch into several onnxruntime calls (bounded memory); ``progress(rows_done)``
         is called after each of them (numpy inputs)."""
-        if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__"):
+        if isinstance(x, dict):
+            feeds = self._check_inputs(x)
+        elif len(self.inputs) > 1:
+            raise XCompileError(f"{self.where} has several inputs {self.input_names}: pass a dict {{name: array}} with all of them")
+        elif not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__") and not self.token_input:
             return self._explain_bound(x, target, batch_size)
-        x = self._check_input(x)
-        t = self._check_target(target, x.shape[0])
-        step = _check_batch_size(batch_size) or max(1, x.shape[0])
+        elif self.token_input:
+            feeds = self._check_inputs({self.data_input.name: x})
+        else:
+            feeds = {self.data_input.name: self._check_input(x)}
+        n = next(iter(feeds.values())).shape[0]
+        t = self._check_target(target, n)
+        step = _check_batch_size(batch_size) or max(1, n)
         parts = []
-        for i in range(0, x.shape[0], step):
-            parts.append(self.session.run(None, {self.data_input.name: x[i:i + step], TARGET: t[i:i + step]}))
+        for i in range(0, n, step):
+            parts.append(self.session.run(None, {**{k: v[i:i + step] for k, v in feeds.items()}, TARGET: t[i:i + step]}))
             if progress is not None:  # progress(rows done so far), e.g. a progress bar
-                progress(min(i + step, x.shape[0]))
+                progress(min(i + step, n))
         outs = [np.concatenate([p[k] for p in parts]) for k in range(len(self.outputs))]
         named = dict(zip(self.outputs, outs))
         extras = {k: v for k, v in named.items() if k not in (self.score_output, RELEVANCE)}

@@ -1,7 +1,9 @@
-"""Inputs for `xcompile run` (.npy/.npz arrays, image files, folders) and its outputs
-(relevance .npy + heatmap PNGs: diverging colormap centred on zero, overlaid on the image)."""
+"""Inputs for `xcompile run` (.npy/.npz arrays, image files, folders; token ids or text lines for token-id
+explainers, named extra inputs) and its outputs (relevance .npy + heatmap PNGs: diverging colormap centred on zero,
+overlaid on the image; token heatmaps as HTML + PNG, time series as a line over a relevance band)."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -156,16 +158,73 @@ def _npy(path: Path, a) -> Path:
     return atomic_write(path, write, "--out")
 
 
-def write_results(out, names, x, images, res) -> list[Path]:
+@dataclass
+class Batch:
+    """What `xcompile run` explains: ``feeds`` (input name -> array, the explained input included) or, for a
+    single float input, ``x``; a name per row; display images (image inputs); for token inputs the ids, which
+    tokens are shown (not padding), and per row each token's word and the words (with a tokenizer)."""
+    x: np.ndarray | None
+    names: list
+    images: list
+    feeds: dict | None = None
+    ids: np.ndarray | None = None
+    shown: np.ndarray | None = None
+    vocab: object = None
+    words: list = field(default_factory=list)
+    classes: list | None = None  # class names for the heatmap titles (default: the class index)
+
+    @property
+    def rows(self) -> int:
+        return len(self.names)
+
+    @property
+    def model_input(self):
+        """What ``Explainer.explain`` takes: the dict of every input, or the single float array."""
+        return self.feeds if self.feeds is not None else self.x
+
+
+def write_results(out, names, x, images, res, batch: Batch | None = None) -> list[Path]:
     """Each file written atomically; ``OUT/_COMPLETE`` (listing the files of this run) is removed first and
-    written last, so a folder without it holds an interrupted run (old and new files may be mixed)."""
+    written last, so a folder without it holds an interrupted run (old and new files may be mixed).
+    Per row: NAME_relevance.npy; NAME_heatmap.png (image heatmap, time-series plot or token boxes); for token
+    inputs NAME_heatmap.html and, with a tokenizer, NAME_words.html (relevance summed over each word's pieces)."""
+    from .sequences import time_axis
     with completed_folder(out) as written:
         out = Path(out)
+        rel = np.asarray(res.relevance)
+        predicted = np.asarray(res.predicted)
         for i, name in enumerate(names):
-            written.append(_npy(out / f"{name}_relevance.npy", res.relevance[i]))
-            if res.relevance[i].ndim >= 2 or res.relevance[i].size > 1:
-                pred = int(np.argmax(res.scores[i]))
+            written.append(_npy(out / f"{name}_relevance.npy", rel[i]))
+            k = int(predicted[i])
+            label = batch.classes[k] if batch is not None and batch.classes and 0 <= k < len(batch.classes) else k
+            title = f"{name}: class {label}"
+            if batch is not None and batch.ids is not None:
+                written += _write_tokens(out, name, title, batch, i, rel[i])
+            elif x is not None and rel[i].shape == x[i].shape and time_axis(x[i].shape) is not None:
+                from .sequences import save_timeseries_png
+                written.append(atomic_write(out / f"{name}_heatmap.png", lambda t: save_timeseries_png(
+                    t, x[i], rel[i], title=title), "--out"))
+            elif rel[i].ndim >= 2 or rel[i].size > 1:
                 written.append(atomic_write(out / f"{name}_heatmap.png", lambda t: save_heatmap(
-                    t, res.relevance[i], images[i], title=f"{name}: class {pred}"), "--out"))
+                    t, rel[i], images[i], title=title), "--out"))
         written.append(_npy(out / "scores.npy", res.scores))
     return written
+
+
+def _write_tokens(out: Path, name: str, title: str, batch: Batch, i: int, rel) -> list[Path]:
+    from .sequences import save_token_png, token_html, write_html
+    from .tokens import sum_words
+    rel = np.asarray(rel).reshape(-1)
+    ids = batch.ids[i]
+    tokens = batch.vocab.tokens(ids) if batch.vocab is not None else [str(int(t)) for t in ids]
+    shown = batch.shown[i]
+    doc = token_html([(title, tokens, rel, shown)], heading=f"{name}: token relevance")
+    paths = [atomic_write(out / f"{name}_heatmap.html", lambda t: write_html(t, doc), "--out"),
+             atomic_write(out / f"{name}_heatmap.png", lambda t: save_token_png(t, tokens, rel, shown, title), "--out")]
+    if batch.words and batch.words[i] is not None:
+        word_ids, words = batch.words[i]
+        word_rel = sum_words(np.where(shown, rel, 0.0), word_ids, len(words))
+        wdoc = token_html([(title + " (words: sum over their tokens)", words, word_rel, None)],
+                          heading=f"{name}: word relevance")
+        paths.append(atomic_write(out / f"{name}_words.html", lambda t: write_html(t, wdoc), "--out"))
+    return paths

@@ -5,8 +5,9 @@ model-settings.json::
     {"name": "digits", "implementation": "xcompile.serving.mlserver_runtime.XCompileRuntime",
      "parameters": {"uri": "/abs/path/explainer.onnx", "extra": {"threads": 1, "device": "cpu"}}}
 
-Request inputs: the explainer's data input (its ONNX name, e.g. ``input``; FP32 ``[N, ...]``) and
-optionally ``target`` (INT64 ``[N]`` or ``[N, 1]``; -1 or absent = the predicted class). Response outputs:
+Request inputs: every input of the explainer by its ONNX name (the data input, e.g. ``input``, FP32
+``[N, ...]``; a text model's ``input_ids`` INT64 ``[N, L]`` and its other inputs such as ``attention_mask``, in
+their declared datatypes) and optionally ``target`` (INT64 ``[N]`` or ``[N, 1]``; -1 or absent = the predicted class). Response outputs:
 every explainer output (``scores``, ``relevance``, extras), or only those the request asks for.
 
 A bad request (wrong shape/dtype, unknown input, target out of range) is answered with HTTP 400 and the
@@ -30,6 +31,11 @@ from ..errors import XCompileError
 from ..runtime.explainer import TARGET, Explainer
 from .limits import DEFAULT_MAX_ROWS
 
+# onnxruntime input types -> the Open Inference Protocol datatypes accepted for them
+_V2 = {"tensor(float)": ("FP32",), "tensor(float16)": ("FP16", "FP32"), "tensor(double)": ("FP64", "FP32"),
+       "tensor(int64)": ("INT64", "INT32"), "tensor(int32)": ("INT32", "INT64"), "tensor(bool)": ("BOOL",),
+       "tensor(int8)": ("INT8",), "tensor(uint8)": ("UINT8",)}
+
 
 class XCompileRuntime(MLModel):
     """One onnxruntime session per loaded model, created once in ``load()``, shared by every request."""
@@ -41,6 +47,10 @@ class XCompileRuntime(MLModel):
         self.explainer = Explainer(uri, device=extra.get("device", "cpu"), threads=int(threads) if threads else None)
         self.explainer.where = f"model {self.name!r}"  # error messages name the model, not a server path
         self.data_name = self.explainer.data_input.name
+        # every model input and the V2 datatypes it is accepted in (a float data input: FP32, as the explainer casts)
+        self.datatypes = {i.name: _V2.get(i.type, ("FP32",)) for i in self.explainer.inputs}
+        if not self.explainer.token_input:
+            self.datatypes[self.data_name] = ("FP32",)
         self.max_rows = int(extra.get("max_rows") or DEFAULT_MAX_ROWS)
         return True
 
@@ -50,8 +60,8 @@ class XCompileRuntime(MLModel):
         if inp.name in seen:
             raise InferenceError(f"input {inp.name!r} is given twice")
         seen.add(inp.name)
-        if inp.name not in (TARGET, self.data_name):
-            raise InferenceError(f"unknown input {inp.name!r}; this explainer takes {self.data_name!r} and optionally {TARGET!r}")
+        if inp.name != TARGET and inp.name not in self.datatypes:
+            raise InferenceError(f"unknown input {inp.name!r}; this explainer takes {self._takes()}")
         shape = list(inp.shape or [])
         if not shape or any(not isinstance(d, int) or d < 0 for d in shape):
             raise InferenceError(f"input {inp.name!r}: declared shape {shape} (expected non-negative integers, batch first)")
@@ -60,12 +70,16 @@ class XCompileRuntime(MLModel):
                                 f"(xcompile serve --max-rows)", status_code=413)
         if shape[0] == 0:
             raise InferenceError(f"input {inp.name!r} has 0 rows (an empty batch); give at least one row")
-        allowed = ("INT64", "INT32") if inp.name == TARGET else ("FP32",)
+        allowed = ("INT64", "INT32") if inp.name == TARGET else self.datatypes[inp.name]
         if inp.datatype not in allowed:
             raise InferenceError(f"input {inp.name!r}: datatype {inp.datatype}; expected {' or '.join(allowed)}")
 
+    def _takes(self) -> str:
+        return ", ".join(repr(n) for n in self.datatypes) + f" and optionally {TARGET!r}"
+
     def _decode(self, payload: InferenceRequest):
-        x = target = None
+        arrays: dict = {}
+        target = None
         seen: set = set()
         for inp in payload.inputs:
             self._check_declared(inp, seen)
@@ -76,18 +90,20 @@ class XCompileRuntime(MLModel):
                 raise InferenceError(f"input {inp.name!r}: cannot decode {inp.datatype} data as shape {list(inp.shape)} ({str(e).strip().splitlines()[0]})") from None
             if inp.name == TARGET:
                 target = arr
-            elif inp.name == self.data_name:
-                x = arr
             else:
-                raise InferenceError(f"unknown input {inp.name!r}; this explainer takes {self.data_name!r} and optionally {TARGET!r}")
-        if x is None:
-            raise InferenceError(f"missing input {self.data_name!r} (FP32 [N, {', '.join(map(str, self.explainer.sample_shape))}])")
+                arrays[inp.name] = arr
+        for arg in self.explainer.inputs:
+            sample = arg.shape[1:]
+            if arg.name not in arrays:
+                want = ", ".join(str(d) if isinstance(d, int) else "?" for d in sample)
+                raise InferenceError(f"missing input {arg.name!r} ({self.datatypes[arg.name][0]} [N, {want}])")
+            if arrays[arg.name].ndim != len(sample) + 1:
+                # the Explainer accepts one unbatched sample; over the wire the batch dim is required
+                want = ", ".join(str(d) if isinstance(d, int) else "?" for d in sample)
+                raise InferenceError(f"input {arg.name!r} has shape {list(arrays[arg.name].shape)}; expected [N, {want}]")
         if target is not None and target.ndim == 2 and target.shape[1] == 1:
             target = target[:, 0]  # Triton-style [N, 1]
-        if x.ndim != len(self.explainer.sample_shape) + 1:
-            # the Explainer accepts one unbatched sample; over the wire the batch dim is required
-            want = ", ".join(map(str, self.explainer.sample_shape))
-            raise InferenceError(f"input {self.data_name!r} has shape {list(x.shape)}; expected [N, {want}]")
+        x = arrays if len(arrays) > 1 or self.explainer.token_input else arrays[self.data_name]
         return x, target
 
     def _run(self, x, target):

@@ -37,12 +37,12 @@ def assemble(g, b, built, meta: dict, keep_outputs: bool = False, where: str = "
     for name in (TARGET, RELEVANCE):
         if name in taken:
             raise XCompileError(f"{where}: the model already has a tensor named {name!r}; rename it before compiling")
-    data_vi = next(i for i in src.input if i.name == g.data_input)
+    data_vi = next(i for i in src.input if i.name == g.graph_input)
     score_vi = next(o for o in src.output if o.name == g.score_output)
     rel_shape = [d.dim_param or d.dim_value for d in data_vi.type.tensor_type.shape.dim]
     rel_shape[0] = "N"
     tail = [helper.make_node("Identity", [built.relevance], [RELEVANCE], name="xc/relevance")]
-    if data_vi.type.tensor_type.elem_type != TensorProto.FLOAT:
+    if data_vi.type.tensor_type.elem_type != TensorProto.FLOAT and g.token is None:
         tail = [helper.make_node("Cast", [built.relevance], [RELEVANCE], name="xc/relevance", to=TensorProto.FLOAT)]
     outputs = [_with_batch(o) for o in src.output] if keep_outputs else [_with_batch(score_vi)]
     outputs.append(helper.make_tensor_value_info(RELEVANCE, TensorProto.FLOAT, rel_shape))
@@ -51,11 +51,13 @@ def assemble(g, b, built, meta: dict, keep_outputs: bool = False, where: str = "
     if cls is not None and EXPLAINED_CLASS not in taken and EXPLAINED_CLASS not in {vi.name for _, vi in extra}:
         # the class each row's relevance explains (the target, or the argmax of the explained scores): what
         # Explanation.predicted reports, so that it never disagrees with the explanation (e.g. on softmax ties)
-        extra.insert(0, (cls, helper.make_tensor_value_info(EXPLAINED_CLASS, TensorProto.INT64, ["N"])))
+        # after a token model's embedding_relevance (the relevance outputs first)
+        at = 1 if extra and extra[0][1].name == "embedding_relevance" else 0
+        extra.insert(at, (cls, helper.make_tensor_value_info(EXPLAINED_CLASS, TensorProto.INT64, ["N"])))
     outputs += [vi for _, vi in extra]
     extra_nodes = [helper.make_node("Identity", [t], [vi.name], name=f"xc/out/{vi.name}") for t, vi in extra]
     inits = {t.name for t in src.initializer}
-    inputs = [_with_batch(data_vi) if i.name == g.data_input else i for i in src.input if i.name not in inits]
+    inputs = [_with_batch(i) for i in src.input if i.name not in inits]  # every input kept, batch symbolic
     inputs.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, ["N"]))
     emitted = b.nodes + tail + extra_nodes
     view_nodes, view_consts = dequantized_view_part(g, emitted)
