@@ -454,3 +454,47 @@ def test_attnlrp_on_bert_matches_lxt(zoo, exporter):
     assert rel_err(res.extras["embedding_relevance"], ref) <= 1e-3
     assert rel_err(res.relevance, ref.sum(2)) <= 1e-3
     check_common(res, wrap, names, args, path)
+
+
+# ------------------------------------------------------------------------------------------------ serving
+def test_serving_declares_and_takes_every_input(zoo, tmp_path):
+    """Triton's config lists every input with its dtype and the compiled length; the MLServer runtime (in process)
+    takes them all over the Open Inference Protocol and answers what the local Explainer does."""
+    import asyncio
+
+    from xcompile.serving.triton import config_pbtxt
+    from xcompile.write.writer import save
+    wrap, names, path = zoo("bert", "legacy")
+    model = xcompile.compile(path, "gradient", input_shape=L)
+    text = config_pbtxt(model, "bert")
+    for name in names:
+        assert f'name: "{name}"\n    data_type: TYPE_INT64\n    dims: [ {L} ]' in text
+    assert f'name: "embedding_relevance"\n    data_type: TYPE_FP32\n    dims: [ {L}, 32 ]' in text
+    mlserver = pytest.importorskip("mlserver")
+    from mlserver.codecs import NumpyCodec
+    from mlserver.errors import InferenceError
+    from mlserver.types import InferenceRequest
+
+    from xcompile.serving.mlserver_runtime import XCompileRuntime
+    save(model, tmp_path / "bert.onnx")
+    rt = XCompileRuntime(mlserver.settings.ModelSettings(name="bert", implementation=XCompileRuntime,
+                                                          parameters={"uri": str(tmp_path / "bert.onnx")}))
+    x = feeds(names, example(names))
+    local = xcompile.Explainer(model).explain(x, [0, 1])
+
+    def request(arrays):
+        return InferenceRequest(inputs=[NumpyCodec.encode_input(k, v) for k, v in arrays.items()])
+
+    async def go():
+        await rt.load()
+        out = await rt.predict(request({**x, "target": np.array([0, 1])}))
+        got = {o.name: NumpyCodec.decode_output(o) for o in out.outputs}
+        with pytest.raises(InferenceError, match="missing input 'token_type_ids' \\(INT64 \\[N, 12\\]\\)"):
+            await rt.predict(request({k: v for k, v in x.items() if k != "token_type_ids"}))
+        with pytest.raises(InferenceError, match="unknown input 'x'"):
+            await rt.predict(request({**x, "x": x["input_ids"]}))
+        return got
+    got = asyncio.run(go())
+    np.testing.assert_array_equal(got["relevance"], local.relevance)
+    np.testing.assert_array_equal(got["embedding_relevance"], local.extras["embedding_relevance"])
+    np.testing.assert_array_equal(got["logits"], local.scores)
