@@ -57,9 +57,10 @@ class TextCNN(torch.nn.Module):
 
 def build(kind):
     """(torch model in eval mode, its input names). Weights wider than the default init (std 0.2) so that logits
-    are O(1)."""
+    are O(1). "albert+erf" / "gpt2+erf": the exact (erf) GELU instead of their default tanh approximation."""
     T = transformers
     torch.manual_seed(0)
+    kind, erf = kind.split("+")[0], kind.endswith("+erf")
     common = dict(vocab_size=V, num_labels=K, attn_implementation="eager", initializer_range=0.2)
     small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
     if kind == "textcnn":
@@ -73,14 +74,16 @@ def build(kind):
     elif kind == "roberta":
         m, names = T.RobertaForSequenceClassification(T.RobertaConfig(pad_token_id=1, **small, **common)), ["input_ids", "attention_mask"]
     elif kind == "albert":  # one layer's weights shared by both layers
-        m = T.AlbertForSequenceClassification(T.AlbertConfig(embedding_size=16, **small, **common))
+        m = T.AlbertForSequenceClassification(T.AlbertConfig(embedding_size=16, **small, **common,
+                                                             **({"hidden_act": "gelu"} if erf else {})))
         names = ["input_ids", "attention_mask", "token_type_ids"]
     elif kind == "electra":
         m = T.ElectraForSequenceClassification(T.ElectraConfig(embedding_size=16, **small, **common))
         names = ["input_ids", "attention_mask", "token_type_ids"]
     elif kind == "gpt2":  # causal mask, the last non-pad token pools
         m = T.GPT2ForSequenceClassification(T.GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=64, pad_token_id=PAD,
-                                                         bos_token_id=1, eos_token_id=1, **common))
+                                                         bos_token_id=1, eos_token_id=1, **common,
+                                                         **({"activation_function": "gelu"} if erf else {})))
         names = ["input_ids", "attention_mask"]
     return m.eval(), names
 
@@ -408,52 +411,79 @@ def _lxt():
     return patches, rules
 
 
+IDENTITY_RULE = {"GELUActivation", "NewGELUActivation", "GELUTanh", "FastGELUActivation", "GELU", "Tanh"}
+
+
 @contextlib.contextmanager
-def lxt_attnlrp_bert(model):
-    """LXT's AttnLRP on a transformers BertForSequenceClassification: its LayerNorm (std held constant), its attention
-    wrapper (uniform rule on q k^T and attention x v) and its identity rule on GELU and the pooler's tanh, patched into
-    this model instance and the bert module for the duration."""
+def lxt_rules(model, mode):
+    """LXT's AttnLRP (or CP-LRP) on a transformers classifier, as its model maps do: its LayerNorm (std held constant),
+    its attention wrapper (AttnLRP: uniform rule on q k^T and attention x v; CP-LRP: q and k detached) around the
+    modeling module's eager attention, and its identity rule on the GELU / tanh activation modules; patched into this
+    model instance and its modeling modules for the duration."""
     P, R = _lxt()
-    mb = sys.modules[type(model.bert.encoder.layer[0].attention.self).__module__]
-    eager = mb.eager_attention_forward
-    mb.eager_attention_forward = P.wrap_attention_forward(eager)
+    wrap_attention = P.wrap_attention_forward if mode == "attnlrp" else P.cp_wrap_attention_forward
+    modules = {sys.modules[type(m).__module__] for m in model.modules()}
+    originals = {mb: mb.eager_attention_forward for mb in modules if hasattr(mb, "eager_attention_forward")}
+    for mb, eager in originals.items():
+        mb.eager_attention_forward = wrap_attention(eager)
     patched = []
     for mod in model.modules():
         if isinstance(mod, torch.nn.LayerNorm):
             mod.forward = types.MethodType(P.layer_norm_forward, mod)
-            patched.append(mod)
-        elif type(mod).__name__ == "BertIntermediate":
-            mod.forward = types.MethodType(lambda s, h: R.identity_rule_implicit(s.intermediate_act_fn, s.dense(h)), mod)
-            patched.append(mod)
-        elif type(mod).__name__ == "BertPooler":
-            mod.forward = types.MethodType(lambda s, h: R.identity_rule_implicit(s.activation, s.dense(h[:, 0])), mod)
-            patched.append(mod)
+        elif type(mod).__name__ in IDENTITY_RULE:
+            mod.forward = functools.partial(R.identity_rule_implicit, mod.forward)
+        else:
+            continue
+        patched.append(mod)
     try:
         yield
     finally:
-        mb.eager_attention_forward = eager
+        for mb, eager in originals.items():
+            mb.eager_attention_forward = eager
         for mod in patched:
             del mod.forward
 
 
-@pytest.mark.parametrize("exporter", EXPORTERS)
-def test_attnlrp_on_bert_matches_lxt(zoo, exporter):
-    wrap, names, path = zoo("bert", exporter)
+def _lxt_case(zoo, kind, exporter, mode):
+    wrap, names, path = zoo(kind, exporter)
     args = example(names)
     t = torch.tensor([1, 2])
-    res = zoo.explainer("bert", exporter, "lrp", rules="attnlrp", input_shape=L).explain(feeds(names, args), t.numpy())
-    model = build("bert")[0].double()  # the same seed: the same weights
+    res = zoo.explainer(kind, exporter, "lrp", rules=mode, input_shape=L).explain(feeds(names, args), t.numpy())
+    model = build(kind)[0].double()  # the same seed: the same weights
     ref_wrap = Wrap(model, names)
-    with lxt_attnlrp_bert(model):
+    with lxt_rules(model, mode):
         store = {}
         with replaced_embedding(ref_wrap, None, store):
-            model.get_input_embeddings().weight.requires_grad_(True)
             logits = ref_wrap(*args)
             g, = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), store["E"])
         ref = (store["E"] * g).detach().numpy()
-    assert rel_err(res.extras["embedding_relevance"], ref) <= 1e-3
-    assert rel_err(res.relevance, ref.sum(2)) <= 1e-3
+    err = rel_err(res.extras["embedding_relevance"], ref), rel_err(res.relevance, ref.sum(2))
+    print(kind, exporter, mode, f"embedding {err[0]:.1e} tokens {err[1]:.1e}")
+    assert max(err) <= 1e-3, err
     check_common(res, wrap, names, args, path)
+
+
+@pytest.mark.parametrize("mode", ["attnlrp", "cp-lrp"])
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_attnlrp_on_bert_matches_lxt(zoo, exporter, mode):
+    _lxt_case(zoo, "bert", exporter, mode)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["attnlrp", "cp-lrp"])
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("kind", ["distilbert", "albert+erf", "electra", "gpt2+erf"])
+def test_attnlrp_matches_lxt(zoo, kind, exporter, mode):
+    _lxt_case(zoo, kind, exporter, mode)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the tanh-approximated GELU (gelu_new: ALBERT's and GPT-2's default) written out "
+                   "as 0.5 x (1 + tanh(c (x + 0.044715 x^3))) is not recognized as an activation x * f(x) (the gate's "
+                   "argument sums two terms of x), so it gets the product rule instead of LXT's identity rule")
+@pytest.mark.parametrize("kind", ["albert", "gpt2"])
+def test_attnlrp_tanh_gelu_gap(zoo, kind):
+    _lxt_case(zoo, kind, "legacy", "attnlrp")
 
 
 # ------------------------------------------------------------------------------------------------ serving
