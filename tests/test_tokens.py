@@ -194,13 +194,13 @@ def rel_err(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
-def check_common(res, wrap, names, args, path):
+def check_common(res, wrap, names, args, path, padding=True):
     """Scores are the model's own (onnxruntime on the exported file, and torch); padding gets ~0 relevance."""
     own = ort.InferenceSession(str(path)).run(None, feeds(names, args))[0]
     np.testing.assert_allclose(res.scores, own, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         np.testing.assert_allclose(res.scores, wrap(*args).numpy(), rtol=1e-4, atol=1e-4)
-    if "attention_mask" in names:
+    if "attention_mask" in names and padding:
         r = np.abs(res.relevance)
         assert r[1, 8:].max() <= 1e-6 * r.max(), r[1]
 
@@ -317,6 +317,26 @@ def test_text_cnn_lrp_matches_zennit(zoo, exporter, ruleset):
     assert rel_err(res.relevance, ref.detach().sum(2)) <= 1e-4
 
 
+def test_token_occlusion_windows(zoo):
+    """Windows of 3 tokens moved by 2 (offsets 0, 2, ..., 10, the last one clipped, as Captum places them): each token
+    gets the mean score drop of the windows that cover it; torch loop as the reference."""
+    wrap, names, path = zoo("bert", "legacy")
+    args = example(names)
+    t = torch.tensor([0, 1])
+    ex = zoo.explainer("bert", "legacy", "occlusion", input_shape=L, baseline_token=PAD, window=3, stride=2)
+    res = ex.explain(feeds(names, args), t.numpy())
+    with torch.no_grad():
+        base = wrap(*args).gather(1, t[:, None])[:, 0]
+        total, count = torch.zeros(2, L), torch.zeros(L)
+        for off in range(0, L - 1, 2):
+            ids = args[0].clone()
+            ids[:, off:off + 3] = PAD
+            total[:, off:off + 3] += (base - wrap(ids, *args[1:]).gather(1, t[:, None])[:, 0])[:, None]
+            count[off:off + 3] += 1
+    assert rel_err(res.relevance, total / count) <= 1e-4
+    check_common(res, wrap, names, args, path, padding=False)  # a window over the last real token covers padding
+
+
 # ------------------------------------------------------------------------------------------- slow: every method
 def _smoothgrad_reference(wrap, args, t, samples, noise_level, seed):
     """Mean gradient at E + sigma * noise, noise the seeded table [1, samples, L, D] the method documents."""
@@ -385,6 +405,10 @@ def test_every_method(zoo, kind, exporter):
         gap = res.relevance.sum(1) - (res.scores[[0, 1], t.numpy()] - f_ref)
         print(kind, exporter, f"deeplift completeness gap {float(np.abs(gap).max() / np.abs(res.relevance).sum(1).max()):.1e}")
         assert np.isfinite(res.extras["embedding_relevance"]).all()
+    if kind != "textcnn":  # every transformer compiles and runs under AttnLRP (LXT parity: test_attnlrp_*)
+        res = zoo.explainer(kind, exporter, "lrp", rules="attnlrp", input_shape=L).explain(x, t.numpy())
+        assert np.isfinite(res.extras["embedding_relevance"]).all()
+        check_common(res, wrap, names, args, path)
     print(kind, exporter, {k: f"{v:.1e}" for k, (v, _) in errors.items()})
     bad = {k: v for k, v in errors.items() if not v[0] <= v[1]}
     assert not bad, bad
