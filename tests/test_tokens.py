@@ -301,7 +301,7 @@ class _FromEmbedding(torch.nn.Module):
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("ruleset", ["epsilon", "epsilon-plus"])
+@pytest.mark.parametrize("ruleset", ["epsilon", "epsilon-plus", "epsilon-plus-flat", "epsilon-alpha2-beta1"])
 def test_text_cnn_lrp_matches_zennit(zoo, exporter, ruleset):
     from lrp_helpers import zennit_composite
     from zennit.attribution import Gradient
