@@ -143,7 +143,7 @@ def input_samples(m: onnx.ModelProto, data: onnx.ValueInfoProto, sample: tuple, 
             if isinstance(d, int) and d > 0:
                 s.append(d)
             elif isinstance(d, str) and d in data_dims[1:]:
-                s.append(sample[data_dims.index(d) - 1])
+                s.append(sample[data_dims.index(d, 1) - 1])
             elif len(dims) == len(sample) + 1:
                 s.append(sample[k - 1])
             else:

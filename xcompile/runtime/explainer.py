@@ -88,7 +88,11 @@ class Explainer:
 
     ``optimization`` is onnxruntime's graph-optimization level ("all" default, "extended", "basic", "disable"):
     explanations of inputs with a unit within float32 rounding of a kink can differ between levels; "basic"
-    is the reproducible setting (the same kernels on every CPU)."""
+    is the reproducible setting (the same kernels on every CPU).
+
+    Attributes others build on: ``input_names`` (every model input, in order, without ``target``), ``inputs`` (their
+    onnxruntime NodeArgs: name, type, shape), ``data_input`` (the explained one), ``token_input`` (it is token ids
+    [N, L]; then ``vocab``, ``baseline_token``), ``outputs``, ``metadata`` (the compiler's ``xcompile.*`` entries)."""
 
     def __init__(self, model, providers=None, device: str = "cpu", threads: int | None = None,
                  optimization: str = "all"):

@@ -179,6 +179,11 @@ def run_ray(explainer_path, inputs, out_dir, target=None, address: Optional[str]
     if shard_size < 1:
         raise XCompileError(f"--shard-size {shard_size}: need at least 1")
     model = onnx.load(str(path))
+    inits = {i.name for i in model.graph.initializer}
+    takes = [i for i in model.graph.input if i.name not in inits and i.name != "target"]
+    if len(takes) != 1 or takes[0].type.tensor_type.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+        raise XCompileError(f"{path}: the ray engine explains explainers of one float input; this one takes "
+                            f"{[i.name for i in takes]} (use the local engine, Explainer.explain with a dict)")
     x = _read_inputs(inputs)
     if x.dtype.kind != "f":
         raise XCompileError(f"input has dtype {x.dtype}; {path} expects float32")
