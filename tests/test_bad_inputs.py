@@ -286,6 +286,32 @@ def test_non_finite_weights_warn_once(env, tmp_path, capsys):
     assert rc == 0 and err.count("xcompile: warning:") == 1 and "NaN or Inf" in err and w.name in err, err
 
 
+def test_infinite_mask_constant_does_not_warn_but_infinite_weight_does(tmp_path, capsys):
+    """-inf added before a softmax (an attention mask) is a legitimate constant; +inf in a MatMul weight is not."""
+    rng = np.random.default_rng(0)
+
+    def model(w1):
+        inits = [onnx.numpy_helper.from_array(w1, "w1"),
+                 onnx.numpy_helper.from_array(np.array([[-np.inf, 0, 0, 0]], np.float32), "mask"),
+                 onnx.numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w2")]
+        nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Add", ["h", "mask"], ["m"]),
+                 helper.make_node("Softmax", ["m"], ["p"], axis=1), helper.make_node("MatMul", ["p", "w2"], ["y"])]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    w1 = rng.standard_normal((4, 4)).astype(np.float32)
+    onnx.save(model(w1), tmp_path / "mask.onnx")
+    rc, _, err = run_cli(["compile", tmp_path / "mask.onnx", "-m", "gradient", "-o", tmp_path / "ex.onnx"], capsys)
+    assert rc == 0 and "warning" not in err, err
+    out = xcompile.Explainer(tmp_path / "ex.onnx").explain(rng.standard_normal((2, 4)).astype(np.float32))
+    assert np.isfinite(out.relevance).all() and np.isfinite(out.scores).all()
+    w1[0, 0] = np.inf
+    onnx.save(model(w1), tmp_path / "inf.onnx")
+    rc, _, err = run_cli(["compile", tmp_path / "inf.onnx", "-m", "gradient", "-o", tmp_path / "ex2.onnx"], capsys)
+    assert rc == 0 and err.count("xcompile: warning:") == 1 and "'w1'" in err, err
+
+
 def test_python_api_compile_and_options(env):
     with pytest.raises(XCompileError, match="not a finite number"):
         xcompile.compile(env / "model.onnx", "integrated_gradients", baseline=float("nan"))

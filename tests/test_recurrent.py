@@ -485,3 +485,110 @@ def test_lrp_matrix_finite(tmp_path, cell, kw, exporter):
         (tmp_path / f"{exporter}.onnx").unlink()
         cons0 = _lrp_conservation(tmp_path, SeqClassifier(cell, zero_bias=True, **kw), exporter, tiny_rules(tmp_path))
         assert np.abs(cons0 - 1).max() <= 1e-4, cons0
+
+
+# ------------------------------------------------------------------------------ an LSTM text classifier (token ids)
+V_TEXT = 40
+
+
+class LSTMText(torch.nn.Module):
+    """token ids [N, T] -> Embedding -> nn.LSTM (batch first) -> the last step -> Linear: an LSTM text classifier."""
+
+    def __init__(self, bidirectional=False, zero_bias=False, seed=5):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb = torch.nn.Embedding(V_TEXT, F)
+        self.rnn = torch.nn.LSTM(F, H, batch_first=True, bidirectional=bidirectional, bias=not zero_bias)
+        self.fc = torch.nn.Linear((2 if bidirectional else 1) * H, C, bias=not zero_bias)
+
+    def forward(self, ids):
+        return self.fc(self.rnn(self.emb(ids))[0][:, -1])
+
+    def from_embedding(self, e):
+        return self.fc(self.rnn(e)[0][:, -1])
+
+
+def _ids(n=3, length=T, seed=11):
+    return np.random.default_rng(seed).integers(1, V_TEXT, (n, length)).astype(np.int64)
+
+
+def _export_ids(model, path, exporter):
+    """Token ids [N, L] with both the batch and the length symbolic (the legacy exporter), or the batch only."""
+    ids = torch.tensor(_ids(2))
+    if exporter == "legacy":
+        from model_zoo.zoo import quiet
+        with quiet(), torch.no_grad():
+            torch.onnx.export(model, (ids,), str(path), dynamo=False, opset_version=17, input_names=["input_ids"],
+                              output_names=["scores"], dynamic_axes={"input_ids": {0: "N", 1: "L"}, "scores": {0: "N"}})
+    else:
+        export_onnx(model, ids, path, exporter)
+    return str(path)
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_lstm_text_classifier_gradient_family(tmp_path, exporter):
+    """Token ids through an embedding into a bidirectional LSTM: gradient (autograd at the embedding output E,
+    element by element; token relevance = its L2 norm over D), input_x_gradient (sum over D) and integrated gradients
+    along table[baseline_token] -> E (Captum LayerIntegratedGradients, right Riemann sum)."""
+    from captum.attr import LayerIntegratedGradients
+    model = LSTMText(bidirectional=True).eval()
+    path = _export_ids(model, tmp_path / f"{exporter}.onnx", exporter)
+    m64 = copy.deepcopy(model).double()
+    ids = _ids()
+    target = torch.tensor([0, 2, 1])
+    e = m64.emb(torch.tensor(ids)).detach().requires_grad_(True)
+    scores = m64.from_embedding(e)
+    g, = torch.autograd.grad(scores[torch.arange(3), target].sum(), e)
+    out = xcompile.Explainer(xcompile.compile(path, "gradient", input_shape=T)).explain(ids, target.numpy())
+    assert out.relevance.shape == (3, T) and rel_err(out.scores, scores.detach().numpy()) < 1e-5
+    errs = {"gradient": rel_err(out.extras["embedding_relevance"], g.numpy()),
+            "gradient tokens": rel_err(out.relevance, g.norm(dim=2).numpy())}
+    ixg = xcompile.Explainer(xcompile.compile(path, "input_x_gradient", input_shape=T)).explain(ids, target.numpy())
+    errs["input_x_gradient tokens"] = rel_err(ixg.relevance, (e * g).sum(2).detach().numpy())
+    ig = xcompile.Explainer(xcompile.compile(path, "integrated_gradients", input_shape=T, steps=8, baseline_token=0))
+    ref = LayerIntegratedGradients(m64, m64.emb).attribute(torch.tensor(ids), baselines=torch.zeros_like(torch.tensor(ids)),
+                                                           target=target, n_steps=8, method="riemann_right").detach()
+    res = ig.explain(ids, target.numpy())
+    errs["integrated_gradients"] = rel_err(res.extras["embedding_relevance"], ref.numpy())
+    errs["integrated_gradients tokens"] = rel_err(res.relevance, ref.sum(2).numpy())
+    print(exporter, errs)
+    assert max(v for k, v in errs.items() if not k.startswith("integrated")) <= 1e-4, errs
+    assert max(errs["integrated_gradients"], errs["integrated_gradients tokens"]) <= 1e-3, errs
+
+
+def test_lstm_text_classifier_length_chosen_at_compile_time(tmp_path):
+    """--set input_shape=L picks the unrolled length of a model exported with a symbolic length."""
+    model = LSTMText().eval()
+    path = _export_ids(model, tmp_path / "legacy.onnx", "legacy")
+    ex = xcompile.Explainer(xcompile.compile(path, "gradient", input_shape=10))
+    assert ex.data_input.shape == ["N", 10]
+    ids = _ids(2, 10)
+    e = model.emb(torch.tensor(ids)).detach().requires_grad_(True)
+    s = model.from_embedding(e)
+    g, = torch.autograd.grad(s[:, 1].sum(), e)
+    out = ex.explain(ids, np.array([1, 1]))
+    assert rel_err(out.extras["embedding_relevance"], g.numpy()) <= 1e-4
+    with pytest.raises(XCompileError, match="is not fixed"):
+        xcompile.compile(path, "gradient")  # the length is symbolic: it must be chosen
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.parametrize("zero_bias", [True, False])
+def test_lstm_text_classifier_lrp_matches_arras(tmp_path, zero_bias, exporter):
+    """LRP of the LSTM text classifier at the embedding output = the numpy Arras et al. 2017 reference on E; token
+    relevance its sum over D; conserved exactly without biases (tiny epsilon)."""
+    model = LSTMText(zero_bias=zero_bias).eval()
+    path = _export_ids(model, tmp_path / f"{exporter}.onnx", exporter)
+    ids = _ids()
+    target = np.array([2, 0, 1])
+    e = model.emb(torch.tensor(ids)).detach().double().numpy()
+    eps = TINY if zero_bias else 1e-6
+    s, ref = arras_lrp("LSTM", model.rnn, model.fc, e, target, eps)
+    rules = tiny_rules(tmp_path) if zero_bias else "epsilon"
+    out = xcompile.Explainer(xcompile.compile(path, "lrp", rules=rules, input_shape=T)).explain(ids, target)
+    errs = rel_err(out.extras["embedding_relevance"], ref), rel_err(out.relevance, ref.sum(2))
+    cons = out.relevance.sum(1) / s[np.arange(3), target]
+    print(exporter, "zero_bias" if zero_bias else "bias", errs, cons)
+    assert max(errs) <= 1e-3, errs
+    if zero_bias:
+        assert np.abs(cons - 1).max() <= 1e-4, cons

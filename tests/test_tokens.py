@@ -496,17 +496,15 @@ def test_attnlrp_on_bert_matches_lxt(zoo, exporter, mode):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["attnlrp", "cp-lrp"])
 @pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("kind", ["distilbert", "albert+erf", "electra", "gpt2+erf"])
+@pytest.mark.parametrize("kind", ["distilbert", "albert", "albert+erf", "electra", "gpt2", "gpt2+erf"])
 def test_attnlrp_matches_lxt(zoo, kind, exporter, mode):
     _lxt_case(zoo, kind, exporter, mode)
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the tanh-approximated GELU (gelu_new: ALBERT's and GPT-2's default) written out "
-                   "as 0.5 x (1 + tanh(c (x + 0.044715 x^3))) is not recognized as an activation x * f(x) (the gate's "
-                   "argument sums two terms of x), so it gets the product rule instead of LXT's identity rule")
-@pytest.mark.parametrize("kind", ["albert", "gpt2"])
-def test_attnlrp_tanh_gelu_gap(zoo, kind):
+@pytest.mark.parametrize("kind", ["gpt2"])
+def test_attnlrp_tanh_gelu_matches_lxt(zoo, kind):
+    """The tanh-approximated GELU (gelu_new: ALBERT's and GPT-2's default), written out as
+    0.5 x (1 + tanh(c (x + 0.044715 x^3))), is an activation x * f(x): LXT's identity rule, not the product rule."""
     _lxt_case(zoo, kind, "legacy", "attnlrp")
 
 

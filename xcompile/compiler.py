@@ -37,13 +37,26 @@ def make_method(cls, method: str, rules, params: dict):
     return cls(**rest), common
 
 
+# ops through which an infinite constant is a legitimate mask or bound (-inf before a softmax, Clip's open end)
+_INF_OK = frozenset({"Add", "Sub", "Where", "Max", "Min", "Clip", "Less", "LessOrEqual", "Greater", "GreaterOrEqual",
+                     "Equal", "Expand", "Reshape", "Unsqueeze", "Squeeze", "Slice", "Concat", "Identity", "Cast",
+                     "Trilu", "ConstantOfShape"})
+
+
 def warn_non_finite_weights(model: onnx.ModelProto, where: str) -> None:
-    """ONE warning line when a float initializer holds NaN or Inf (the explainer's outputs would be NaN)."""
+    """ONE warning line when a float initializer holds NaN, or Inf where it is not a mask or a bound (the explainer's
+    outputs would be NaN)."""
+    readers: dict = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, set()).add(n.op_type)
     bad = []
     for t in model.graph.initializer:
         if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
             a = numpy_helper.to_array(t)
-            if a.size and not np.isfinite(a).all():
+            if not a.size or np.isfinite(a).all():
+                continue
+            if np.isnan(a).any() or not readers.get(t.name, set()) <= _INF_OK:
                 bad.append(t.name)
     if bad:
         warn_once(f"weights:{where}", f"{where}: {len(bad)} weight tensor(s) hold NaN or Inf values (first: {bad[0]!r}); "

@@ -65,7 +65,7 @@ PRODUCT_OPS = ("Mul", "Div")
 GATE_OPS = frozenset({"Sigmoid", "HardSigmoid", "Softmax"})
 # elementwise maps that make a "gate" f(x) of x (with constants as the other operands)
 SELF_GATE_OPS = frozenset({"Sigmoid", "HardSigmoid", "Tanh", "Erf", "Softplus", "Relu", "Clip", "Exp", "Neg", "Abs",
-                           "Add", "Sub", "Mul", "Div", "Identity", "Cast"})
+                           "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Identity", "Cast"})
 SCALE_OPS = frozenset({"Mul", "Div", "Neg", "Identity", "Cast"})
 # ops that only move or relabel values
 ROUTE_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Expand", "Identity", "Cast"})

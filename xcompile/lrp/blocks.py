@@ -154,10 +154,28 @@ class Structure:
         return (pn is not None and pn.op_type == "Exp" and pd is not None and pd.op_type == "ReduceSum"
                 and pd.input[0] == num)
 
-    def self_gate(self, gate, sig):
-        """Is `gate` an elementwise function of the (scaled) signal `sig` alone (x * f(x))?"""
-        roots = set(self.chain(gate, SELF_GATE_OPS)[1:])
-        return any(t in roots for t in self.chain(sig, SCALE_OPS))
+    def self_gate(self, gate, sig, limit=32):
+        """Is `gate` an elementwise function f of the (scaled) signal `sig` alone, so that gate * sig is an activation
+        x * f(x) (SiLU, HardSwish, Mish, GELU as x * 0.5 (1 + erf(x / sqrt 2)) or in its tanh form
+        x * 0.5 (1 + tanh(c (x + 0.044715 x^3))))? Every live path up from `gate` runs through elementwise ops (with
+        constants as their other operands) and ends at `sig` or a constant multiple of it."""
+        roots = set(self.chain(sig, SCALE_OPS))
+        if gate in roots:
+            return False  # x * x is a product of two activations, not an activation
+        todo, seen = [gate], set()
+        while todo:
+            t = todo.pop()
+            if t in roots or t in seen:
+                continue
+            seen.add(t)
+            p = self.g.producer.get(t)
+            if p is None or p.op_type not in SELF_GATE_OPS or len(seen) > limit:
+                return False
+            live = [i for i in p.input if i in self.live]
+            if p.op_type == "Pow" and live != [p.input[0]]:
+                return False  # x ** c only: a live exponent is not an elementwise map of x
+            todo.extend(live)
+        return True
 
     def statistic(self, t, depth=0):
         """Is t a statistic of an activation (std, rms, norm, mean of squares) computed by a reduction through

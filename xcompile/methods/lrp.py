@@ -23,8 +23,6 @@ from ..kinds import (
     PRODUCT_OPS,
     RELU_TRANSPARENT_OPS,
     ROUTE_OPS,
-    SCALE_OPS,
-    SELF_GATE_OPS,
     SUM_OPS,
     is_proportional,
     linear_view,
@@ -220,23 +218,9 @@ class LRP(Method):
             w[k] = 1.0 / len(live_in)
         return w
 
-    def _chain(self, t, ops):
-        """t and its ancestors along single-live-input nodes of the given op types."""
-        out = [t]
-        while t in self.g.producer and len(out) < 16:
-            p = self.g.producer[t]
-            live = [i for i in p.input if i in self.live]
-            if p.op_type not in ops or len(live) != 1:
-                break
-            t = live[0]
-            out.append(t)
-        return out
-
     def _self_gate(self, gate, sig):
-        """Is `gate` an elementwise function of the (scaled) signal `sig` alone: GELU's x * 0.5 (1 + erf(x / sqrt 2)),
-        SiLU's x * sigmoid(x), HardSwish, Mish written as products?"""
-        roots = set(self._chain(gate, SELF_GATE_OPS)[1:])
-        return any(t in roots for t in self._chain(sig, SCALE_OPS))
+        """x * f(x) written as a product (GELU, SiLU, HardSwish, Mish): lrp/blocks.py decides, for every rule set."""
+        return self._graph.self_gate(gate, sig)
 
     def _gates_a_state(self, n, k):
         """Mul(gate, s) where s carries no relevance and is computed, not a weight: a recurrent cell's initial state
