@@ -38,6 +38,7 @@ class Faithfulness:
     errors: dict = field(default_factory=dict)    # label -> why it could not be compiled / run
     seconds: dict = field(default_factory=dict)   # label -> explanation time
     settings: dict = field(default_factory=dict)
+    relevance: dict = field(default_factory=dict)  # label -> the maps flipped (not the random reference)
 
     def summary(self) -> dict:
         return summarize(self.curves)
@@ -124,4 +125,4 @@ def faithfulness(model, specs=DEFAULT_METHODS, x=None, target=None, *, steps: in
                              random_draws=random_draws, scorer=scorer)
     return Faithfulness(curves, t, errors, seconds,
                         {"steps": steps, "baseline": str(baseline), "score": score, "rows": len(x),
-                         "random_draws": max(1, random_draws)})
+                         "random_draws": max(1, random_draws)}, relevances)
