@@ -109,8 +109,11 @@ def test_sweep_faithfulness_column_on_a_tiny_model(tmp_path):
     path = linear_onnx(tmp_path / "lin3.onnx", w, np.zeros(3), channels=3)
     x = rng.uniform(0.1, 1.0, (4, 3, SIDE, SIDE)).astype(np.float32)
     a = argparse.Namespace(ig_steps=4, faith_steps=8, faith_batch=2, random_draws=1)
-    f = sweep.faith_measure(path, x, a, "random")
+    f = sweep.faith_measure(path, x, a, "random", fills=(0.0, 0.5))
     assert not f["errors"], f["errors"]
+    # a second fill value re-flips the same maps on the same rows: same targets and unperturbed scores, other curves
+    g = f["fills"]["0.5"]
+    assert g["rows"] == 4 and g["original"] == pytest.approx(f["original"]) and g["auc"] != f["auc"]
     methods = sweep.faith_methods(4)
     assert set(f["summary"]) == set(methods) | {RANDOM}
     assert all(s["n"] == 4 and s["steps"] == 8 for s in f["summary"].values())
@@ -127,4 +130,16 @@ def test_sweep_faithfulness_column_on_a_tiny_model(tmp_path):
     assert "pixel-flipping AUC (random)" in text and "## Faithfulness: pixel flipping" in text
     auto, rnd = f["summary"]["lrp:auto"]["mean"], f["summary"][RANDOM]["mean"]
     assert f"{auto:.3g} ({rnd:.3g})" in text
-    assert "| lin3 | random | 4 |" in text
+    assert "| lin3 | random | 4 |" in text and "| lin3 (fill 0.5) | random | 4 |" in text
+
+
+def test_leaders_are_the_best_and_its_statistical_ties():
+    """Bold cells / verdict counts: the lowest mean AUC plus every method whose paired difference to it is within two
+    standard errors over rows."""
+    sweep = _sweep()
+    base = np.linspace(1.0, 2.0, 10)
+    noise = np.random.default_rng(0).normal(0, 0.05, 10)
+    f = {"auc": {"a": base.tolist(), "b": (base + noise).tolist(), "c": (base + 0.3 + noise).tolist(),
+                 RANDOM: (base + 5).tolist()}}
+    assert sorted(sweep.leaders(f, ["a", "b", "c"])) == ["a", "b"]
+    assert sweep.leaders(f, ["c"]) == ["c"]
