@@ -1,6 +1,6 @@
 """The one way xcompile opens onnxruntime sessions on the machine that compiles: probing shapes, folding
 constants, measuring pooling divisors and resize maps, fitting patterns, evaluating. Models of any size
-(``protobuf_limit.inference_session`` writes a large one to disk first); quiet logs; CPU unless told."""
+(``protobuf_limit.inference_session``: a large one as a weightless skeleton + its weights in place, not pre-packed); quiet logs; CPU unless told."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -29,4 +29,4 @@ def session(model, *, threads: Optional[int] = None, optimization: Optional[str]
             providers: Optional[Sequence[str]] = None) -> ort.InferenceSession:
     """An InferenceSession for a path or a ModelProto (any size)."""
     return inference_session(model, session_options(threads, optimization, quiet),
-                             tuple(providers or ("CPUExecutionProvider",)))
+                             tuple(providers or ("CPUExecutionProvider",)), prepack=False)
