@@ -60,11 +60,12 @@ def _outlined(t: onnx.TensorProto, min_bytes: int) -> bool:
     return t.data_type != onnx.TensorProto.STRING and tensor_bytes(t) >= min_bytes
 
 
-def split(model: onnx.ModelProto, location: str = PLACEHOLDER, min_bytes: int = SKELETON_MIN_BYTES):
+def split(model: onnx.ModelProto, location: str = PLACEHOLDER, min_bytes: int | None = None):
     """(skeleton, tensors, end): a new ModelProto with every field of ``model`` copied piecewise except the
-    initializers of at least ``min_bytes``, which become external-data references into ``location`` at 64-byte
-    aligned offsets; ``tensors`` = [(the caller's TensorProto, offset)] of those (nothing copied); ``end`` = the
-    size of that data file."""
+    initializers of at least ``min_bytes`` (default ``SKELETON_MIN_BYTES``), which become external-data references
+    into ``location`` at 64-byte aligned offsets; ``tensors`` = [(the caller's TensorProto, offset)] of those
+    (nothing copied); ``end`` = the size of that data file."""
+    min_bytes = SKELETON_MIN_BYTES if min_bytes is None else min_bytes
     skel = onnx.ModelProto()
     for f, v in model.ListFields():
         if f.name != "graph":
@@ -115,13 +116,17 @@ def skeleton_on_disk(model: onnx.ModelProto):
         yield p, tensors
 
 
-def inference_session(model, so=None, providers=("CPUExecutionProvider",), prepack: bool = True):
+def inference_session(model, so=None, providers=("CPUExecutionProvider",), in_place: bool = False):
     """``onnxruntime.InferenceSession`` for a path or an in-memory model of any size. A path is read by
-    onnxruntime itself (external data from beside the file). A model over the limit: its skeleton, with each large
-    weight given as a numpy array (``add_initializer``: used in place, kept alive with the session);
-    ``prepack=False`` (compile-time sessions) also keeps MLAS from making packed copies of MatMul / Conv weights,
-    which changes the kernels' summation order (results within float32 rounding, not bit-identical: the explainer's
-    own sessions keep the default)."""
+    onnxruntime itself (external data from beside the file). A model over the limit: its skeleton, plus its large
+    weights as numpy arrays (kept alive with the session), given
+
+    - ``in_place=True`` (compile-time sessions: probe, constant folding, measured maps) with ``add_initializer``:
+      onnxruntime computes on the arrays themselves, no copy. Its graph optimizers would read the skeleton's
+      placeholders instead (zeros: wrong results, e.g. a Conv + BatchNormalization fusion), so these sessions run
+      unoptimized, and without MLAS's pre-packed copies of MatMul / Conv weights;
+    - else (the explainer's own sessions) with ``add_external_initializers``: onnxruntime 1.32 copies them into the
+      graph before optimizing, so every optimization level computes what the file loaded from disk computes."""
     import onnxruntime as ort
 
     if not isinstance(model, onnx.ModelProto):
@@ -129,15 +134,19 @@ def inference_session(model, so=None, providers=("CPUExecutionProvider",), prepa
     if not too_large(model):
         return ort.InferenceSession(model.SerializeToString(), so, providers=list(providers))
     so = so or ort.SessionOptions()
-    if not prepack:
+    if in_place:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         so.add_session_config_entry("session.disable_prepacking", "1")
     with skeleton_on_disk(model) as (p, tensors):
-        arrays = [np.ascontiguousarray(numpy_helper.to_array(t)) for t, _ in tensors]  # the one in-memory view
+        arrays = [np.ascontiguousarray(numpy_helper.to_array(t)) for t, _ in tensors]
         values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
-        for (t, _), v in zip(tensors, values):
-            so.add_initializer(t.name, v)
+        if in_place:
+            for (t, _), v in zip(tensors, values):
+                so.add_initializer(t.name, v)
+        else:
+            so.add_external_initializers([t.name for t, _ in tensors], values)
         sess = ort.InferenceSession(p, so, providers=list(providers))
-    sess._xcompile_weights = (arrays, values, so)  # onnxruntime reads them for the session's lifetime
+    sess._xcompile_weights = (arrays, values, so)
     return sess
 
 
