@@ -132,3 +132,26 @@ def test_session_of_a_large_model_uses_the_weights_in_place(monkeypatch):
     arrays, values, _ = sess._xcompile_weights
     assert len(arrays) == sum(protobuf_limit.tensor_bytes(t) >= 1024 for t in model.graph.initializer) > 0
     np.testing.assert_allclose(sess.run(None, {model.graph.input[0].name: x})[0], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_save_external_writes_each_tensor_once_and_leaves_the_model(tmp_path):
+    """Raw and typed-field tensors (float16 in int32_data, int64, bool) read back equal; the small one stays inline;
+    the model given keeps its values in place (nothing emptied and re-read)."""
+    from onnx import helper, numpy_helper
+
+    tensors = [numpy_helper.from_array(np.arange(600, dtype=np.float32).reshape(20, 30), "raw"),
+               helper.make_tensor("half", onnx.TensorProto.FLOAT16, [600], np.arange(600).astype(np.float16).tolist()),
+               helper.make_tensor("ids", onnx.TensorProto.INT64, [600], list(range(600))),
+               helper.make_tensor("mask", onnx.TensorProto.BOOL, [2000], [True, False] * 1000),
+               numpy_helper.from_array(np.ones(4, np.float32), "small")]
+    tensors[0].doc_string = "kept"
+    model = helper.make_model(helper.make_graph([], "g", [], [], initializer=tensors))
+    given = model.SerializeToString(deterministic=True)
+    protobuf_limit.save_external(model, tmp_path / "m.onnx")
+    assert model.SerializeToString(deterministic=True) == given
+    header = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+    assert [t.data_location == onnx.TensorProto.EXTERNAL for t in header.graph.initializer] == [True] * 4 + [False]
+    assert header.graph.initializer[0].doc_string == "kept"
+    back = onnx.load(str(tmp_path / "m.onnx"))
+    for t, o in zip(back.graph.initializer, model.graph.initializer):
+        np.testing.assert_array_equal(numpy_helper.to_array(t), numpy_helper.to_array(o))

@@ -56,6 +56,10 @@ def too_large(model: onnx.ModelProto) -> bool:
     return payload_bytes(model) >= SERIALIZE_LIMIT
 
 
+_VALUE_FIELDS = {"raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data",
+                 "external_data", "data_location"}
+
+
 def _outlined(t: onnx.TensorProto, min_bytes: int) -> bool:
     return t.data_type != onnx.TensorProto.STRING and tensor_bytes(t) >= min_bytes
 
@@ -80,8 +84,9 @@ def split(model: onnx.ModelProto, location: str = PLACEHOLDER, min_bytes: int | 
                 skel.graph.initializer.append(t)
                 continue
             ref = skel.graph.initializer.add()
-            ref.name, ref.data_type = t.name, t.data_type
-            ref.dims.extend(t.dims)
+            for tf, tv in t.ListFields():  # name, dims, type, doc_string, metadata_props: all but the values
+                if tf.name not in _VALUE_FIELDS:
+                    _copy_field(ref, tf, tv)
             ref.data_location = onnx.TensorProto.EXTERNAL
             n = tensor_bytes(t)
             for key, value in (("location", location), ("offset", str(end)), ("length", str(n))):
