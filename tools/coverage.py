@@ -695,9 +695,10 @@ NOTES = """
   MNASNet, ViT-L/H) and the pairs left open. Not done: regnet_y_128gf's dynamo export (the exporter was OOM-killed),
   its legacy pair and vit_h_14's LRP / legacy gradient (OOM-killed, see below).
 - **Models over 2 GiB** (vit_h_14 2.5 GB, regnet_y_128gf 2.6 GB of float32 weights): protobuf cannot serialize them,
-  so every place that handed a ModelProto to onnxruntime or the checker, or wrote it, now goes through external
-  data (`xcompile/protobuf_limit.py`; tests/test_large_models.py lowers the limit to exercise that path on the
-  digits CNN). vit_h_14 (dynamo) gradient: compiles, runs, 1.3e-6 of autograd. Memory: a worker measuring one of
+  so every place that handed a ModelProto to onnxruntime or the checker now gets a weightless skeleton (the weights
+  given to onnxruntime as arrays; no temporary copy on disk) and the writer streams the weights once into the data
+  file (`xcompile/protobuf_limit.py`; tests/test_large_models.py lowers the limit to exercise that path on the
+  digits CNN; compile time and peak RSS in docs/benchmarks.md "Huge models"). vit_h_14 (dynamo) gradient: compiles, runs, 1.3e-6 of autograd. Memory: a worker measuring one of
   them takes 12-20 GB RSS (LRP on vit_h_14 was OOM-killed at 20.5 GB); on this 24 GB machine they must run alone.
 - **lrp (attnlrp)**: the AttnLRP rule set (rules/attnlrp.toml; docs/lrp_parity.md) on every model with LayerNorm;
   torchvision ViTs against the LXT-style reference. The comparison found and fixed a stabilizer bias in products of

@@ -1,8 +1,16 @@
 """Models over protobuf's 2 GiB message limit (vit_h_14, regnet_y_128gf: ~2.5 GB of float32 weights).
 
-Such a ModelProto cannot be serialized to bytes; onnxruntime and the ONNX checker then need it on disk with
-its tensors in an external data file. ``onnx.save(..., save_as_external_data=True)`` empties the tensors of
-the proto it is given, so every helper here restores them: the caller's model stays usable."""
+Such a ModelProto cannot be serialized to bytes. onnxruntime and the ONNX checker get a weightless *skeleton*
+instead: the graph with every large initializer replaced by an external-data reference (``split``), written to
+a temporary folder beside a sparse placeholder file of the right size (no weight byte is written: the
+placeholder has no blocks on disk). onnxruntime receives the weights themselves as numpy arrays through
+``SessionOptions.add_initializer``, which it uses in place; ``add_external_initializers`` would copy them
+(measured with onnxruntime 1.32, docs/benchmarks.md "Huge models"), and so would MLAS's pre-packing of
+MatMul / Conv weights, which compile-time sessions turn off. The checker and shape inference never read
+tensor values they need not: they run on the skeleton's path. The caller's model is never modified.
+
+The explainer file itself is written once (``save_external``): the header with external references, then
+each tensor's bytes streamed into ``<name>.data``."""
 from __future__ import annotations
 
 import os
@@ -10,72 +18,175 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnx.external_data_helper import load_external_data_for_model
+from onnx import helper, numpy_helper
 
 # below protobuf's 2 GiB hard limit, with room for the graph itself (nodes, value_info, metadata)
 SERIALIZE_LIMIT = 1_800_000_000
+# tensors of at least this many bytes leave the skeleton (small ones, such as shape constants that shape
+# inference reads, stay inline)
+SKELETON_MIN_BYTES = 1 << 16
+# the final file: the threshold onnx.save(size_threshold=1024) used before
+FILE_MIN_BYTES = 1024
+PLACEHOLDER = "weights.placeholder"
+
+
+def tensor_bytes(t: onnx.TensorProto) -> int:
+    """The bytes a tensor's values take, from its dims and type (reading ``raw_data`` would copy it); 0 when its
+    data is external already."""
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return 0
+    n = 1
+    for d in t.dims:
+        n *= d
+    try:
+        size = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except Exception:  # noqa: BLE001 - an unknown or undefined type: count it as 8 bytes an element
+        size = 8
+    return n * size
 
 
 def payload_bytes(model: onnx.ModelProto) -> int:
     """Cheap size estimate (ByteSize() walks the whole proto): the weights dominate."""
-    n = 0
-    for t in model.graph.initializer:
-        n += len(t.raw_data) + 4 * (len(t.float_data) + len(t.int32_data)) + 8 * (len(t.int64_data) + len(t.double_data))
-    return n
+    return sum(tensor_bytes(t) for t in model.graph.initializer)
 
 
 def too_large(model: onnx.ModelProto) -> bool:
     return payload_bytes(model) >= SERIALIZE_LIMIT
 
 
-def save_external(model: onnx.ModelProto, path: str | os.PathLike, location: str | None = None) -> None:
-    """Write ``path`` + one external data file ``location`` (default ``<name>.data``) and leave ``model`` intact."""
-    path = Path(path)
-    location = location or path.name + ".data"
-    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location,
-              size_threshold=1024)
-    load_external_data_for_model(model, str(path.parent))  # onnx.save emptied the tensors: read them back
+_VALUE_FIELDS = {"raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data",
+                 "external_data", "data_location"}
+
+
+def _outlined(t: onnx.TensorProto, min_bytes: int) -> bool:
+    return t.data_type != onnx.TensorProto.STRING and tensor_bytes(t) >= min_bytes
+
+
+def split(model: onnx.ModelProto, location: str = PLACEHOLDER, min_bytes: int | None = None):
+    """(skeleton, tensors, end): a new ModelProto with every field of ``model`` copied piecewise except the
+    initializers of at least ``min_bytes`` (default ``SKELETON_MIN_BYTES``), which become external-data references
+    into ``location`` at 64-byte aligned offsets; ``tensors`` = [(the caller's TensorProto, offset)] of those
+    (nothing copied); ``end`` = the size of that data file."""
+    min_bytes = SKELETON_MIN_BYTES if min_bytes is None else min_bytes
+    skel = onnx.ModelProto()
+    for f, v in model.ListFields():
+        if f.name != "graph":
+            _copy_field(skel, f, v)
+    tensors, end = [], 0
+    for f, v in model.graph.ListFields():
+        if f.name != "initializer":
+            _copy_field(skel.graph, f, v)
+            continue
+        for t in v:
+            if not _outlined(t, min_bytes):
+                skel.graph.initializer.append(t)
+                continue
+            ref = skel.graph.initializer.add()
+            for tf, tv in t.ListFields():  # name, dims, type, doc_string, metadata_props: all but the values
+                if tf.name not in _VALUE_FIELDS:
+                    _copy_field(ref, tf, tv)
+            ref.data_location = onnx.TensorProto.EXTERNAL
+            n = tensor_bytes(t)
+            for key, value in (("location", location), ("offset", str(end)), ("length", str(n))):
+                e = ref.external_data.add()
+                e.key, e.value = key, value
+            tensors.append((t, end))
+            end += -(-n // 64) * 64
+    return skel, tensors, end
+
+
+def _copy_field(dst, f, v) -> None:
+    if f.is_repeated:
+        getattr(dst, f.name).extend(v)
+    elif f.message_type is not None:
+        getattr(dst, f.name).CopyFrom(v)
+    else:
+        setattr(dst, f.name, v)
 
 
 @contextmanager
-def on_disk(model: onnx.ModelProto):
-    """A temporary ``model.onnx`` (+ external data) holding ``model``; removed on exit."""
+def skeleton_on_disk(model: onnx.ModelProto):
+    """A temporary folder holding ``model``'s skeleton (``model.onnx``) and a sparse placeholder of the weights'
+    size: yields (path, tensors) with ``split``'s tensors. No weight is written; removed on exit."""
+    skel, tensors, end = split(model)
     with tempfile.TemporaryDirectory(prefix="xcompile-") as d:
+        with open(os.path.join(d, PLACEHOLDER), "wb") as f:
+            f.truncate(end)  # a hole: onnxruntime and the checker want the file to exist; its bytes are never read
         p = os.path.join(d, "model.onnx")
-        save_external(model, p)
-        yield p
+        with open(p, "wb") as f:
+            f.write(skel.SerializeToString())
+        del skel
+        yield p, tensors
 
 
-def inference_session(model, so=None, providers=("CPUExecutionProvider",)):
-    """``onnxruntime.InferenceSession`` for a path or an in-memory model of any size."""
+def inference_session(model, so=None, providers=("CPUExecutionProvider",), in_place: bool = False):
+    """``onnxruntime.InferenceSession`` for a path or an in-memory model of any size. A path is read by
+    onnxruntime itself (external data from beside the file). A model over the limit: its skeleton, plus its large
+    weights as numpy arrays (kept alive with the session), given
+
+    - ``in_place=True`` (compile-time sessions: probe, constant folding, measured maps) with ``add_initializer``:
+      onnxruntime computes on the arrays themselves, no copy. Its graph optimizers would read the skeleton's
+      placeholders instead (zeros: wrong results, e.g. a Conv + BatchNormalization fusion), so these sessions run
+      unoptimized, and without MLAS's pre-packed copies of MatMul / Conv weights;
+    - else (the explainer's own sessions) with ``add_external_initializers``: onnxruntime 1.32 copies them into the
+      graph before optimizing, so every optimization level computes what the file loaded from disk computes."""
     import onnxruntime as ort
 
     if not isinstance(model, onnx.ModelProto):
         return ort.InferenceSession(os.fspath(model), so, providers=list(providers))
     if not too_large(model):
         return ort.InferenceSession(model.SerializeToString(), so, providers=list(providers))
-    with on_disk(model) as p:  # the session has read the weights when it returns: the files may go
-        return ort.InferenceSession(p, so, providers=list(providers))
+    so = so or ort.SessionOptions()
+    if in_place:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.add_session_config_entry("session.disable_prepacking", "1")
+    with skeleton_on_disk(model) as (p, tensors):
+        arrays = [np.ascontiguousarray(numpy_helper.to_array(t)) for t, _ in tensors]
+        values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
+        if in_place:
+            for (t, _), v in zip(tensors, values):
+                so.add_initializer(t.name, v)
+        else:
+            so.add_external_initializers([t.name for t, _ in tensors], values)
+        sess = ort.InferenceSession(p, so, providers=list(providers))
+    sess._xcompile_weights = (arrays, values, so)
+    return sess
 
 
-def check_model(model: onnx.ModelProto) -> None:
+def check_model(model: onnx.ModelProto, full_check: bool = False) -> None:
     """``onnx.checker.check_model`` for a model of any size (raises onnx.checker.ValidationError)."""
     if not too_large(model):
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(model, full_check=full_check)
         return
-    with on_disk(model) as p:
-        onnx.checker.check_model(p)
+    with skeleton_on_disk(model) as (p, _):
+        onnx.checker.check_model(p, full_check=full_check)
 
 
 def infer_shapes(model: onnx.ModelProto, **kw) -> onnx.ModelProto:
-    """``onnx.shape_inference.infer_shapes`` for a model of any size: a large one is inferred on disk and gets the
-    inferred value_info (its weights stay the caller's)."""
+    """``onnx.shape_inference.infer_shapes`` for a model of any size: a large one is inferred on its skeleton and
+    gets the inferred value_info (its weights stay the caller's)."""
     if not too_large(model):
         return onnx.shape_inference.infer_shapes(model, **kw)
-    with on_disk(model) as p:
+    with skeleton_on_disk(model) as (p, _):
         onnx.shape_inference.infer_shapes_path(p, p + ".inferred", **kw)
         inferred = onnx.load(p + ".inferred", load_external_data=False)
     del model.graph.value_info[:]
     model.graph.value_info.extend(inferred.graph.value_info)
     return model
+
+
+def save_external(model: onnx.ModelProto, path: str | os.PathLike, location: str | None = None) -> None:
+    """Write ``path`` + one external data file ``location`` (default ``<name>.data``) holding every tensor of at
+    least 1 kB, each written once; ``model`` is left as it is."""
+    path = Path(path)
+    location = location or path.name + ".data"
+    skel, tensors, end = split(model, location, FILE_MIN_BYTES)
+    with open(path.parent / location, "wb") as f:
+        for t, offset in tensors:
+            f.seek(offset)
+            f.write(t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes())
+        f.truncate(end)
+    with open(path, "wb") as f:
+        f.write(skel.SerializeToString(deterministic=True))

@@ -1,6 +1,7 @@
 """The one way xcompile opens onnxruntime sessions on the machine that compiles: probing shapes, folding
 constants, measuring pooling divisors and resize maps, fitting patterns, evaluating. Models of any size
-(``protobuf_limit.inference_session`` writes a large one to disk first); quiet logs; CPU unless told."""
+(``protobuf_limit.inference_session``: a large one as a weightless skeleton + its weights in place, run
+unoptimized); quiet logs; CPU unless told."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -27,6 +28,6 @@ def session_options(threads: Optional[int] = None, optimization: Optional[str] =
 
 def session(model, *, threads: Optional[int] = None, optimization: Optional[str] = None, quiet: bool = True,
             providers: Optional[Sequence[str]] = None) -> ort.InferenceSession:
-    """An InferenceSession for a path or a ModelProto (any size)."""
+    """An InferenceSession for a path or a ModelProto (any size; over 2 GiB: ``optimization`` is "disable")."""
     return inference_session(model, session_options(threads, optimization, quiet),
-                             tuple(providers or ("CPUExecutionProvider",)))
+                             tuple(providers or ("CPUExecutionProvider",)), in_place=True)

@@ -61,8 +61,9 @@ def fold_constants(model: onnx.ModelProto) -> int:
     outputs = {o.name for o in g.output} | _subgraph_reads(g)
     needed = [o for n in foldable for o in n.output if o and (o in outputs or any(id(c) not in fold_set for c in cons[o]))]
     if needed:
+        read = {i for n in foldable for i in n.input}  # only the initializers the folded nodes read: not every weight
         sub = helper.make_graph(foldable, "fold", [], [onnx.ValueInfoProto(name=o) for o in needed],
-                                initializer=[t for t in g.initializer])
+                                initializer=[t for t in g.initializer if t.name in read])
         m = helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version)
         try:
             vals = session(m).run(needed, {})
@@ -82,8 +83,9 @@ def remove_unused_initializers(model: onnx.ModelProto) -> int:
     n = len(g.initializer) - len(keep)
     if n:
         dropped = {t.name for t in g.initializer} - {t.name for t in keep}
-        del g.initializer[:]
-        g.initializer.extend(keep)
+        # deleted in place: rebuilding the list would copy every kept weight (protobuf copies on extend)
+        for k in reversed([k for k, t in enumerate(g.initializer) if t.name in dropped]):
+            del g.initializer[k]
         # old-style models also declare initializers as graph inputs: drop those declarations too
         inputs = [i for i in g.input if i.name not in dropped]
         del g.input[:]

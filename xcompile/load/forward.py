@@ -61,7 +61,7 @@ def split_params(params: dict) -> tuple[dict, dict]:
 
 def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     """Read, validate, canonicalize and measure the forward graph."""
-    m = prepare(read_model(model), where)
+    m = prepare(read_model(model), where, copy=isinstance(model, onnx.ModelProto))  # the caller's proto stays as it is
     score = find_score_output(m, common["output"], where)
     decisions: list = []
     if common["input_shape"]:  # declared before canonicalizing: passes that need static sizes (recurrent unrolling) see it

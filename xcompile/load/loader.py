@@ -49,10 +49,14 @@ def default_opset(model: onnx.ModelProto) -> int:
     raise XCompileError("model imports no default (ai.onnx) opset")
 
 
-def prepare(model: onnx.ModelProto, where: str = "model") -> onnx.ModelProto:
-    """Validate and normalise the opset. Returns a new ModelProto."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+def prepare(model: onnx.ModelProto, where: str = "model", copy: bool = True) -> onnx.ModelProto:
+    """Validate and normalise the opset. Returns a new ModelProto (``copy=False``: ``model`` itself, edited, for a
+    model the caller owns, e.g. just read from a file: no second copy of its weights)."""
+    if copy:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+    else:
+        m = model
     if len(m.graph.node) == 0:
         raise XCompileError(f"{where}: the graph has no nodes")
     refuse_unsupported(m, where)  # int4 weight-only / bfloat16: one line (load/quantized.py)

@@ -67,20 +67,23 @@ def _session(model: onnx.ModelProto):
 def probe(model: onnx.ModelProto, plan: dict, batches=(1, 2), seed: int = 0, where: str = "model"):
     """`plan`: `feed_plan`'s {input: (sample shape, dtype, kind, vocab)}. Returns (shapes, dtypes, values at the first batch size, fixed_batch, values at the second batch size or
     None): shapes maps tensor -> tuple with None at the batch dim."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    known = {o.name for o in m.graph.output}
+    known = {o.name for o in model.graph.output}
     names = []
-    for node in m.graph.node:
+    for node in model.graph.node:
         for o in node.output:
             if o and o not in known:
                 names.append(o)
                 known.add(o)
-    m.graph.output.extend([onnx.ValueInfoProto(name=n) for n in names])
+    # every tensor an output while the session is made, then the model as it was (a copy of the model would copy
+    # its weights: 2.5 GB for vit_h_14)
+    n_out = len(model.graph.output)
+    model.graph.output.extend([onnx.ValueInfoProto(name=n) for n in names])
     try:
-        sess = _session(m)
+        sess = _session(model)
     except Exception as e:  # noqa: BLE001
         raise XCompileError(f"{where}: onnxruntime cannot load the model: {str(e).splitlines()[0]}") from None
+    finally:
+        del model.graph.output[n_out:]
     outs = [o.name for o in sess.get_outputs()]
     rng = np.random.default_rng(seed)
     runs = []

@@ -16,7 +16,7 @@ from ..graph import RELEVANCE, TARGET
 
 EXPLAINED_CLASS = "explained_class"
 CONSERVATION = "conservation"
-from ..protobuf_limit import on_disk, save_external, too_large
+from ..protobuf_limit import check_model, save_external, too_large
 from .lower import lower_for_cuda
 from .precision import to_float16
 
@@ -63,13 +63,55 @@ def assemble(g, b, built, meta: dict, keep_outputs: bool = False, where: str = "
     view_nodes, view_consts = dequantized_view_part(g, emitted)
     initializers = list(src.initializer) + view_consts + b.initializers
     nodes, _ = lower_for_cuda(list(src.node) + view_nodes + emitted, initializers)
-    graph = helper.make_graph(nodes, src.name or "xcompile", inputs, outputs, initializer=initializers)
-    # the forward's own domains (onnxruntime's com.microsoft quantized ops) stay imported; ai.onnx.ml never reaches
-    # an explainer's forward (neuralized models are rebuilt)
+    # the forward's own opset imports (onnxruntime's com.microsoft quantized ops) stay imported; ai.onnx.ml never
+    # reaches an explainer's forward (neuralized models are rebuilt)
     used = {n.domain for n in src.node}
     opsets = [o for o in g.model.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
+    if too_large(g.model):
+        # over 2 GiB: the forward's proto becomes the explainer (g is the compiler's own, read by load_forward):
+        # a new graph would copy every weight
+        model = _reuse(g.model, nodes, inputs, outputs, initializers[len(src.initializer):], opsets,
+                       meta.get("xcompile_version", ""))
+        return _finish(model, meta, where)
+    graph = helper.make_graph(nodes, src.name or "xcompile", inputs, outputs, initializer=initializers)
     model = helper.make_model(graph, opset_imports=opsets, ir_version=g.model.ir_version,
                               producer_name="xcompile", producer_version=meta.get("xcompile_version", ""))
+    return _finish(model, meta, where)
+
+
+def _reuse(model: onnx.ModelProto, nodes, inputs, outputs, new_initializers, opsets, version: str) -> onnx.ModelProto:
+    """``model`` turned into what ``helper.make_model(helper.make_graph(...))`` would build, in place: its
+    initializers stay where they are and ``new_initializers`` are appended (same order as the copying path)."""
+    nodes, inputs, outputs, opsets = ([_detached(x) for x in xs] for xs in (nodes, inputs, outputs, opsets))
+    new_initializers = [_detached(t) for t in new_initializers]
+    graph = model.graph
+    name = graph.name or "xcompile"
+    for f, _ in graph.ListFields():
+        if f.name != "initializer":
+            graph.ClearField(f.name)
+    graph.name = name
+    graph.node.extend(nodes)
+    graph.input.extend(inputs)
+    graph.output.extend(outputs)
+    graph.initializer.extend(new_initializers)
+    ir_version = model.ir_version
+    for f, _ in model.ListFields():
+        if f.name != "graph":
+            model.ClearField(f.name)
+    model.ir_version = ir_version
+    model.opset_import.extend(opsets)
+    model.producer_name, model.producer_version = "xcompile", version
+    return model
+
+
+def _detached(msg):
+    """A copy of a (small) message, independent of the repeated field it may sit in."""
+    out = type(msg)()
+    out.CopyFrom(msg)
+    return out
+
+
+def _finish(model: onnx.ModelProto, meta: dict, where: str) -> onnx.ModelProto:
     if meta.get("params", {}).get("precision") == "float16":
         model = to_float16(model, where)
     for k in sorted(meta):
@@ -131,9 +173,8 @@ def check(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
         if not too_large(model):
             model = shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
             onnx.checker.check_model(model)
-        else:
-            with on_disk(model) as p:
-                onnx.checker.check_model(p, full_check=True)
+        else:  # on the weightless skeleton (protobuf_limit.py): no copy of the weights
+            check_model(model, full_check=True)
     except (onnx.checker.ValidationError, shape_inference.InferenceError) as e:
         raise RuntimeError(f"{where}: internal error, emitted model fails the ONNX checker: {str(e).splitlines()[0]}") from e
     return model
