@@ -13,7 +13,7 @@ Models (``weights=None``, random weights, 10 classes, channels-last input [N, si
 
 ``--softmax`` ends the model with a Softmax (``classifier_activation="softmax"``, a Dense with a softmax
 activation); without it the model outputs logits. Every BatchNormalization gets the mean and variance of its own
-input on a seeded N(0, 1) batch (layer by layer, in graph order) and a random scale/shift, so the random network
+input on 32 seeded N(0, 1) images (the explained rows among them) and a random scale/shift, so the random network
 keeps its signal through its depth (logits ~1, not ~0).
 
 Converters: ``tf2onnx`` = ``tf2onnx.convert.from_keras(model, input_signature, opset=17)``; ``export`` = Keras 3's
@@ -181,8 +181,11 @@ def build_all(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    calib = rng.standard_normal((16, args.size, args.size, 3)).astype(np.float32)
-    x = rng.standard_normal((args.rows, args.size, args.size, 3)).astype(np.float32)
+    # the explained rows are among the calibration images: at 32 px the last stages of the keras.applications
+    # models are 1x1 (EfficientNetB0: BatchNorm statistics of one value per image), where a row outside the
+    # calibration batch lands far from its statistics (logits ~500 instead of ~5)
+    calib = rng.standard_normal((32, args.size, args.size, 3)).astype(np.float32)
+    x = calib[:args.rows].copy()
     target = np.array([(3 * i) % N_CLASSES for i in range(args.rows - 1)] + [-1], np.int64)
 
     keras.utils.set_random_seed(0)
