@@ -19,9 +19,9 @@ keeps its signal through its depth (logits ~1, not ~0).
 Converters: ``tf2onnx`` = ``tf2onnx.convert.from_keras(model, input_signature, opset=17)``; ``export`` = Keras 3's
 ``model.export(path, format="onnx")`` (TensorFlow backend; it calls tf2onnx with Keras' default opset).
 
-reference.npz: ``x`` (float32 input rows), ``target`` (int64, -1 = the predicted class), ``output`` (the Keras
-model's own float32 output: probabilities with --softmax, else logits), ``logits32`` / ``logits64`` (pre-softmax
-scores, float32 model / float64 copy), ``grad32`` / ``grad64`` (d logits[target] / d x by ``tf.GradientTape``,
+reference.npz: ``x`` (float32 input rows), ``target`` (int64, -1 = the predicted class), ``probabilities`` /
+``probabilities64`` (the Softmax model's own output, float32 / float64 copy), ``logits32`` / ``logits64``
+(pre-softmax scores: the output of the model without Softmax), ``grad32`` / ``grad64`` (d logits[target] / d x by ``tf.GradientTape``,
 float32 model / float64 copy of the same weights; the target -1 resolved to the argmax of that model's logits),
 ``kinks64`` (per row, the smallest |pre-activation - kink| / max|pre-activation of that layer's row| over every
 ReLU / ReLU6 input and MaxPool window of the float64 copy: how close the row comes to a float32 near-tie).
@@ -43,7 +43,13 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-MODELS = ("cnn", "mobilenetv2", "resnet50", "efficientnetb0")
+MODELS = ("cnn", "mobilenetv2", "resnet50", "efficientnetb0", "tie")
+# "tie": (x + 1) - 1 (two 1x1 convolutions) -> ReLU -> MaxPool 2x2 -> Dense on one [2, 4, 1] image built to sit at float32 kinks: exact in
+# float64, but in float32 2**-25 rounds to 0 (a ReLU off in float32, on in float64) and 0.25 + 2**-25 to 0.25 (a
+# MaxPool tie in float32, a winner in float64); the construction of tests/test_tie_oracle.py, channels-last
+TINY = 2.0 ** -25
+# (-1e-4: a unit clearly off, 2e-4 of the row max from its kink = 3x the near-tie bound, for the test that a wrong branch is not excused)
+TIE_X = np.array([[0.25, 0.25 + TINY, -0.5, TINY], [0.10, 0.20, -1e-4, -0.2]], np.float64)[None, :, :, None]
 CONVERTERS = ("tf2onnx", "export")
 N_CLASSES = 10
 
@@ -55,6 +61,16 @@ def build(name: str, size: int, softmax: bool):
 
     act = "softmax" if softmax else None
     shape = (size, size, 3)
+    if name == "tie":
+        inp = keras.Input(TIE_X.shape[1:], name="input")
+        # two 1x1 convolutions (x + 1, then - 1): tf2onnx's optimizer folds (x + 1) - 1 written as Add, Sub into x + 0
+        z = keras.layers.Conv2D(1, 1, kernel_initializer="ones", bias_initializer=keras.initializers.Constant(1.0),
+                                name="plus_one")(inp)
+        z = keras.layers.Conv2D(1, 1, kernel_initializer="ones", bias_initializer=keras.initializers.Constant(-1.0),
+                                name="minus_one")(z)
+        x = keras.layers.MaxPooling2D(2, name="pool")(keras.layers.ReLU(name="relu")(z))
+        out = keras.layers.Dense(N_CLASSES, activation=act, name="scores")(keras.layers.Flatten(name="flatten")(x))
+        return keras.Model(inp, out, name="float32_tie")
     if name == "cnn":
         inp = keras.Input(shape, name="input")
         x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv1")(inp)
@@ -187,10 +203,13 @@ def build_all(args) -> None:
     calib = rng.standard_normal((32, args.size, args.size, 3)).astype(np.float32)
     x = calib[:args.rows].copy()
     target = np.array([(3 * i) % N_CLASSES for i in range(args.rows - 1)] + [-1], np.int64)
+    if args.model == "tie":  # the constructed image once per class
+        x, target = np.repeat(TIE_X, N_CLASSES, 0).astype(np.float32), np.arange(N_CLASSES, dtype=np.int64)
 
     keras.utils.set_random_seed(0)
     model = build(args.model, args.size, softmax=True)
-    calibrate_batchnorm(model, calib)
+    if args.model != "tie":
+        calibrate_batchnorm(model, calib)
     weights = model.get_weights()
     np.savez(_weights_path(out), *weights)
     logits = logits_model(model)
@@ -198,6 +217,7 @@ def build_all(args) -> None:
     logits32, grad32 = tape_gradient(logits, x, target)
     model64 = float64_copy(args.model, args.size, weights)
     logits64, grad64 = tape_gradient(logits_model(model64), x.astype(np.float64), target)
+    probabilities64 = np.asarray(model64([x.astype(np.float64)], training=False))
     kinks64 = kink_distances(model64, x.astype(np.float64))
     assert grad64.dtype == np.float64 and logits64.dtype == np.float64
 
@@ -207,11 +227,12 @@ def build_all(args) -> None:
             if conv == "tf2onnx":
                 import tf2onnx
 
-                spec = (tf.TensorSpec((None, args.size, args.size, 3), tf.float32, name="input"),)
+                spec = (tf.TensorSpec((None, *x.shape[1:]), tf.float32, name="input"),)
                 tf2onnx.convert.from_keras(m, input_signature=spec, opset=17, output_path=str(path))
             else:
                 m.export(str(path), format="onnx", verbose=False)
-    np.savez(out / "reference.npz", x=x, target=target, probabilities=probabilities, logits32=logits32,
+    np.savez(out / "reference.npz", x=x, target=target, probabilities=probabilities,
+             probabilities64=probabilities64, logits32=logits32,
              logits64=logits64, grad32=grad32, grad64=grad64, kinks64=kinks64)
     print(f"{args.model}: {model.count_params()} params, |logits| max {np.abs(logits64).max():.3g}, "
           f"float32 vs float64 gradient {np.abs(grad32 - grad64).max() / np.abs(grad64).max():.2e}, "
