@@ -1,30 +1,38 @@
 """Keras models on the TensorFlow backend, converted to ONNX, with their TensorFlow reference gradients.
 
-    python model_zoo/tf_keras.py --model cnn --softmax --converter tf2onnx --size 32 --out DIR
+    python model_zoo/tf_keras.py --model cnn|mobilenetv2|resnet50|efficientnetb0|tie --out DIR [--size 32]
+                                 [--rows 4] [--converters tf2onnx,export]
+    python model_zoo/tf_keras.py --model ... --out DIR --tie-aware DECISIONS.npz [...]
 
-Writes DIR/model.onnx and DIR/reference.npz. Keras fixes its backend once per process, so the tests run this
-script in a subprocess (KERAS_BACKEND=tensorflow is set here before keras is imported) and read the .npz back.
+Keras fixes its backend once per process, so the tests run this script in a subprocess (it sets
+KERAS_BACKEND=tensorflow before keras is imported) and read its .npz files back.
 
 Models (``weights=None``, random weights, 10 classes, channels-last input [N, size, size, 3]):
 
 - ``cnn``: a small functional CNN (Conv2D / BatchNormalization / ReLU / MaxPooling2D, a residual Add and a
   Concatenate, GlobalAveragePooling2D, Dense)
 - ``mobilenetv2``, ``resnet50``, ``efficientnetb0``: ``keras.applications`` with ``include_top=True``
+- ``tie``: a [2, 4, 1] image built to sit at float32 kinks (see TIE_X), for the tie-aware oracle's own test
 
-``--softmax`` ends the model with a Softmax (``classifier_activation="softmax"``, a Dense with a softmax
-activation); without it the model outputs logits. Every BatchNormalization gets the mean and variance of its own
-input on 32 seeded N(0, 1) images (the explained rows among them) and a random scale/shift, so the random network
-keeps its signal through its depth (logits ~1, not ~0).
+Each model is built ending in a Softmax (``classifier_activation="softmax"``: a Dense with a softmax activation);
+its twin without it (the same layers, the last Dense linear) outputs the logits. Every BatchNormalization gets the
+mean and variance of its own input on 32 seeded N(0, 1) images (the explained rows among them) and a random
+scale/shift, so the random network keeps its signal through its depth (logits ~1, not ~0).
 
-Converters: ``tf2onnx`` = ``tf2onnx.convert.from_keras(model, input_signature, opset=17)``; ``export`` = Keras 3's
-``model.export(path, format="onnx")`` (TensorFlow backend; it calls tf2onnx with Keras' default opset).
+Build writes DIR/{converter}_{softmax,logits}.onnx, DIR/weights.npz and DIR/reference.npz. Converters:
+``tf2onnx`` = ``tf2onnx.convert.from_keras(model, input_signature, opset=17)``; ``export`` = Keras 3's
+``model.export(path, format="onnx")`` (TensorFlow backend; it calls tf2onnx with Keras' default opset, 15).
 
 reference.npz: ``x`` (float32 input rows), ``target`` (int64, -1 = the predicted class), ``probabilities`` /
-``probabilities64`` (the Softmax model's own output, float32 / float64 copy), ``logits32`` / ``logits64``
-(pre-softmax scores: the output of the model without Softmax), ``grad32`` / ``grad64`` (d logits[target] / d x by ``tf.GradientTape``,
-float32 model / float64 copy of the same weights; the target -1 resolved to the argmax of that model's logits),
-``kinks64`` (per row, the smallest |pre-activation - kink| / max|pre-activation of that layer's row| over every
-ReLU / ReLU6 input and MaxPool window of the float64 copy: how close the row comes to a float32 near-tie).
+``probabilities64`` (the Softmax model's own output, float32 / float64 copy), ``logits32`` / ``logits64`` (the
+pre-softmax scores), ``grad32`` / ``grad64`` (d logits[target] / d x by ``tf.GradientTape``, float32 model /
+float64 copy of the same weights; the target -1 resolved to the argmax of that model's logits), ``kinks64`` (per
+row, the smallest |pre-activation - kink| / max|pre-activation of that layer's row| over every ReLU / ReLU6 input
+and MaxPool window of the float64 copy: how close the row comes to a float32 near-tie).
+
+--tie-aware: for each decisions file (the kink inputs of one explainer run, written by the test with
+``model_zoo.tf_tie_oracle.save_decisions``) the float64 tape that takes that run's branch at float32 near-ties:
+``<file>_tie_aware.npy`` (the gradient) and ``<file>_tie_aware.json`` (forced units, violations).
 """
 from __future__ import annotations
 
@@ -44,11 +52,12 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 MODELS = ("cnn", "mobilenetv2", "resnet50", "efficientnetb0", "tie")
-# "tie": (x + 1) - 1 (two 1x1 convolutions) -> ReLU -> MaxPool 2x2 -> Dense on one [2, 4, 1] image built to sit at float32 kinks: exact in
-# float64, but in float32 2**-25 rounds to 0 (a ReLU off in float32, on in float64) and 0.25 + 2**-25 to 0.25 (a
-# MaxPool tie in float32, a winner in float64); the construction of tests/test_tie_oracle.py, channels-last
+# "tie": (x + 1) - 1 (two 1x1 convolutions) -> ReLU -> MaxPool 2x2 -> Dense on one [2, 4, 1] image built to sit
+# at float32 kinks (the construction of tests/test_tie_oracle.py, channels-last): exact in float64, but in float32
+# 2**-25 rounds to 0 (a ReLU off in float32, on in float64) and 0.25 + 2**-25 to 0.25 (a MaxPool tie in float32, a
+# winner in float64). -1e-4: a unit clearly off, 2e-4 of the row max from its kink = 3x the near-tie bound, for the
+# test that a wrong branch is not excused.
 TINY = 2.0 ** -25
-# (-1e-4: a unit clearly off, 2e-4 of the row max from its kink = 3x the near-tie bound, for the test that a wrong branch is not excused)
 TIE_X = np.array([[0.25, 0.25 + TINY, -0.5, TINY], [0.10, 0.20, -1e-4, -0.2]], np.float64)[None, :, :, None]
 CONVERTERS = ("tf2onnx", "export")
 N_CLASSES = 10
