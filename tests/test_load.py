@@ -359,6 +359,26 @@ def test_two_float_inputs_need_the_input_option(tmp_path):
         xcompile.compile(str(path), "gradient")
 
 
+def test_an_input_that_no_node_reads_is_dropped(tmp_path):
+    """Keras' ONNX export (TensorFlow backend) leaves folded constants behind as graph inputs nothing reads; the
+    model itself then needs dummy feeds. The explainer does not declare them: one float input remains."""
+    wa = RNG.standard_normal((3, 4)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Gemm", ["a", "Wa"], ["scores"], name="fa")], "dead",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3]),
+                               helper.make_tensor_value_info("dead", TensorProto.FLOAT, [1, 1, 1, 3])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 4])],
+                              initializer=[numpy_helper.from_array(wa, "Wa")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(Exception, match="dead"):  # onnxruntime wants a feed for it
+        ort.InferenceSession(model.SerializeToString()).run(None, {"a": np.zeros((1, 3), np.float32)})
+    ex = xcompile.Explainer(xcompile.compile(model, "gradient"))
+    assert ex.input_names == ["a"]
+    x = RNG.standard_normal((2, 3)).astype(np.float32)
+    out = ex.explain(x, np.array([1, 3]))
+    np.testing.assert_allclose(out.scores, x @ wa, rtol=1e-6)
+    np.testing.assert_allclose(out.relevance, wa[:, [1, 3]].T, rtol=1e-6)  # d(x @ Wa)[t] / dx = Wa[:, t]
+
+
 def test_input_option_naming_a_missing_tensor(tmp_path):
     path = tmp_path / "clf.onnx"
     onnx.save(classifier(), str(path))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..canonicalize.inputs import drop_unread_inputs
 from ..canonicalize.passes import (
     canonicalize,
     find_explained_scores,
@@ -64,6 +65,7 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     m = prepare(read_model(model), where, copy=isinstance(model, onnx.ModelProto))  # the caller's proto stays as it is
     score = find_score_output(m, common["output"], where)
     decisions: list = []
+    drop_unread_inputs(m, decisions)  # converter leftovers (Keras' export): they would need dummy feeds
     if common["input_shape"]:  # declared before canonicalizing: passes that need static sizes (recurrent unrolling) see it
         _declare_inputs(m, input_samples(m, find_data_input(m, common["input"], where), tuple(common["input_shape"]), where))
     canonicalize(m, decisions=decisions)
