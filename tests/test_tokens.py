@@ -218,8 +218,9 @@ def test_gradient_matches_autograd_at_the_embedding(zoo, kind, exporter):
     t = torch.as_tensor(res.predicted)
     _, g = grad_at_embedding(wrap, args, t)
     assert res.relevance.shape == (2, L) and res.extras["embedding_relevance"].shape == tuple(g.shape)
-    assert rel_err(res.extras["embedding_relevance"], g) <= 1e-4
-    assert rel_err(res.relevance, g.norm(dim=2)) <= 1e-4
+    errors = rel_err(res.extras["embedding_relevance"], g), rel_err(res.relevance, g.norm(dim=2))
+    print(kind, exporter, f"gradient embedding {errors[0]:.1e} tokens {errors[1]:.1e}")
+    assert max(errors) <= 1e-4, errors
     check_common(res, wrap, names, args, path)
 
 
@@ -459,9 +460,13 @@ def lxt_rules(model, mode):
         else:
             continue
         patched.append(mod)
+    # RoBERTa's classification head calls torch.tanh, not a module: the identity rule on the function itself
+    tanh = torch.tanh
+    torch.tanh = functools.partial(R.identity_rule_implicit, tanh)
     try:
         yield
     finally:
+        torch.tanh = tanh
         for mb, eager in originals.items():
             mb.eager_attention_forward = eager
         for mod in patched:
@@ -496,7 +501,7 @@ def test_attnlrp_on_bert_matches_lxt(zoo, exporter, mode):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["attnlrp", "cp-lrp"])
 @pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("kind", ["distilbert", "albert", "albert+erf", "electra", "gpt2", "gpt2+erf"])
+@pytest.mark.parametrize("kind", ["distilbert", "roberta", "albert", "albert+erf", "electra", "gpt2", "gpt2+erf"])
 def test_attnlrp_matches_lxt(zoo, kind, exporter, mode):
     _lxt_case(zoo, kind, exporter, mode)
 
