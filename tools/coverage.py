@@ -36,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "tools"))  # coverage_timm, also when this file is imported
 
 BUILD = ROOT / "model_zoo" / "build" / "torchvision"
 # committed next to the report: exports are rebuilt per machine, the measurements accumulate across sessions
@@ -80,6 +81,11 @@ def zennit_plan(name: str):
     if name.startswith(("convnext", "vit", "swin", "maxvit")):
         return None, "LayerNorm / attention / GELU: no Zennit rule set to compare with"
     return None, "no Zennit recipe for this family"
+
+
+def timm_zennit_plan(rec: dict):
+    """(kind, reason) for a timm export (see zennit_plan)."""
+    return None, "timm: no like-for-like Zennit canonization written for this family"
 
 
 def zennit_model_and_canonizers(name: str, model):
@@ -222,10 +228,17 @@ def worker(name: str, exporter: str, families: list[str], build: Path) -> dict:
     torch.set_num_threads(1)
     import xcompile
     from model_zoo.tie_oracle import ProbedExplainer, TieAware
-    from model_zoo.zoo import torch_model
+    from model_zoo.zoo import torch_model as torchvision_model
 
     path = build / f"{name}_{exporter}.onnx"
     rec = json.loads((build / f"{name}_{exporter}.json").read_text())
+    timm_src = rec.get("source") == "timm"
+
+    def torch_model(name):  # the very weights of the export (timm: the build configuration it records)
+        if not timm_src:
+            return torchvision_model(name)
+        from model_zoo.timm_zoo import timm_model
+        return timm_model(name, rec["build"]["kwargs"], rec["build"]["size"])
     data = np.load(build / f"{name}_{exporter}.npz")
     x, logits = data["x"], data["logits"]
     target = np.array([FIXED_TARGET, int(logits[1].argmax())], np.int64)[: x.shape[0]]
@@ -274,16 +287,25 @@ def worker(name: str, exporter: str, families: list[str], build: Path) -> dict:
             if fam == "gradient":
                 if tmodel is None:
                     tmodel = torch_model(name)
-                m64 = tmodel.double()
-                xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
                 # tie-aware float64 autograd (model_zoo/tie_oracle.py): at units within float32 rounding of a kink
-                # the reference takes the explainer's branch; a differing unit beyond the near-tie bound fails
-                with TieAware(decisions) as tie:
-                    y = m64(xt)
-                    g, = torch.autograd.grad(y.gather(1, torch.tensor(target)[:, None]).sum(), xt)
+                # the reference takes the explainer's branch; a differing unit beyond the near-tie bound fails.
+                # A timm model whose forward cannot run in float64 (float32 constants made inside forward) is
+                # compared with float32 autograd under the same tie-aware rule
+                for dtype in (torch.float64, torch.float32):
+                    m64 = tmodel.to(dtype)
+                    xt = torch.tensor(x, dtype=dtype, requires_grad=True)
+                    try:
+                        with TieAware(decisions) as tie:
+                            y = m64(xt)
+                            g, = torch.autograd.grad(y.gather(1, torch.tensor(target)[:, None]).sum(), xt)
+                        break
+                    except Exception as e:  # noqa: BLE001
+                        if dtype == torch.float32 or not timm_src:
+                            raise
+                        r["f64_error"] = one_line(e)
                 tmodel = m64.float()
                 del m64, y
-                r["oracle"] = "autograd-f64-tie-aware"
+                r["oracle"] = "autograd-f64-tie-aware" if dtype == torch.float64 else "autograd-f32-tie-aware"
                 r["err"] = rel_err(rel, g.numpy())
                 r["forced_units"] = tie.n_forced
                 r["forced"] = dict(tie.forced)
@@ -293,7 +315,7 @@ def worker(name: str, exporter: str, families: list[str], build: Path) -> dict:
                 ok = (r["err"] <= GRAD_TOL and r["score_err"] <= GRAD_TOL and r["finite"] and not tie.violations)
                 r["status"] = "match" if ok else "mismatch"
             elif fam == "attnlrp":
-                if not name.startswith("vit_"):
+                if timm_src or not name.startswith("vit_"):
                     r.update(oracle=None, status="runs (no oracle)" if r["finite"] else "non-finite",
                              why="no AttnLRP reference for this architecture (LXT maps torchvision's VisionTransformer)")
                 else:
@@ -309,7 +331,7 @@ def worker(name: str, exporter: str, families: list[str], build: Path) -> dict:
                     ok = r["err"] <= LRP_TOL and r["pearson"] >= LRP_R and r["score_err"] <= GRAD_TOL
                     r["status"] = "match" if ok else "mismatch"
             else:
-                kind, why = zennit_plan(name)
+                kind, why = zennit_plan(name) if not timm_src else timm_zennit_plan(rec)
                 if kind is None:
                     r.update(oracle=None, status="runs (no oracle)" if r["finite"] else "non-finite", why=why)
                 else:
@@ -396,7 +418,12 @@ def save_results(path: Path, db: dict):
     import torch
     import torchvision
 
-    db["env"] = {"torch": torch.__version__, "torchvision": torchvision.__version__,
+    try:
+        import timm
+        db.setdefault("env", {})["timm"] = timm.__version__
+    except ImportError:
+        pass
+    db["env"] = {**db.get("env", {}), "torch": torch.__version__, "torchvision": torchvision.__version__,
                  "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(db, indent=1, sort_keys=True) + "\n")
@@ -409,7 +436,11 @@ def main(argv=None) -> int:
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--out", default=str(DOC), help="markdown report (regenerated from all results)")
     ap.add_argument("--results", default=str(RESULTS), help="raw JSON results (merged, kept across runs)")
-    ap.add_argument("--build", default=str(BUILD))
+    ap.add_argument("--build", default="", help=f"exports (default {BUILD.relative_to(ROOT)}; timm: model_zoo/build/timm)")
+    ap.add_argument("--source", choices=("torchvision", "timm"), default="torchvision",
+                    help="timm: export and measure the timm selection of model_zoo/timm_zoo.py (tools/coverage_timm.py)")
+    ap.add_argument("--n", type=int, default=150, help="timm: models in the selection")
+    ap.add_argument("--keep-exports", action="store_true", help="timm: keep the .onnx files after measuring")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per (model, exporter) pair")
     ap.add_argument("--skip-done", action="store_true", help="skip pairs/families already in --results")
     ap.add_argument("--report-only", action="store_true", help="measure nothing; rewrite --out from --results")
@@ -424,7 +455,9 @@ def main(argv=None) -> int:
         Path(dest).write_text(json.dumps(res))
         return 0
 
-    build = Path(a.build)
+    build = Path(a.build or BUILD)
+    if a.source == "timm" and a.families == ",".join(FAMILIES):
+        a.families = "gradient,lrp"
     families = [f for f in a.families.split(",") if f]
     for f in families:
         if f not in FAMILIES:
@@ -445,6 +478,15 @@ def main(argv=None) -> int:
             mine["families"] = fams
         save_results(Path(a.results), db)
 
+    if a.source == "timm":
+        import coverage_timm
+        if not a.report_only:
+            coverage_timm.sweep(a, db, families, exporters, lambda d: save_results(Path(a.results), d),
+                                lambda d: write_report(Path(a.out), d, Path(BUILD)), _export_info)
+            save_results(Path(a.results), db)
+        write_report(Path(a.out), db, Path(BUILD))
+        print("wrote", a.out, "and", a.results)
+        return 0
     if not a.report_only:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -530,7 +572,9 @@ def _ops(exp: dict) -> str:
 
 
 def write_report(out: Path, db: dict, build: Path):
-    rows = sorted(db.get("results", {}).values(), key=lambda r: (r["model"], r["exporter"]))
+    import coverage_timm
+    rows = sorted((r for k, r in db.get("results", {}).items() if not k.startswith(coverage_timm.PREFIX)),
+                  key=lambda r: (r["model"], r["exporter"]))
     rows_by = {(r["model"], r["exporter"]): r for r in rows}
     lines = ["# Model-zoo coverage", "",
              "Generated by `OMP_NUM_THREADS=1 python tools/coverage.py` (CPU, onnxruntime, one thread, one model at a time);",
@@ -654,8 +698,9 @@ def write_report(out: Path, db: dict, build: Path):
     for m, e, f, s, err in failures:
         lines.append(f"- {m} ({e}) {f}: **{s}**: {str(err)[:240]}")
     del nooracle
+    timm_lines = coverage_timm.timm_section(db, _cell, _ops, GRAD_TOL)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n" + NOTES)
+    out.write_text("\n".join(lines) + "\n" + NOTES + "\n".join(timm_lines) + ("\n" if timm_lines else ""))
 
 
 def _group_why(rows):
