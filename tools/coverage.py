@@ -292,7 +292,7 @@ def worker(name: str, exporter: str, families: list[str], build: Path) -> dict:
                 # A timm model whose forward cannot run in float64 (float32 constants made inside forward) is
                 # compared with float32 autograd under the same tie-aware rule
                 for dtype in (torch.float64, torch.float32):
-                    m64 = tmodel.to(dtype)
+                    m64 = tmodel.to(dtype).requires_grad_(False)  # d/dx only: kinks off the input's path stay
                     xt = torch.tensor(x, dtype=dtype, requires_grad=True)
                     try:
                         with TieAware(decisions) as tie:
