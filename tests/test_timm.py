@@ -102,3 +102,28 @@ def _check(case, tmp_path):
 @pytest.mark.parametrize("case", list(CASES))
 def test_timm_gradient_matches_autograd(case, tmp_path):
     _check(case, tmp_path)
+
+
+def test_timm_resnet_lrp_epsilon_matches_zennit(tmp_path):
+    """The sweep's Zennit oracle for the timm ResNet family (tools/coverage.py: residual sums as Zennit Sum
+    modules, BatchNorm folded): LRP-epsilon of the compiled explainer agrees with it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("xc_coverage_tool", Path(__file__).resolve().parent.parent
+                                                  / "tools" / "coverage.py")
+    cov = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cov)
+    torch.manual_seed(0)
+    model = randomize(timm.create_model("test_resnet", pretrained=False, num_classes=10), 32)
+    kind, why = cov.timm_zennit_plan({"family": "resnet"}, model)
+    assert kind == "timm_resnet", why
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    path = tmp_path / "r.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_onnx(model, torch.from_numpy(x), path, "legacy")
+    target = np.array([7, 3])
+    rel = xcompile.Explainer(xcompile.compile(str(path), "lrp", rules="epsilon")).explain(x, target).relevance
+    ref = cov.zennit_epsilon("test_resnet", model, x, target, kind)
+    assert np.abs(rel - ref).max() / np.abs(ref).max() <= 1e-3
+    assert np.corrcoef(np.ravel(rel), np.ravel(ref))[0, 1] >= 0.9999

@@ -83,12 +83,27 @@ def zennit_plan(name: str):
     return None, "no Zennit recipe for this family"
 
 
-def timm_zennit_plan(rec: dict):
-    """(kind, reason) for a timm export (see zennit_plan)."""
-    return None, "timm: no like-for-like Zennit canonization written for this family"
+def timm_zennit_plan(rec: dict, model=None):
+    """(kind, reason) for a timm export (see zennit_plan). The timm ResNet family (timm.models.resnet BasicBlock /
+    Bottleneck) when its blocks have no squeeze-excitation gate, anti-aliasing or drop-block: their residual sum
+    becomes a Zennit Sum module, every conv -> BatchNorm pair is folded as for torchvision."""
+    if rec.get("family") != "resnet":
+        return None, "timm: Zennit canonization written only for the plain timm ResNet family"
+    import torch
+    blocks = [m for m in (model.modules() if model is not None else [])
+              if type(m).__name__ in ("BasicBlock", "Bottleneck") and type(m).__module__ == "timm.models.resnet"]
+    for b in blocks:
+        if b.se is not None or not isinstance(b.aa, torch.nn.Identity) or not isinstance(b.drop_block, torch.nn.Identity):
+            return None, "timm ResNet with squeeze-excitation / anti-aliasing / drop-block: no like-for-like Zennit rule"
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)] if model else []
+    if not blocks or any(list(m.children()) for m in bns) or any(
+            type(m).__name__ not in ("Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
+                                     "Linear", "Identity", "Flatten") for m in model.modules() if not list(m.children())):
+        return None, "timm ResNet variant with modules beyond Conv / BN / ReLU / pools / Linear"
+    return "timm_resnet", None
 
 
-def zennit_model_and_canonizers(name: str, model):
+def zennit_model_and_canonizers(name: str, model, kind: str | None = None):
     """The zoo model, with functional tails / residual sums turned into modules (same function) so that Zennit
     applies the rules xcompile applies (Norm on residual sums and average pools, Pass on activations)."""
     import torch
@@ -99,7 +114,7 @@ def zennit_model_and_canonizers(name: str, model):
     sys.path.insert(0, str(ROOT / "tests"))
     import lrp_helpers as H
 
-    kind, _ = zennit_plan(name)
+    kind = kind or zennit_plan(name)[0]
 
     class ResidualSum(AttributeCanonizer):
         """`x + f(x)` of MobileNetV2 / MNASNet inverted residuals and RegNet bottlenecks -> a Sum module (Norm)."""
@@ -116,6 +131,17 @@ def zennit_model_and_canonizers(name: str, model):
             if t == "_InvertedResidual" and getattr(module, "apply_residual", False):
                 return {"forward": (lambda m: lambda x: m.canonizer_sum(torch.stack([m.layers(x), x], -1)))(module),
                         "canonizer_sum": Sum()}
+            if t in ("BasicBlock", "Bottleneck") and type(module).__module__ == "timm.models.resnet":
+                def tfwd(x, m=module):  # timm.models.resnet's forward (eval: drop_path / drop_block identities)
+                    if t == "BasicBlock":
+                        y = m.bn2(m.conv2(m.act1(m.bn1(m.conv1(x)))))
+                        act = m.act2
+                    else:
+                        y = m.bn3(m.conv3(m.act2(m.bn2(m.conv2(m.act1(m.bn1(m.conv1(x))))))))
+                        act = m.act3
+                    skip = x if m.downsample is None else m.downsample(x)
+                    return act(m.canonizer_sum(torch.stack([y, skip], -1)))
+                return {"forward": tfwd, "canonizer_sum": Sum()}
             if t == "ResBottleneckBlock":
                 def fwd(x, m=module):
                     skip = x if m.proj is None else m.proj(x)
@@ -126,8 +152,10 @@ def zennit_model_and_canonizers(name: str, model):
         def copy(self):
             return ResidualSum()
 
-    if kind in ("resnet", "sequential", "mobilenet_v2", "mnasnet", "shufflenet", "regnet_x"):
+    if kind in ("resnet", "sequential", "mobilenet_v2", "mnasnet", "shufflenet", "regnet_x", "timm_resnet"):
         model = fold_batchnorm(model)
+    if kind == "timm_resnet":
+        return model, [ResidualSum()]
     if kind == "resnet":
         return model, [ResNetCanonizer()]
     if kind == "sequential":
@@ -188,7 +216,7 @@ def fold_batchnorm(model, pairs=None):
     return model.eval()
 
 
-def zennit_epsilon(name, model, x, target):
+def zennit_epsilon(name, model, x, target, kind=None):
     import torch
     from zennit import composites as C
     from zennit.attribution import Gradient
@@ -196,7 +224,7 @@ def zennit_epsilon(name, model, x, target):
     from zennit.rules import Epsilon, Norm, Pass
     from zennit.types import Activation, AvgPool, BatchNorm, Linear
 
-    model, canon = zennit_model_and_canonizers(name, model)
+    model, canon = zennit_model_and_canonizers(name, model, kind)
     comp = C.LayerMapComposite([(Activation, Pass()), (Sum, Norm()), (AvgPool, Norm()), (BatchNorm, Pass()),
                                 (Linear, Epsilon(epsilon=1e-6))], canonizers=canon)
     xt = torch.tensor(x)
@@ -331,13 +359,15 @@ def worker(name: str, exporter: str, families: list[str], build: Path) -> dict:
                     ok = r["err"] <= LRP_TOL and r["pearson"] >= LRP_R and r["score_err"] <= GRAD_TOL
                     r["status"] = "match" if ok else "mismatch"
             else:
-                kind, why = zennit_plan(name) if not timm_src else timm_zennit_plan(rec)
+                if timm_src and tmodel is None:
+                    tmodel = torch_model(name)
+                kind, why = zennit_plan(name) if not timm_src else timm_zennit_plan(rec, tmodel)
                 if kind is None:
                     r.update(oracle=None, status="runs (no oracle)" if r["finite"] else "non-finite", why=why)
                 else:
                     if tmodel is None:
                         tmodel = torch_model(name)
-                    ref = zennit_epsilon(name, tmodel.float(), x, target)
+                    ref = zennit_epsilon(name, tmodel.float(), x, target, kind)
                     a, b = rel.ravel().astype(np.float64), ref.ravel().astype(np.float64)
                     r["oracle"] = "zennit-epsilon"
                     r["err"] = rel_err(rel, ref)
@@ -347,7 +377,7 @@ def worker(name: str, exporter: str, families: list[str], build: Path) -> dict:
                     if not within:
                         # the same float32 rule as the gradient family: Zennit in float64 on the same weights is the
                         # exact function; accept within tolerance of it, or within 3x Zennit's own float32 deviation
-                        ref64 = zennit_epsilon(name, tmodel.double(), x.astype(np.float64), target)
+                        ref64 = zennit_epsilon(name, tmodel.double(), x.astype(np.float64), target, kind)
                         tmodel = tmodel.float()
                         r["err_f64"] = rel_err(rel, ref64)
                         r["pearson_f64"] = float(np.corrcoef(a, ref64.ravel())[0, 1])
