@@ -19,6 +19,11 @@ one at a time, one thread) and, per method family:
   max|ours - zennit| / max|zennit| <= 1e-3 and Pearson r >= 0.9999 (the thresholds of tests/test_lrp_zennit.py).
   Elsewhere the status is "runs (no oracle)" with the conservation ratio sum(relevance) / target score.
 
+``--source timm``: the timm sweep of tools/coverage_timm.py (model_zoo/timm_zoo.py's selection, exported on demand,
+same worker and oracles, gradient + lrp by default; Zennit for the plain timm ResNet family):
+
+    OMP_NUM_THREADS=1 nice -n 15 python tools/coverage.py --source timm --skip-done [--n 150] [--models a,b]
+
 Raw results are merged into ``docs/coverage.json`` (committed; other pairs already there are kept, so partial
 runs accumulate across sessions and machines; each pair records the date it was measured) and the markdown report ``--out`` is regenerated from the whole file.
 """
@@ -342,6 +347,13 @@ def worker(name: str, exporter: str, families: list[str], build: Path) -> dict:
                     r["tie_violations"] = tie.violations[:3]
                 ok = (r["err"] <= GRAD_TOL and r["score_err"] <= GRAD_TOL and r["finite"] and not tie.violations)
                 r["status"] = "match" if ok else "mismatch"
+                if not ok and timm_src and dtype == torch.float64:
+                    # diagnosis only (the status stays): PyTorch's own float32 gradient against the float64 one
+                    xt32 = torch.tensor(x, requires_grad=True)
+                    y32 = tmodel(xt32)
+                    g32, = torch.autograd.grad(y32.gather(1, torch.tensor(target)[:, None]).sum(), xt32)
+                    r["f32_noise"] = rel_err(g32.numpy(), g.numpy())
+                    r["torch_f32_score_err"] = rel_err(y32.detach().numpy(), logits)
             elif fam == "attnlrp":
                 if timm_src or not name.startswith("vit_"):
                     r.update(oracle=None, status="runs (no oracle)" if r["finite"] else "non-finite",
