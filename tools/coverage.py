@@ -742,7 +742,14 @@ def write_report(out: Path, db: dict, build: Path):
     del nooracle
     timm_lines = coverage_timm.timm_section(db, _cell, _ops, GRAD_TOL)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n" + NOTES + "\n".join(timm_lines) + ("\n" if timm_lines else ""))
+    # sections written by hand (other tests' measurements) follow MANUAL_MARK and are kept verbatim
+    old = out.read_text() if out.exists() else ""
+    manual = old[old.index(MANUAL_MARK):] if MANUAL_MARK in old else ""
+    out.write_text("\n".join(lines) + "\n" + NOTES + "\n".join(timm_lines) + ("\n" if timm_lines else "")
+                   + ("\n" + manual if manual else ""))
+
+
+MANUAL_MARK = "<!-- written by hand below this line: tools/coverage.py keeps it verbatim -->"
 
 
 def _group_why(rows):
