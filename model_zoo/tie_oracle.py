@@ -360,7 +360,8 @@ def _kinked_function():
             ctx.save_for_backward(idx)
             ctx.z_shape = z.shape
             flat = z.reshape(z.shape[0], z.shape[1], -1)
-            return flat.gather(2, idx.reshape(idx.shape[0], idx.shape[1], -1)).reshape(out_shape)
+            # a fresh tensor, not a view: models add to the pooled map in place (timm's Xception: x += skip)
+            return flat.gather(2, idx.reshape(idx.shape[0], idx.shape[1], -1)).reshape(out_shape).clone()
 
         @staticmethod
         def backward(ctx, g):
