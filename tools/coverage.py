@@ -483,6 +483,7 @@ def main(argv=None) -> int:
                     help="timm: export and measure the timm selection of model_zoo/timm_zoo.py (tools/coverage_timm.py)")
     ap.add_argument("--n", type=int, default=150, help="timm: models in the selection")
     ap.add_argument("--keep-exports", action="store_true", help="timm: keep the .onnx files after measuring")
+    ap.add_argument("--retry-exports", action="store_true", help="timm, with --skip-done: export failed pairs again")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per (model, exporter) pair")
     ap.add_argument("--skip-done", action="store_true", help="skip pairs/families already in --results")
     ap.add_argument("--report-only", action="store_true", help="measure nothing; rewrite --out from --results")

@@ -7,7 +7,7 @@ tools/coverage.py (gradient vs PyTorch autograd, LRP-epsilon vs Zennit where a l
 else its conservation). Order: round 1 (a family's smallest variant) with the legacy exporter, round 1 with dynamo,
 then the other variants, legacy then dynamo. Results go to docs/coverage.json under keys ``timm:{model}/{exporter}``
 (``--skip-done`` continues a partial sweep: a pair with an export record and every asked family is done, timeouts
-and crashes are retried). ``--keep-exports`` keeps the .onnx files (default: removed after measuring; the
+and crashes are retried; ``--retry-exports`` also exports the pairs whose export failed again). ``--keep-exports`` keeps the .onnx files (default: removed after measuring; the
 .json / .npz records stay).
 """
 from __future__ import annotations
@@ -76,7 +76,9 @@ def sweep(a, db: dict, families: list[str], exporters: list[str], save, report, 
         rec = json.loads(rec_path.read_text()) if rec_path.exists() else None
         if a.skip_done and entry:
             if entry.get("export", {}).get("status") != "ok":
-                continue
+                if not a.retry_exports:
+                    continue
+                rec = None  # export again
             have = entry.get("families", {})
             fams = [f for f in families if f not in have or have[f].get("status") in RETRY]
         else:
