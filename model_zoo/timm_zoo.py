@@ -225,19 +225,23 @@ def export_timm(name: str, exporter: str, out_dir) -> dict:
             logits = model(torch.from_numpy(xs)).numpy()
         np.savez(out_dir / f"{name}_{exporter}.npz", x=xs, logits=logits)
         x = torch.from_numpy(xs)  # batch 2: torch.export specializes sizes 0/1
+        opset = None
         try:
-            info = export_onnx(model, x, path, exporter, dynamic_batch=True)
-        except Exception as e:  # noqa: BLE001
-            newer = re.search(r"added in (?:opset )?version (\d+)", str(e))
-            if exporter == "legacy" and newer:
+            try:
+                info = export_onnx(model, x, path, exporter, dynamic_batch=True)
+            except Exception as e:  # noqa: BLE001
+                newer = re.search(r"added in (?:opset )?version (\d+)", str(e))
+                if exporter != "legacy" or not newer:
+                    raise
                 # an aten op the legacy exporter maps only at a later opset (col2im: 18): export at that opset
                 rec["opset_error"] = _short(e, 200)
-                info = export_onnx(model, x, path, exporter, dynamic_batch=True, opset=int(newer.group(1)))
-            else:
-                # a static batch of one (the sweep then explains one row per call): the legacy exporter cannot
-                # export some ops with a symbolic batch (Unfold / adaptive pooling: "input size not accessible")
-                rec["dynamic_error"] = _short(e)
-                info = export_onnx(model, x[:1], path, exporter, dynamic_batch=False)
+                opset = int(newer.group(1))
+                info = export_onnx(model, x, path, exporter, dynamic_batch=True, opset=opset)
+        except Exception as e:  # noqa: BLE001
+            # a static batch of one (the sweep then explains one row per call): some ops do not export with a
+            # symbolic batch (dynamo's guards; legacy Col2Im / Unfold: "input size not accessible")
+            rec["dynamic_error"] = _short(e)
+            info = export_onnx(model, x[:1], path, exporter, dynamic_batch=False, opset=opset)
         rec.update(info)
         rec["status"] = "ok"
         rec["file_bytes"] = path.stat().st_size
