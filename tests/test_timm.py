@@ -65,7 +65,8 @@ CASES = {
     "mambaout": (_named("test_mambaout"), 32, "legacy", set()),
     "maxxvit": (_named("test_coatnet", img_size=32), 32, "legacy", set()),
     "vision_transformer_relpos": (_named("test_vit_relpos", img_size=32), 32, "legacy", set()),
-    "mobilenetv3": (_named("lcnet_035"), 32, "legacy", {"HardSwish"}),
+    # 64 px: at 32 px this random LCNet's logits reach ~190 and PyTorch's own float32 gradient is 3.0e-4 from float64
+    "mobilenetv3": (_named("lcnet_035"), 64, "legacy", {"HardSwish"}),
     "tresnet": (_tresnet, 32, "legacy", {"Pad"}),
     "volo": (_volo, 32, "dynamo", {"Col2Im"}),
     "levit": (_levit, 32, "legacy", {"HardSwish"}),
