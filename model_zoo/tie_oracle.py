@@ -264,6 +264,10 @@ class TieAware:
 
         torch = _torch()
         name = getattr(func, "__name__", "")
+        if args and isinstance(args[0], torch.Tensor) and not args[0].requires_grad and torch.is_grad_enabled():
+            # a kink on a tensor that does not depend on the explained input (timm's relative-position MLPs on
+            # constant coordinate tables): no gradient passes it, and the exporters fold it to a constant
+            return NotImplemented
         if func in (F.max_pool1d, F.max_pool2d, F.max_pool3d) or name in ("max_pool1d", "max_pool2d", "max_pool3d",
                                                                              "max_pool1d_with_indices",
                                                                              "max_pool2d_with_indices",
@@ -356,7 +360,8 @@ def _kinked_function():
             ctx.save_for_backward(idx)
             ctx.z_shape = z.shape
             flat = z.reshape(z.shape[0], z.shape[1], -1)
-            return flat.gather(2, idx.reshape(idx.shape[0], idx.shape[1], -1)).reshape(out_shape)
+            # a fresh tensor, not a view: models add to the pooled map in place (timm's Xception: x += skip)
+            return flat.gather(2, idx.reshape(idx.shape[0], idx.shape[1], -1)).reshape(out_shape).clone()
 
         @staticmethod
         def backward(ctx, g):

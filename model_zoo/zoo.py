@@ -412,7 +412,7 @@ def torch_model(name: str):
     return model.eval()
 
 
-def calibrate_batchnorm(model, name: str, generator, batches: int = 2, batch: int = 8) -> None:
+def calibrate_batchnorm(model, name: str, generator, batches: int = 2, batch: int = 8, shape=None) -> None:
     """Set every BatchNorm's running statistics to the mean / variance of its input over seeded N(0, 1) images
     (cumulative average over ``batches`` batches), then give the affine parameters seeded values near (1, 0).
 
@@ -429,7 +429,7 @@ def calibrate_batchnorm(model, name: str, generator, batches: int = 2, batch: in
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average: the exact mean over the calibration batches
         m.train()
-    shape = tuple(input_shape(name)[1:])
+    shape = tuple(shape or input_shape(name)[1:])  # (C, H, W): the zoo's size for ``name`` unless given
     for _ in range(batches):
         model(torch.randn((batch, *shape), generator=generator))
     for m in bns:

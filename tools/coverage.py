@@ -19,6 +19,11 @@ one at a time, one thread) and, per method family:
   max|ours - zennit| / max|zennit| <= 1e-3 and Pearson r >= 0.9999 (the thresholds of tests/test_lrp_zennit.py).
   Elsewhere the status is "runs (no oracle)" with the conservation ratio sum(relevance) / target score.
 
+``--source timm``: the timm sweep of tools/coverage_timm.py (model_zoo/timm_zoo.py's selection, exported on demand,
+same worker and oracles, gradient + lrp by default; Zennit for the plain timm ResNet family):
+
+    OMP_NUM_THREADS=1 nice -n 15 python tools/coverage.py --source timm --skip-done [--n 150] [--models a,b]
+
 Raw results are merged into ``docs/coverage.json`` (committed; other pairs already there are kept, so partial
 runs accumulate across sessions and machines; each pair records the date it was measured) and the markdown report ``--out`` is regenerated from the whole file.
 """
@@ -36,6 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "tools"))  # coverage_timm, also when this file is imported
 
 BUILD = ROOT / "model_zoo" / "build" / "torchvision"
 # committed next to the report: exports are rebuilt per machine, the measurements accumulate across sessions
@@ -82,7 +88,27 @@ def zennit_plan(name: str):
     return None, "no Zennit recipe for this family"
 
 
-def zennit_model_and_canonizers(name: str, model):
+def timm_zennit_plan(rec: dict, model=None):
+    """(kind, reason) for a timm export (see zennit_plan). The timm ResNet family (timm.models.resnet BasicBlock /
+    Bottleneck) when its blocks have no squeeze-excitation gate, anti-aliasing or drop-block: their residual sum
+    becomes a Zennit Sum module, every conv -> BatchNorm pair is folded as for torchvision."""
+    if rec.get("family") != "resnet":
+        return None, "timm: Zennit canonization written only for the plain timm ResNet family"
+    import torch
+    blocks = [m for m in (model.modules() if model is not None else [])
+              if type(m).__name__ in ("BasicBlock", "Bottleneck") and type(m).__module__ == "timm.models.resnet"]
+    for b in blocks:
+        if b.se is not None or not isinstance(b.aa, torch.nn.Identity) or not isinstance(b.drop_block, torch.nn.Identity):
+            return None, "timm ResNet with squeeze-excitation / anti-aliasing / drop-block: no like-for-like Zennit rule"
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)] if model else []
+    if not blocks or any(list(m.children()) for m in bns) or any(
+            type(m).__name__ not in ("Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
+                                     "Linear", "Identity", "Flatten") for m in model.modules() if not list(m.children())):
+        return None, "timm ResNet variant with modules beyond Conv / BN / ReLU / pools / Linear"
+    return "timm_resnet", None
+
+
+def zennit_model_and_canonizers(name: str, model, kind: str | None = None):
     """The zoo model, with functional tails / residual sums turned into modules (same function) so that Zennit
     applies the rules xcompile applies (Norm on residual sums and average pools, Pass on activations)."""
     import torch
@@ -93,7 +119,7 @@ def zennit_model_and_canonizers(name: str, model):
     sys.path.insert(0, str(ROOT / "tests"))
     import lrp_helpers as H
 
-    kind, _ = zennit_plan(name)
+    kind = kind or zennit_plan(name)[0]
 
     class ResidualSum(AttributeCanonizer):
         """`x + f(x)` of MobileNetV2 / MNASNet inverted residuals and RegNet bottlenecks -> a Sum module (Norm)."""
@@ -110,6 +136,17 @@ def zennit_model_and_canonizers(name: str, model):
             if t == "_InvertedResidual" and getattr(module, "apply_residual", False):
                 return {"forward": (lambda m: lambda x: m.canonizer_sum(torch.stack([m.layers(x), x], -1)))(module),
                         "canonizer_sum": Sum()}
+            if t in ("BasicBlock", "Bottleneck") and type(module).__module__ == "timm.models.resnet":
+                def tfwd(x, m=module):  # timm.models.resnet's forward (eval: drop_path / drop_block identities)
+                    if t == "BasicBlock":
+                        y = m.bn2(m.conv2(m.act1(m.bn1(m.conv1(x)))))
+                        act = m.act2
+                    else:
+                        y = m.bn3(m.conv3(m.act2(m.bn2(m.conv2(m.act1(m.bn1(m.conv1(x))))))))
+                        act = m.act3
+                    skip = x if m.downsample is None else m.downsample(x)
+                    return act(m.canonizer_sum(torch.stack([y, skip], -1)))
+                return {"forward": tfwd, "canonizer_sum": Sum()}
             if t == "ResBottleneckBlock":
                 def fwd(x, m=module):
                     skip = x if m.proj is None else m.proj(x)
@@ -120,8 +157,10 @@ def zennit_model_and_canonizers(name: str, model):
         def copy(self):
             return ResidualSum()
 
-    if kind in ("resnet", "sequential", "mobilenet_v2", "mnasnet", "shufflenet", "regnet_x"):
+    if kind in ("resnet", "sequential", "mobilenet_v2", "mnasnet", "shufflenet", "regnet_x", "timm_resnet"):
         model = fold_batchnorm(model)
+    if kind == "timm_resnet":
+        return model, [ResidualSum()]
     if kind == "resnet":
         return model, [ResNetCanonizer()]
     if kind == "sequential":
@@ -182,7 +221,7 @@ def fold_batchnorm(model, pairs=None):
     return model.eval()
 
 
-def zennit_epsilon(name, model, x, target):
+def zennit_epsilon(name, model, x, target, kind=None):
     import torch
     from zennit import composites as C
     from zennit.attribution import Gradient
@@ -190,7 +229,7 @@ def zennit_epsilon(name, model, x, target):
     from zennit.rules import Epsilon, Norm, Pass
     from zennit.types import Activation, AvgPool, BatchNorm, Linear
 
-    model, canon = zennit_model_and_canonizers(name, model)
+    model, canon = zennit_model_and_canonizers(name, model, kind)
     comp = C.LayerMapComposite([(Activation, Pass()), (Sum, Norm()), (AvgPool, Norm()), (BatchNorm, Pass()),
                                 (Linear, Epsilon(epsilon=1e-6))], canonizers=canon)
     xt = torch.tensor(x)
@@ -222,10 +261,17 @@ def worker(name: str, exporter: str, families: list[str], build: Path) -> dict:
     torch.set_num_threads(1)
     import xcompile
     from model_zoo.tie_oracle import ProbedExplainer, TieAware
-    from model_zoo.zoo import torch_model
+    from model_zoo.zoo import torch_model as torchvision_model
 
     path = build / f"{name}_{exporter}.onnx"
     rec = json.loads((build / f"{name}_{exporter}.json").read_text())
+    timm_src = rec.get("source") == "timm"
+
+    def torch_model(name):  # the very weights of the export (timm: the build configuration it records)
+        if not timm_src:
+            return torchvision_model(name)
+        from model_zoo.timm_zoo import timm_model
+        return timm_model(name, rec["build"]["kwargs"], rec["build"]["size"])
     data = np.load(build / f"{name}_{exporter}.npz")
     x, logits = data["x"], data["logits"]
     target = np.array([FIXED_TARGET, int(logits[1].argmax())], np.int64)[: x.shape[0]]
@@ -274,16 +320,25 @@ def worker(name: str, exporter: str, families: list[str], build: Path) -> dict:
             if fam == "gradient":
                 if tmodel is None:
                     tmodel = torch_model(name)
-                m64 = tmodel.double()
-                xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
                 # tie-aware float64 autograd (model_zoo/tie_oracle.py): at units within float32 rounding of a kink
-                # the reference takes the explainer's branch; a differing unit beyond the near-tie bound fails
-                with TieAware(decisions) as tie:
-                    y = m64(xt)
-                    g, = torch.autograd.grad(y.gather(1, torch.tensor(target)[:, None]).sum(), xt)
+                # the reference takes the explainer's branch; a differing unit beyond the near-tie bound fails.
+                # A timm model whose forward cannot run in float64 (float32 constants made inside forward) is
+                # compared with float32 autograd under the same tie-aware rule
+                for dtype in (torch.float64, torch.float32):
+                    m64 = tmodel.to(dtype).requires_grad_(False)  # d/dx only: kinks off the input's path stay
+                    xt = torch.tensor(x, dtype=dtype, requires_grad=True)
+                    try:
+                        with TieAware(decisions) as tie:
+                            y = m64(xt)
+                            g, = torch.autograd.grad(y.gather(1, torch.tensor(target)[:, None]).sum(), xt)
+                        break
+                    except Exception as e:  # noqa: BLE001
+                        if dtype == torch.float32 or not timm_src:
+                            raise
+                        r["f64_error"] = one_line(e)
                 tmodel = m64.float()
                 del m64, y
-                r["oracle"] = "autograd-f64-tie-aware"
+                r["oracle"] = "autograd-f64-tie-aware" if dtype == torch.float64 else "autograd-f32-tie-aware"
                 r["err"] = rel_err(rel, g.numpy())
                 r["forced_units"] = tie.n_forced
                 r["forced"] = dict(tie.forced)
@@ -292,8 +347,15 @@ def worker(name: str, exporter: str, families: list[str], build: Path) -> dict:
                     r["tie_violations"] = tie.violations[:3]
                 ok = (r["err"] <= GRAD_TOL and r["score_err"] <= GRAD_TOL and r["finite"] and not tie.violations)
                 r["status"] = "match" if ok else "mismatch"
+                if not ok and timm_src and dtype == torch.float64:
+                    # diagnosis only (the status stays): PyTorch's own float32 gradient against the float64 one
+                    xt32 = torch.tensor(x, requires_grad=True)
+                    y32 = tmodel(xt32)
+                    g32, = torch.autograd.grad(y32.gather(1, torch.tensor(target)[:, None]).sum(), xt32)
+                    r["f32_noise"] = rel_err(g32.numpy(), g.numpy())
+                    r["torch_f32_score_err"] = rel_err(y32.detach().numpy(), logits)
             elif fam == "attnlrp":
-                if not name.startswith("vit_"):
+                if timm_src or not name.startswith("vit_"):
                     r.update(oracle=None, status="runs (no oracle)" if r["finite"] else "non-finite",
                              why="no AttnLRP reference for this architecture (LXT maps torchvision's VisionTransformer)")
                 else:
@@ -309,13 +371,15 @@ def worker(name: str, exporter: str, families: list[str], build: Path) -> dict:
                     ok = r["err"] <= LRP_TOL and r["pearson"] >= LRP_R and r["score_err"] <= GRAD_TOL
                     r["status"] = "match" if ok else "mismatch"
             else:
-                kind, why = zennit_plan(name)
+                if timm_src and tmodel is None:
+                    tmodel = torch_model(name)
+                kind, why = zennit_plan(name) if not timm_src else timm_zennit_plan(rec, tmodel)
                 if kind is None:
                     r.update(oracle=None, status="runs (no oracle)" if r["finite"] else "non-finite", why=why)
                 else:
                     if tmodel is None:
                         tmodel = torch_model(name)
-                    ref = zennit_epsilon(name, tmodel.float(), x, target)
+                    ref = zennit_epsilon(name, tmodel.float(), x, target, kind)
                     a, b = rel.ravel().astype(np.float64), ref.ravel().astype(np.float64)
                     r["oracle"] = "zennit-epsilon"
                     r["err"] = rel_err(rel, ref)
@@ -325,7 +389,7 @@ def worker(name: str, exporter: str, families: list[str], build: Path) -> dict:
                     if not within:
                         # the same float32 rule as the gradient family: Zennit in float64 on the same weights is the
                         # exact function; accept within tolerance of it, or within 3x Zennit's own float32 deviation
-                        ref64 = zennit_epsilon(name, tmodel.double(), x.astype(np.float64), target)
+                        ref64 = zennit_epsilon(name, tmodel.double(), x.astype(np.float64), target, kind)
                         tmodel = tmodel.float()
                         r["err_f64"] = rel_err(rel, ref64)
                         r["pearson_f64"] = float(np.corrcoef(a, ref64.ravel())[0, 1])
@@ -396,7 +460,12 @@ def save_results(path: Path, db: dict):
     import torch
     import torchvision
 
-    db["env"] = {"torch": torch.__version__, "torchvision": torchvision.__version__,
+    try:
+        import timm
+        db.setdefault("env", {})["timm"] = timm.__version__
+    except ImportError:
+        pass
+    db["env"] = {**db.get("env", {}), "torch": torch.__version__, "torchvision": torchvision.__version__,
                  "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(db, indent=1, sort_keys=True) + "\n")
@@ -409,7 +478,12 @@ def main(argv=None) -> int:
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--out", default=str(DOC), help="markdown report (regenerated from all results)")
     ap.add_argument("--results", default=str(RESULTS), help="raw JSON results (merged, kept across runs)")
-    ap.add_argument("--build", default=str(BUILD))
+    ap.add_argument("--build", default="", help=f"exports (default {BUILD.relative_to(ROOT)}; timm: model_zoo/build/timm)")
+    ap.add_argument("--source", choices=("torchvision", "timm"), default="torchvision",
+                    help="timm: export and measure the timm selection of model_zoo/timm_zoo.py (tools/coverage_timm.py)")
+    ap.add_argument("--n", type=int, default=150, help="timm: models in the selection")
+    ap.add_argument("--keep-exports", action="store_true", help="timm: keep the .onnx files after measuring")
+    ap.add_argument("--retry-exports", action="store_true", help="timm, with --skip-done: export failed pairs again")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per (model, exporter) pair")
     ap.add_argument("--skip-done", action="store_true", help="skip pairs/families already in --results")
     ap.add_argument("--report-only", action="store_true", help="measure nothing; rewrite --out from --results")
@@ -424,7 +498,9 @@ def main(argv=None) -> int:
         Path(dest).write_text(json.dumps(res))
         return 0
 
-    build = Path(a.build)
+    build = Path(a.build or BUILD)
+    if a.source == "timm" and a.families == ",".join(FAMILIES):
+        a.families = "gradient,lrp"
     families = [f for f in a.families.split(",") if f]
     for f in families:
         if f not in FAMILIES:
@@ -445,6 +521,15 @@ def main(argv=None) -> int:
             mine["families"] = fams
         save_results(Path(a.results), db)
 
+    if a.source == "timm":
+        import coverage_timm
+        if not a.report_only:
+            coverage_timm.sweep(a, db, families, exporters, lambda d: save_results(Path(a.results), d),
+                                lambda d: write_report(Path(a.out), d, Path(BUILD)), _export_info)
+            save_results(Path(a.results), db)
+        write_report(Path(a.out), db, Path(BUILD))
+        print("wrote", a.out, "and", a.results)
+        return 0
     if not a.report_only:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -530,7 +615,9 @@ def _ops(exp: dict) -> str:
 
 
 def write_report(out: Path, db: dict, build: Path):
-    rows = sorted(db.get("results", {}).values(), key=lambda r: (r["model"], r["exporter"]))
+    import coverage_timm
+    rows = sorted((r for k, r in db.get("results", {}).items() if not k.startswith(coverage_timm.PREFIX)),
+                  key=lambda r: (r["model"], r["exporter"]))
     rows_by = {(r["model"], r["exporter"]): r for r in rows}
     lines = ["# Model-zoo coverage", "",
              "Generated by `OMP_NUM_THREADS=1 python tools/coverage.py` (CPU, onnxruntime, one thread, one model at a time);",
@@ -654,8 +741,10 @@ def write_report(out: Path, db: dict, build: Path):
     for m, e, f, s, err in failures:
         lines.append(f"- {m} ({e}) {f}: **{s}**: {str(err)[:240]}")
     del nooracle
+    timm_lines = coverage_timm.timm_section(db, _cell, _ops, GRAD_TOL)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n" + NOTES)
+    # the timm sweep beside the torchvision table, then the findings and the hand-measured sections (NOTES)
+    out.write_text("\n".join(lines) + "\n" + "\n".join(timm_lines) + ("\n\n" if timm_lines else "") + NOTES)
 
 
 def _group_why(rows):
