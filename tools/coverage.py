@@ -370,6 +370,7 @@ def worker(name: str, exporter: str, families: list[str], build: Path) -> dict:
                     y32 = tmodel(xt32)
                     g32, = torch.autograd.grad(y32.gather(1, torch.tensor(target)[:, None]).sum(), xt32)
                     r["f32_noise"] = rel_err(g32.numpy(), g.numpy())
+                    r["err_f32"] = rel_err(rel, g32.numpy())  # the explainer against PyTorch's own float32
                     r["torch_f32_score_err"] = rel_err(y32.detach().numpy(), logits)
             elif fam == "attnlrp":
                 if timm_src or not name.startswith("vit_"):
