@@ -621,6 +621,10 @@ def _cell(fr: dict | None) -> str:
             extra += f" scores {fr['score_err']:.1e}"
         if fr.get("f32_noise") is not None:
             extra += f" (f32 noise {fr['f32_noise']:.1e})"
+        if fr.get("err_f32") is not None:
+            extra += f" ({fr['err_f32']:.1e} from PyTorch float32)"
+        if fr.get("tie_error"):
+            extra += " (plain float64 autograd: kinked units not paired)"
         return f"❌ mismatch {fr.get('err', float('nan')):.1e}{extra}"
     if s == "runs (no oracle)":
         c = fr.get("conservation") or []
