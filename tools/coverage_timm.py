@@ -183,6 +183,8 @@ def timm_section(db: dict, cell, ops, grad_tol: float) -> list[str]:
                     why = ("mismatch within 3x PyTorch's own float32-vs-float64 deviation (float32 conditioning of"
                            " the random-weight model)" if fr["err"] <= 3 * fr["f32_noise"]
                            else "mismatch beyond PyTorch's own float32 deviation")
+                    if fr.get("tie_error"):
+                        why += ", against plain float64 autograd (the tie-aware oracle could not pair the kinked units)"
                 if why in ("compile-fail", "run-fail", "crash", "oracle-fail"):
                     why = _reason(why, fr.get("error") or "")
                     if not why.startswith("missing op"):
