@@ -22,7 +22,7 @@ import json
 
 import numpy as np
 
-from model_zoo.tie_oracle import TIE_TOL, Decisions, Probe
+from model_zoo.tie_oracle import Decisions, Probe, TieLedger
 
 
 def save_decisions(decisions: Decisions, path) -> None:
@@ -48,33 +48,14 @@ def _channels_last(row: np.ndarray) -> np.ndarray:
     return np.moveaxis(row, 0, -1) if row.ndim >= 2 else row
 
 
-class TFTieAware:
+class TFTieAware(TieLedger):
     """``forced`` (op -> units forced), ``calls``, ``worst`` (largest |z64 - kink| / row max among forced units),
     ``violations`` (differing units beyond TIE_TOL)."""
 
     def __init__(self, decisions: Decisions):
+        super().__init__()
         self.decisions = decisions
-        self.forced: dict[str, int] = {}
-        self.calls: dict[str, int] = {}
-        self.worst = 0.0
-        self.violations: list[str] = []
         self._saved = None
-
-    def _record(self, op, differ, dist, scale):
-        self.calls[op] = self.calls.get(op, 0) + 1
-        n = int(differ.sum())
-        if not n:
-            return
-        self.forced[op] = self.forced.get(op, 0) + n
-        rel = float(dist[differ].max()) / scale
-        self.worst = max(self.worst, rel)
-        if rel > TIE_TOL:
-            self.violations.append(f"{op}: {n} unit(s) on another branch than float64, up to {rel:.1e} of the row's "
-                                   f"max from the kink (near-tie bound {TIE_TOL:.1e})")
-
-    def check(self) -> "TFTieAware":
-        assert not self.violations, "; ".join(self.violations[:3])
-        return self
 
     def summary(self) -> str:
         ops = ", ".join(f"{k} {v}" for k, v in sorted(self.forced.items())) or "none"

@@ -171,22 +171,16 @@ def _torch():
     return torch
 
 
-class TieAware:
-    """Context manager: inside it, the kinked functions of PyTorch take the explainer's branch at near-ties.
+class TieLedger:
+    """What a tie-aware oracle forced: units per op, the farthest forced unit from its kink, and the violations
+    (a unit beyond the near-tie bound TIE_TOL). Shared by the PyTorch and the TensorFlow oracles."""
 
-    relu: "gradient" (the derivative), "guided" (guided backprop: 1[x>0] * max(g, 0)) or "deconv" (max(g, 0)).
-    After the block: ``forced`` (op -> units forced), ``calls`` (op -> calls seen), ``worst`` (largest
-    |z64 - kink| / row scale among forced units), ``violations`` (differing units beyond TIE_TOL)."""
-
-    def __init__(self, decisions: Decisions, relu: str = "gradient"):
-        self.decisions, self.relu_mode = decisions, relu
+    def __init__(self):
         self.forced: dict[str, int] = {}
         self.calls: dict[str, int] = {}
         self.worst = 0.0
         self.violations: list[str] = []
-        self._mode = None
 
-    # bookkeeping ------------------------------------------------------------------------------------------
     def _record(self, op: str, differ: np.ndarray, dist: np.ndarray, scale: float):
         self.calls[op] = self.calls.get(op, 0) + 1
         n = int(differ.sum())
@@ -199,9 +193,23 @@ class TieAware:
             self.violations.append(f"{op}: {n} unit(s) on another branch than float64, up to {rel:.1e} of the row's "
                                    f"max from the kink (near-tie bound {TIE_TOL:.1e})")
 
-    def check(self) -> "TieAware":
+    def check(self):
         assert not self.violations, "; ".join(self.violations[:3])
         return self
+
+
+class TieAware(TieLedger):
+    """Context manager: inside it, the kinked functions of PyTorch take the explainer's branch at near-ties.
+
+    relu: "gradient" (the derivative), "guided" (guided backprop: 1[x>0] * max(g, 0)) or "deconv" (max(g, 0)).
+    After the block: ``forced`` (op -> units forced), ``calls`` (op -> calls seen), ``worst`` (largest
+    |z64 - kink| / row scale among forced units), ``violations`` (differing units beyond TIE_TOL)."""
+
+    def __init__(self, decisions: Decisions, relu: str = "gradient"):
+        super().__init__()
+        self.decisions, self.relu_mode = decisions, relu
+        self._mode = None
+
 
     @property
     def n_forced(self) -> int:

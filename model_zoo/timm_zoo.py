@@ -165,12 +165,22 @@ def randomize(model, size: int, seed: int = 1):
     import torch
 
     g = torch.Generator().manual_seed(seed)
+    redraw_zero_parameters(model, g)
+    with torch.no_grad():
+        calibrate_batchnorm(model, "", g, shape=(3, size, size))
+    return model.eval()
+
+
+def redraw_zero_parameters(model, g):
+    """Parameters timm initialises to zero (heads, layer scales, some biases; every score would be 0) redrawn from
+    the generator g: N(0, 0.1^2) for vectors, N(0, 1/fan_in) for matrices and kernels."""
+    import torch
+
     with torch.no_grad():
         for p in model.parameters():
             if not p.any():
                 p.copy_(torch.randn(p.shape, generator=g) * (0.1 if p.dim() < 2 else 1 / p.shape[-1] ** 0.5))
-        calibrate_batchnorm(model, "", g, shape=(3, size, size))
-    return model.eval()
+    return model
 
 
 def seeded_input(name: str, size: int, batch: int = 2) -> np.ndarray:

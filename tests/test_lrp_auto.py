@@ -14,6 +14,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import xcompile
+from model_zoo.timm_zoo import redraw_zero_parameters
 from model_zoo.zoo import export_onnx
 
 RNG = np.random.default_rng(0)
@@ -309,12 +310,7 @@ def test_run_warning_names_non_finite_relevance():
 # ---------------------------------------------------------------------- transformers and hybrids under auto
 def _randomize_zeros(m):
     """timm zero-initialises heads, layer scales and some biases: every score would be 0."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in m.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * (0.1 if p.dim() < 2 else 1 / p.shape[-1] ** 0.5))
-    return m.eval()
+    return redraw_zero_parameters(m, torch.Generator().manual_seed(1)).eval()
 
 
 def _timm(name):

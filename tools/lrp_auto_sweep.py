@@ -104,12 +104,8 @@ def build(name):
     else:
         import timm
         m = timm.create_model(name, pretrained=False, num_classes=10, **MODELS[name][0])
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in m.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * (0.1 if p.dim() < 2 else 1 / p.shape[-1] ** 0.5))
-    return m.eval()
+    from model_zoo.timm_zoo import redraw_zero_parameters
+    return redraw_zero_parameters(m, torch.Generator().manual_seed(1)).eval()
 
 
 def export(name, cache: Path):
