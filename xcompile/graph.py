@@ -66,13 +66,31 @@ class ForwardGraph:
     _consts: dict = field(default_factory=dict)
     canonicalization: list = field(default_factory=list)  # the rewrite rules' decisions (canonicalize.rewrite)
     token: Optional[TokenInput] = None  # set when the explained input is token ids: data_input is then its embedding
+    # the nodes the backward walks (the model's own, or a quantized model's float view: load/quantized.py) and their
+    # index; set by __post_init__ / `walk`, during loading only
+    nodes: list = field(init=False)
+    initializers: dict = field(init=False)
+    producer: dict = field(init=False)
+    consumers: dict = field(init=False)
+    virtual: dict = field(default_factory=dict)         # a quantized model's float view: tensor -> its node
+    virtual_consts: dict = field(default_factory=dict)  # ... and its dequantized constants
+    derived: dict = field(default_factory=dict)         # facts computed once from the graph (lrp/ranges.py: "value_ranges")
 
     def __post_init__(self):
         g = self.model.graph
-        self.nodes = list(g.node)
         self.initializers = {t.name: t for t in g.initializer}
-        self.producer: dict[str, onnx.NodeProto] = {}
-        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        self.walk(list(g.node))
+        for vi in list(g.input):
+            if vi.name == self.data_input:
+                self.shapes.setdefault(vi.name, None)
+
+    def walk(self, nodes: list, constants: Optional[dict] = None) -> None:
+        """Set the nodes the backward walks and index them (producer / consumers); `constants` join the
+        initializers. Used while loading: a quantized model's float view replaces its quantized nodes."""
+        self.nodes = nodes
+        self.initializers.update(constants or {})
+        self.producer = {}
+        self.consumers = defaultdict(list)
         for node in self.nodes:
             for o in node.output:
                 if o:
@@ -80,9 +98,7 @@ class ForwardGraph:
             for i in node.input:
                 if i:
                     self.consumers[i].append(node)
-        for vi in list(g.input):
-            if vi.name == self.data_input:
-                self.shapes.setdefault(vi.name, None)
+        self.derived.clear()
 
     @property
     def graph_input(self) -> str:
@@ -119,9 +135,10 @@ class ForwardGraph:
         return len(self.shape(name))
 
     # -------------------------------------------------------------- reachability
-    def relevance_paths(self, differentiable) -> tuple[set, list]:
-        """Tensors on differentiable paths from the data input to the explained tensor, and the nodes
-        that produce them (in graph order). `differentiable(node)` -> indices of input slots that
+    def relevance_paths(self, differentiable, source: Optional[str] = None,
+                        explained: Optional[str] = None) -> tuple[set, list]:
+        """Tensors on differentiable paths from `source` (default the data input) to `explained` (default the
+        explained tensor), and the nodes that produce them (in graph order). `differentiable(node)` -> indices of input slots that
         carry relevance, or None when the op is unknown (it is then treated as fully connected, so
         that it can be reported as unsupported)."""
         dg = nx.DiGraph()
@@ -133,10 +150,11 @@ class ForwardGraph:
                     for o in node.output:
                         if o:
                             dg.add_edge(node.input[k], o)
-        if self.data_input not in dg or self.explained not in dg:
+        source, explained = source or self.data_input, explained or self.explained
+        if source not in dg or explained not in dg:
             return set(), []
-        carried = nx.descendants(dg, self.data_input) | {self.data_input}
-        needed = nx.ancestors(dg, self.explained) | {self.explained}
+        carried = nx.descendants(dg, source) | {source}
+        needed = nx.ancestors(dg, explained) | {explained}
         live = carried & needed
         # the producer of the data tensor (a token model's embedding Gather) is not walked: relevance stops at it
         nodes = [n for n in self.nodes if any(o in live for o in n.output) and any(i in live for i in n.input)]

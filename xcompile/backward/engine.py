@@ -110,13 +110,7 @@ class Engine:
         return None if spec is None else spec.slots(node)
 
     def paths(self):
-        g = self.g
-        saved = (g.data_input, g.explained)
-        g.data_input, g.explained = self.source, self.explained
-        try:
-            return g.relevance_paths(self._slots)
-        finally:
-            g.data_input, g.explained = saved
+        return self.g.relevance_paths(self._slots, self.source, self.explained)
 
     def unsupported(self) -> list[tuple[str, str]]:
         _, nodes = self.paths()

@@ -27,7 +27,7 @@ def inspect_model(model_path, method: str, rules, params: dict, echo) -> int:
     why = {n[0]: (n[2] if len(n) > 2 else "") for n in bad}
     choices = getattr(m, "choices", None)
     rs = m.ruleset() if getattr(cls, "uses_rules", False) else None  # rule sets for any model (auto): say why
-    by_block = rs is not None and rs.options.get("designed_for") == "any" and any("block" in e.select for e in rs.entries)
+    by_block = rs is not None and rs.options.get("designed_for") == "any" and any(s.key == "block" for e in rs.entries for s in e.select)
     header = f"{where}: method {method}" + (f", rules {getattr(m, 'ruleset_name', None) or rules or 'default'}" if getattr(cls, "uses_rules", False) else "")
     echo(header)
     width = max([len(n.name or n.output[0]) for n in nodes] + [4])

@@ -16,8 +16,6 @@ before requantization, and in QDQ models every tensor between the input and the 
 ``_recompute_data_path``) are emitted by the writer from their view node when the backward reads them."""
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -282,7 +280,6 @@ def float_view(g, where: str = "model") -> None:
     """Replace the quantized ops in `g`'s node list (what the backward walks; the forward emitted is `g.model`'s)
     by their float view; record the view's own tensors (`g.virtual`: tensor -> node) and dequantized constants
     (added to `g.initializers`, listed in `g.virtual_consts`)."""
-    g.virtual, g.virtual_consts = {}, {}
     ops = {n.op_type for n in g.nodes}
     if not ops & (set(QOPS) | set(INTEGER_OPS) | {"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"}):
         return
@@ -337,16 +334,7 @@ def float_view(g, where: str = "model") -> None:
             c.input[:] = [rename.get(i, i) for i in n.input]
             v.nodes[j] = c
     _recompute_data_path(g, v)
-    g.nodes = v.nodes
-    g.producer, g.consumers = {}, defaultdict(list)
-    for node in g.nodes:
-        for o in node.output:
-            if o:
-                g.producer[o] = node
-        for i in node.input:
-            if i:
-                g.consumers[i].append(node)
-    for name, t in v.consts.items():
-        g.initializers[name] = t
-    g.virtual, g.virtual_consts = v.virtual, v.consts
+    g.walk(v.nodes, v.consts)
+    g.virtual.update(v.virtual)
     g.virtual.update(v.dq_nodes)
+    g.virtual_consts.update(v.consts)

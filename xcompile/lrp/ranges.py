@@ -32,10 +32,6 @@ class Range:
     def nonpos(self) -> bool:
         return self.hi <= 0
 
-    @property
-    def bounded(self) -> bool:
-        return math.isfinite(self.lo) and math.isfinite(self.hi)
-
     def hull(self, *others: "Range") -> "Range":
         return Range(min([self.lo] + [o.lo for o in others]), max([self.hi] + [o.hi for o in others]))
 
@@ -218,12 +214,11 @@ def analyze(nodes: Iterable, const: Callable[[str], Optional[np.ndarray]],
 
 
 def of(g) -> dict:
-    """The ranges of a ForwardGraph's tensors, computed once per graph (the data input unbounded)."""
-    cached = getattr(g, "_value_ranges", None)
-    if cached is None:
-        cached = analyze(g.nodes, g.const)
-        g._value_ranges = cached
-    return cached
+    """The ranges of a ForwardGraph's tensors, computed once per graph (the data input unbounded) and kept in the
+    graph's declared `derived` cache."""
+    if "value_ranges" not in g.derived:
+        g.derived["value_ranges"] = analyze(g.nodes, g.const)
+    return g.derived["value_ranges"]
 
 
 def range_of(g, name: str) -> Range:
@@ -232,3 +227,39 @@ def range_of(g, name: str) -> Range:
         v = g.const(name)
         r = ANY if v is None else _const_range(np.asarray(v))
     return r
+
+
+def push_box(g, live, n, lo, hi):
+    """Element-wise bounds [lo, hi] of the data input carried through the Sub/Add/Mul/Div-by-constant nodes between
+    it and node n (z^B's bounds at the layer's input, e.g. through a Normalization); where the path is not such a
+    chain the bounds are taken as given at the layer input."""
+    chain, t = [], next(i for i in n.input if i in live)
+    while t != g.data_input and t in g.producer:
+        p = g.producer[t]
+        live_in = [i for i in p.input if i in live]
+        if len(live_in) != 1:
+            return lo, hi
+        chain.append(p)
+        t = live_in[0]
+    for p in reversed(chain):
+        op = p.op_type
+        if op in ("Identity", "Cast", "Dropout"):
+            continue
+        if op not in ("Sub", "Add", "Mul", "Div") or len(p.input) != 2:
+            return lo, hi
+        k = 0 if p.input[0] in live else 1
+        c = g.const(p.input[1 - k])
+        if c is None:
+            return lo, hi
+        c = np.asarray(c, np.float64)
+        if op == "Add":
+            lo, hi = lo + c, hi + c
+        elif op == "Sub":
+            lo, hi = (lo - c, hi - c) if k == 0 else (c - hi, c - lo)
+        elif op == "Mul":
+            a, b = lo * c, hi * c
+            lo, hi = np.minimum(a, b), np.maximum(a, b)
+        else:
+            a, b = (lo / c, hi / c) if k == 0 else (c / lo, c / hi)
+            lo, hi = np.minimum(a, b), np.maximum(a, b)
+    return lo, hi

@@ -17,8 +17,11 @@ output relevance ``gy`` to input relevance, like an op-table emitter). Two famil
   form: W+ = Relu(W), W^2 = Mul(W, W), ... derived from the one stored W, folded by onnxruntime at session
   creation) or a plain numpy function (its result stored as an initializer). Terms that are identically zero
   (x- after a ReLU, an all-zero weight, a zero bound; see `ranges.py`) are not emitted.
-* treatments of any other node (`Treatment`): pass, gradient, proportional (Zennit `Norm`), std-constant
-  (AttnLRP's LayerNorm), product (of two activations), maxpool-proportional.
+* treatments of any other node (`treatments.py`): pass, gradient, proportional (Zennit `Norm`), std-constant
+  (AttnLRP's LayerNorm), product (of two activations), signal shares, maxpool-proportional.
+
+Each rule binds itself to a node (`bind(site, structure, options)`, see `policy.py`): rule choice never branches
+on rule names.
 
 Adding a rule = a subclass of ~10 lines + `@rule("name")`.
 """
@@ -29,9 +32,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..backward.table import TABLE
-from ..kinds import LINEAR_OPS, PRODUCT_OPS, linear_view
-from ..options import like_default
+from ..kinds import LINEAR_OPS, linear_view
+from ..options import as_floats, like_default
 from . import emitters as E
 
 RULES: dict[str, type] = {}
@@ -104,6 +106,8 @@ class LRPRule:
     params: dict = {}            # parameter -> default (Zennit's defaults)
     linear = False               # a rule on a linear layer's weights (Rule) or a treatment of any node
     selectable = True            # may a rule file name it?
+    on_linear_layers = True      # may it treat a linear layer with a constant weight?
+    takes_gate = False           # does an entry's `gate = ...` apply to it (products of two activations)?
     applies_to = "any node"      # for messages: what `compatible` accepts
 
     def __init__(self, **given):
@@ -112,10 +116,17 @@ class LRPRule:
             raise ValueError(f"unknown parameter(s) {sorted(unknown)} for rule {self.name!r} "
                              f"(known: {', '.join(sorted(self.params)) or 'none'})")
         given = {k: like_default(k, v, self.params[k]) for k, v in given.items()}  # types, finiteness, ranges
+        self.given = given
         self.p = {**self.params, **given}
 
     def compatible(self, node) -> bool:
         return True
+
+    def bind(self, site, structure, options) -> "LRPRule":
+        """The rule as it applies to one node (`site`: lrp.selectors.Site; `structure`: lrp.structure.Structure;
+        `options`: lrp.policy.Options): itself, or the treatment the node's structure calls for (a z^B layer's
+        bounds, a product's shares, InstanceNormalization's std-constant). Rule choice calls nothing else."""
+        return self
 
     def emit(self, ctx, gy) -> list:
         raise NotImplementedError
@@ -214,6 +225,14 @@ class ZBox(Rule):
     """z^B for inputs in [low, high]: z = W x - W+ l - W- h (biases cancel, as in Zennit)."""
     params = {"low": None, "high": None, "stabilizer": 1e-6}
 
+    def bind(self, site, structure, options):
+        """The bounds at this layer: --set low/high (else the entry's), through mean/std and the constant
+        arithmetic before the layer."""
+        low = options.low if options.low is not None else as_floats(self.p.get("low"))
+        high = options.high if options.high is not None else as_floats(self.p.get("high"))
+        bounds = structure.box_bounds(site.node, low, high, options.mean, options.std, options.where)
+        return type(self)(**{**self.given, **bounds})
+
     def groups(self):
         return [Group([Part("x", _same, _same), Part("low", pos, pos, -1.0), Part("high", neg, neg, -1.0)],
                       eps=self.eps)]
@@ -241,106 +260,3 @@ class Flat(Rule):
 
     def modify_bias(self, b):
         return None
-
-
-# ------------------------------------------------------------------------ treatments of any other node
-class Treatment(LRPRule):
-    """A rule for a node that is not a linear layer with a constant weight (Zennit's Pass / Norm beside Gamma)."""
-
-    @property
-    def stabilizer(self) -> float:
-        return float(self.p.get("stabilizer", E.STAB))
-
-
-@rule("pass")
-class Pass(Treatment):
-    """Relevance unchanged (Zennit `Pass`): activations, elementwise maps, unfolded normalisation."""
-
-    def emit(self, ctx, gy):
-        return E.pass_through(ctx, gy)
-
-
-@rule("gradient")
-class Gradient(Treatment):
-    """The op's own backward (routing by position, winner-take-all MaxPool)."""
-    applies_to = "operators with a backward in the op table"
-
-    def compatible(self, node):
-        return node.op_type in TABLE
-
-    def emit(self, ctx, gy):
-        return TABLE[ctx.op_type].fn(ctx, gy)
-
-
-@rule("proportional")
-class Proportional(Treatment):
-    """Zennit `Norm`: inputs get relevance in proportion to their contributions (residual sums, average pools)."""
-    params = {"stabilizer": E.STAB}
-    applies_to = "operators with a backward in the op table"
-
-    def compatible(self, node):
-        return node.op_type in TABLE
-
-    def emit(self, ctx, gy):
-        return E.proportional(ctx, gy, stabilizer=self.stabilizer)
-
-
-@rule("std-constant")
-class StdConstant(Treatment):
-    """LayerNormalization with its standard deviation held constant (AttnLRP), see emitters.std_constant."""
-    params = {"stabilizer": E.STAB}
-    applies_to = "LayerNormalization"
-
-    def compatible(self, node):
-        return node.op_type == "LayerNormalization"
-
-    def emit(self, ctx, gy):
-        return E.std_constant(ctx, gy, stabilizer=self.stabilizer)
-
-
-@rule("product")
-class Product(Treatment):
-    """A product of two activations (Mul, Div, MatMul): operand k gets the share `weights[k]` (set by the method
-    from the gate option: the gate is a constant weight, or both split); params set the stabilizer of the bilinear
-    (MatMul) case."""
-    params = {"stabilizer": E.STAB}
-    applies_to = ", ".join(PRODUCT_OPS + LINEAR_OPS)
-
-    def __init__(self, weights=None, **given):
-        super().__init__(**given)
-        self.weights = weights
-
-    def compatible(self, node):
-        return node.op_type in PRODUCT_OPS + LINEAR_OPS
-
-    def emit(self, ctx, gy):
-        if ctx.op_type == "Mul":
-            return E.product_shares(ctx, gy, self.weights)
-        return E.proportional(ctx, gy, self.weights, stabilizer=self.stabilizer)
-
-    def describe(self):
-        return "product " + "/".join(f"{w:g}" for w in self.weights)
-
-
-@rule("maxpool-proportional")
-class MaxPoolProportional(Treatment):
-    """MaxPool as the overview's VGG recipe does (`--set maxpool=proportional` or a rule set's option)."""
-    selectable = False
-    applies_to = "MaxPool"
-
-    def compatible(self, node):
-        return node.op_type == "MaxPool"
-
-    def emit(self, ctx, gy):
-        return E.maxpool_proportional(ctx, gy)
-
-
-def make_rule(name: str, params: dict) -> LRPRule:
-    if name not in RULES:
-        raise KeyError(name)
-    return RULES[name](**params)
-
-
-def selectable() -> dict[str, type]:
-    """The rules a rule file may name."""
-    return {n: c for n, c in RULES.items() if c.selectable}

@@ -2,7 +2,6 @@
 node. See rules/README.md for the format. Parsing errors are one-line XCompileErrors naming the file and entry."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -10,11 +9,10 @@ from typing import Optional
 import tomllib
 
 from ..errors import XCompileError
-from ..options import like_default
-from .blocks import LABELS
-from .rules import make_rule, selectable
+from .rules import LRPRule
+from .selectors import SELECTORS, Site, parse_all
+from .treatments import make_rule, selectable
 
-SELECTORS = ("op", "kind", "position", "layers", "name", "name_regex", "block", "bounds")
 ENTRY_KEYS = set(SELECTORS) | {"rule", "params", "note", "gate"}
 OPTIONS = {"maxpool": ("winner", "proportional"), "gate": ("signal", "split"),
            "designed_for": ("any", "cnn", "transformer")}
@@ -51,68 +49,33 @@ def resolve(spec) -> Path:
 @dataclass
 class Entry:
     index: int
-    select: dict
-    rule: str
+    select: list                 # lrp.selectors.Selector objects: all must match
+    rule: str                    # the rule's name as written
     params: dict
-    linear_only: bool
+    linear_only: bool            # a linear-only selector, or a rule on weights: never treats another node
     gate: Optional[str] = None   # rule = "product": overrides the gate option for the nodes this entry selects
+    proto: Optional[LRPRule] = None  # the rule object (parameters checked once); `bind` adapts it to each node
 
     def label(self) -> str:
-        sel = ", ".join(f"{k}={v}" for k, v in self.select.items()) or "any"
+        sel = ", ".join(str(s) for s in self.select) or "any"
         return f"rule #{self.index + 1} ({sel})"
+
+    def matches(self, site: Site) -> bool:
+        return (site.linear or not self.linear_only) and all(s.match(site) for s in self.select)
 
 
 @dataclass
 class RuleSet:
     name: str
-    path: Path
+    path: Optional[Path]
     entries: list = field(default_factory=list)
     options: dict = field(default_factory=dict)
     description: str = ""
     band: Optional[tuple] = None     # [low, high] of sum(relevance) / score this rule set keeps (xcompile run warns)
 
-    def match_linear(self, info: dict) -> Optional[Entry]:
-        return next((e for e in self.entries if _matches(e, info, linear=True)), None)
-
-    def match_other(self, info: dict) -> Optional[Entry]:
-        """The first entry that may treat a node which is no linear layer (entries naming a treatment)."""
-        return next((e for e in self.entries if not e.linear_only and _matches(e, info, linear=False)), None)
-
-
-def _as_list(v):
-    return v if isinstance(v, list) else [v]
-
-
-def _matches(e: Entry, info: dict, linear: bool) -> bool:
-    s = e.select
-    if not linear and e.linear_only:
-        return False
-    if "op" in s and info["op"] not in _as_list(s["op"]):
-        return False
-    if "name" in s and info["name"] not in _as_list(s["name"]):
-        return False
-    if "name_regex" in s and not re.search(s["name_regex"], info["name"]):
-        return False
-    if "block" in s and info.get("block") not in _as_list(s["block"]):
-        return False
-    if "bounds" in s and bool(info.get("bounds")) != s["bounds"]:
-        return False
-    if linear:
-        if "kind" in s and s["kind"] != "linear" and info["kind"] != s["kind"]:
-            return False
-        if "position" in s:
-            if s["position"] == "first" and info["index"] != 1:
-                return False
-            if s["position"] == "last" and info["index"] != info["count"]:
-                return False
-        if "layers" in s:
-            lo, hi = s["layers"]
-            n = info["count"]
-            lo = lo + n + 1 if lo < 0 else lo
-            hi = hi + n + 1 if hi < 0 else hi
-            if not lo <= info["index"] <= hi:
-                return False
-    return True
+    def match(self, site: Site) -> Optional[Entry]:
+        """The first entry whose selectors all match (a node that is no linear layer: entries that may treat it)."""
+        return next((e for e in self.entries if e.matches(site)), None)
 
 
 def load(spec) -> RuleSet:
@@ -161,59 +124,24 @@ def load(spec) -> RuleSet:
         if name not in known:
             raise XCompileError(f"{label}: unknown rule {name!r} (known: {', '.join(sorted(known))})")
         cls = known[name]
-        sel = {k: raw[k] for k in SELECTORS if k in raw}
-        _check_selectors(label, sel)
+        sel = parse_all(raw, label)
         params = raw.get("params", {})
         if not isinstance(params, dict):
             raise XCompileError(f"{label}: params must be a table, e.g. params = {{ epsilon = 0.25 }}")
-        if cls.linear:
-            try:
-                make_rule(name, params)
-            except (ValueError, TypeError) as e:
-                raise XCompileError(f"{label}: {e}") from None
-        elif set(params) - set(cls.params):
+        if not cls.linear and set(params) - set(cls.params):
             allowed = ", ".join(cls.params) or "none"
             raise XCompileError(f"{label}: {name!r} takes params: {allowed} (got {', '.join(sorted(params))})")
-        else:
-            try:
-                for k, v in params.items():
-                    like_default(k, v, cls.params[k])
-            except (ValueError, TypeError) as e:
-                raise XCompileError(f"{label}: {e}") from None
         gate = raw.get("gate")
-        if gate is not None and (name != "product" or gate not in OPTIONS["gate"]):
+        if gate is not None and (not cls.takes_gate or gate not in OPTIONS["gate"]):
             raise XCompileError(f"{label}: gate = {gate!r} applies to rule = \"product\" only, as "
                                 f"{' or '.join(OPTIONS['gate'])}")
-        linear_only = bool({"kind", "position", "layers", "bounds"} & set(sel)) or cls.linear
-        rs.entries.append(Entry(i, sel, name, dict(params), linear_only, gate))
-    return rs
-
-
-def _check_selectors(label, sel):
-    if "kind" in sel and sel["kind"] not in ("conv", "dense", "linear"):
-        raise XCompileError(f"{label}: kind = {sel['kind']!r} (expected conv, dense or linear)")
-    if "position" in sel and sel["position"] not in ("first", "last"):
-        raise XCompileError(f"{label}: position = {sel['position']!r} (expected first or last)")
-    if "layers" in sel:
-        v = sel["layers"]
-        if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and x != 0 for x in v)):
-            raise XCompileError(f"{label}: layers = {v!r} (expected [from, to], 1-based, negative counts from the last layer)")
-    if "bounds" in sel and not isinstance(sel["bounds"], bool):
-        raise XCompileError(f"{label}: bounds = {sel['bounds']!r} (expected true: only when --set low/high are given)")
-    if "block" in sel:
-        bad = [v for v in _as_list(sel["block"]) if v not in LABELS]
-        if bad:
-            raise XCompileError(f"{label}: block = {bad[0]!r} is not a block type (known: {', '.join(LABELS)})")
-    for k in ("op", "name"):
-        if k in sel and not all(isinstance(x, str) for x in _as_list(sel[k])):
-            raise XCompileError(f"{label}: {k} must be a string or a list of strings")
-    if "name_regex" in sel:
-        if not isinstance(sel["name_regex"], str):
-            raise XCompileError(f"{label}: name_regex must be a string (a regular expression), got {sel['name_regex']!r}")
         try:
-            re.compile(sel["name_regex"])
-        except re.error as e:
-            raise XCompileError(f"{label}: name_regex: {e}") from None
+            proto = make_rule(name, dict(params, **({"gate": gate} if gate is not None else {})))
+        except (ValueError, TypeError) as e:
+            raise XCompileError(f"{label}: {e}") from None
+        linear_only = any(s.linear_only for s in sel) or cls.linear
+        rs.entries.append(Entry(i, sel, name, dict(params), linear_only, gate, proto))
+    return rs
 
 
 def _is_builtin(path: Path) -> bool:

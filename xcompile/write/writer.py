@@ -124,7 +124,7 @@ def dequantized_view_part(g, emitted: list) -> tuple[list, list]:
     """The nodes and constants of a quantized model's dequantized view (load/quantized.py) that the emitted
     backward reads (DequantizeLinear of a forward tensor, a float op recomputed for its straight-through mask,
     dequantized weights), in dependency order; placed between the forward and the backward."""
-    virtual, consts = getattr(g, "virtual", {}), getattr(g, "virtual_consts", {})
+    virtual, consts = g.virtual, g.virtual_consts
     if not virtual and not consts:
         return [], []
     nodes, seen, used_consts = [], set(), {}
