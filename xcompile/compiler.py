@@ -13,6 +13,7 @@ from . import __version__
 from .backward.builder import Builder
 from .errors import XCompileError, warn_once
 from .load.forward import COMMON, jsonable, load_forward, reserved_names, split_params
+from .metadata import ExplainerMeta
 from .methods import METHODS
 from .methods.tokens import refuse as refuse_tokens
 from .methods.tokens import token_outputs
@@ -79,11 +80,13 @@ def compile(model, method: str, rules=None, *, where: str | None = None, **param
     built = m.build(g, b, where)
     if g.token is not None:
         built = token_outputs(m, g, b, built)
-    meta = {"xcompile_version": __version__, "method": method,
-            "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted({**m.values, **{k: v for k, v in common.items() if v is not None}}.items()) if jsonable(v)},
-            "data_input": g.graph_input, "score_output": g.score_output, "explained": g.explained,
-            "inputs": g.input_names, "token_input": g.token is not None}
+    given = {**m.values, **{k: v for k, v in common.items() if v is not None}}
+    band = getattr(m, "band", None)
+    meta = ExplainerMeta(__version__, method,
+                         {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(given.items()) if jsonable(v)},
+                         g.graph_input, g.score_output, g.explained, g.input_names, g.token is not None,
+                         band=None if band is None else list(band))
     if g.token is not None:
-        meta.update(embedding=g.data_input, vocab=g.token.vocab, baseline_token=g.token.baseline_token,
-                    token_relevance=m.token_relevance)
+        meta.embedding, meta.vocab, meta.baseline_token = g.data_input, g.token.vocab, g.token.baseline_token
+        meta.token_relevance = m.token_relevance
     return assemble(g, b, built, meta, keep_outputs=common["keep_outputs"], where=where)

@@ -106,10 +106,7 @@ def maximize(model, classes: Sequence[int], *, steps=200, lr=0.05, l2=0.01, blur
     if explainer is None:
         from . import compiler
         from .runtime.explainer import Explainer
-        proto = compiler.compile(model, "gradient", where=where, **(model_options or {}))
-        meta = {p.key: p.value for p in proto.metadata_props}
-        explainer = Explainer(proto)
-        explainer.metadata = meta
+        explainer = Explainer(compiler.compile(model, "gradient", where=where, **(model_options or {})))
     ex = explainer
     sample = [int(d) for d in ex.sample_shape]
     classes = np.asarray(classes, np.int64)
@@ -174,8 +171,7 @@ def _softmax(s: np.ndarray) -> np.ndarray:
 
 def _outputs_probabilities(ex) -> bool:
     """The score output is a softmax already (the explainer explains the logits before it)."""
-    meta = getattr(ex, "metadata", None) or {}
-    return bool(meta) and meta.get("xcompile.explained") not in (None, meta.get("xcompile.score_output"))
+    return ex.meta.explains_probabilities
 
 
 # ------------------------------------------------------------------------------------------- images

@@ -26,6 +26,10 @@ class Builder:
         self._values: dict[str, np.ndarray] = {}
         self._scope: list[str] = [prefix]
         self.float32_views: dict[str, str] = {}  # float16 forward tensor -> its Cast to float32 (engine.float32_view)
+        # guarded divisions: divisor tensor -> the nodes that keep it away from 0 (stabilize, mark_divisor); every
+        # Div reading one joins them in `guarded`, the nodes write/precision.py keeps in float32
+        self._guards: dict[str, list[str]] = {}
+        self.guarded: list[str] = []
 
     # ---------------------------------------------------------------- naming
     @contextlib.contextmanager
@@ -86,7 +90,16 @@ class Builder:
             self._taken.add(o)
         attrs = {k: v for k, v in attrs.items() if v is not None}
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=node_name, **attrs))
+        if op_type == "Div" and len(inputs) > 1 and inputs[1] in self._guards:
+            self.guarded += [node_name] + self._guards[inputs[1]]
         return outs[0] if n_out == 1 else outs
+
+    def mark_divisor(self, divisor: str, *guards: str) -> str:
+        """Record that `divisor` (and the nodes `guards` that made it: a comparison, a Where) keeps a division away
+        from 0: a Div that reads it is a guarded division, kept in float32 by write/precision.py (a float16 epsilon
+        would vanish). Returns `divisor`."""
+        self._guards[divisor] = [divisor, *guards]
+        return divisor
 
     # elementwise shorthands
     def add(self, a, b, hint=None): return self.op("Add", [a, b], hint)
@@ -120,20 +133,26 @@ class Builder:
         return self.op("Min", [a, self.f32(0.0)], hint)
 
     def stabilize(self, z: str, eps: float, hint="stabilized", *, norm_scale: bool = False, rank: int = 2,
-                  dtype=np.float32) -> str:
+                  dtype=np.float32, after: str | None = None) -> str:
         """THE stabilizer: z + eps * sign(z), with sign(0) = +1 (Zennit's). ``eps == 0`` (LRP-0): zero denominators
         become 1 (0/0 -> 0). ``norm_scale``: eps * sqrt(mean(z^2)) over the non-batch axes (Zennit's Stabilizer
-        norm_scale). ``dtype``: of the constants (float64 in the neuralized heads)."""
+        norm_scale). ``dtype``: of the constants (float64 in the neuralized heads). ``after``: a zero to test the
+        sign against instead of the constant 0 (emitters._zero_after: the denominator is computed when the relevance
+        reaches it). The result is a guarded divisor (`mark_divisor`)."""
         c = (lambda v: self.const(v, dtype))  # noqa: E731
         if eps == 0.0:
-            return self.where(self.op("Equal", [z, c(0.0)], "is_zero"), c(1.0), z, "safe_z")
+            zero = self.op("Equal", [z, c(0.0)], "is_zero")
+            return self.mark_divisor(self.where(zero, c(1.0), z, "safe_z"), zero)
         if norm_scale:
             ms = self.reduce("ReduceMean", self.mul(z, z), list(range(1, rank)), keepdims=1, hint="ms")
             e = self.mul(self.op("Sqrt", [ms], "rms"), c(eps), "eps_scaled")
-            sign = self.where(self.op("Less", [z, c(0.0)]), c(-1.0), c(1.0), "sign")
-            return self.add(z, self.mul(sign, e), hint)
-        sign = self.where(self.op("Less", [z, c(0.0)]), c(-eps), c(eps), "eps_signed")
-        return self.add(z, sign, hint)
+            less = self.op("Less", [z, c(0.0)])
+            sign = self.where(less, c(-1.0), c(1.0), "sign")
+            scaled = self.mul(sign, e)
+            return self.mark_divisor(self.add(z, scaled, hint), scaled, sign, less)
+        less = self.op("Less", [z, c(0.0) if after is None else after])
+        sign = self.where(less, c(-eps), c(eps), "eps_signed")
+        return self.mark_divisor(self.add(z, sign, hint), sign, less)
 
     # opset-dependent signatures
     def reduce(self, op_type: str, x: str, axes: Sequence[int] | None, keepdims: int = 1, hint=None) -> str:

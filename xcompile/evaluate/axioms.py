@@ -14,7 +14,6 @@ whether the method is supposed to satisfy the axiom (None: no claim), so a faili
 axiom is not expected is information, not a bug."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -46,15 +45,7 @@ def as_explainer(e) -> Explainer:
 
 def explainer_meta(e: Explainer) -> dict:
     """method / params recorded by the compiler in the explainer's metadata."""
-    meta = e.session.get_modelmeta().custom_metadata_map
-    out = {}
-    for k, v in meta.items():
-        if k.startswith("xcompile."):
-            try:
-                out[k[9:]] = json.loads(v)
-            except (ValueError, TypeError):
-                out[k[9:]] = v
-    return out
+    return e.meta.as_dict()
 
 
 def _target_scores(scores: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -262,9 +262,7 @@ def proportional(ctx, gy, weights=None, stabilizer: float = STAB):
     if stabilizer > 0 and ctx.op_type in ("Add", "Sum"):
         # b.stabilize with the sign test against a zero that waits for R (_zero_after): a residual sum's
         # denominator is not computed (and kept) at the end of the forward pass, but when R reaches it
-        dep = _zero_after(ctx, gy[0])
-        sign = b.where(b.op("Less", [y, dep]), b.f32(-stabilizer), b.f32(stabilizer), "eps_signed")
-        den = b.add(y, sign, "stabilized")
+        den = b.stabilize(y, stabilizer, after=_zero_after(ctx, gy[0]))
     else:
         den = b.stabilize(y, stabilizer)
     s = b.div(gy[0], den, "s")

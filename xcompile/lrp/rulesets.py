@@ -148,21 +148,28 @@ def _is_builtin(path: Path) -> bool:
     return any(path.resolve().parent == d.resolve() for d in rules_dirs())
 
 
-def band_of(meta: dict) -> Optional[tuple]:
-    """The conservation band of the rule set an explainer was compiled with (its metadata), None when it has none or
-    the rule file cannot be read here."""
+def band_of(meta) -> Optional[tuple]:
+    """The conservation band recorded in an explainer's metadata at compile time (`metadata.ExplainerMeta.band`, or
+    its dict). An explainer written before the band was recorded: the band of its built-in rule set (package data,
+    so it cannot have moved); a rule file of its own is not re-read."""
+    meta = meta if isinstance(meta, dict) else meta.as_dict()
     if meta.get("method") != "lrp":
         return None
+    if meta.get("band") is not None:
+        return tuple(float(v) for v in meta["band"])
+    name = (meta.get("params") or {}).get("rules") or DEFAULT_RULESET
     try:
-        return load((meta.get("params") or {}).get("rules") or DEFAULT_RULESET).band
+        path = resolve(name)
     except XCompileError:
         return None
+    return load(name).band if _is_builtin(path) else None
 
 
-def run_warning(meta: dict, relevance, conservation) -> Optional[str]:
+def run_warning(meta, relevance, conservation) -> Optional[str]:
     """One line for `xcompile run` when the relevance holds NaN / Inf or sum(relevance) / score leaves the rule set's
-    band (rules/README.md, `band`), else None. `meta`: the explainer's xcompile.* metadata (JSON-decoded)."""
+    band (rules/README.md, `band`), else None. `meta`: the explainer's metadata (ExplainerMeta or its dict)."""
     import numpy as np
+    meta = meta if isinstance(meta, dict) else meta.as_dict()
     rel = np.asarray(relevance)
     rows = rel.reshape(len(rel), -1)
     bad = ~np.isfinite(rows).all(1)
@@ -184,16 +191,7 @@ def run_warning(meta: dict, relevance, conservation) -> Optional[str]:
 
 def warn_run(explainer, res) -> None:
     """`xcompile run`: `run_warning` for an Explainer's result, printed once (errors.warn_once)."""
-    import json
-
     from ..errors import warn_once
-    meta = {}
-    for k, v in explainer.session.get_modelmeta().custom_metadata_map.items():
-        if k.startswith("xcompile."):
-            try:
-                meta[k[9:]] = json.loads(v)
-            except ValueError:
-                meta[k[9:]] = v
-    note = run_warning(meta, res.relevance, (getattr(res, "extras", None) or {}).get("conservation"))
+    note = run_warning(explainer.meta, res.relevance, (getattr(res, "extras", None) or {}).get("conservation"))
     if note:
         warn_once("run:relevance", note)

@@ -114,7 +114,7 @@ def _safe_ratio(ctx, dy, dx, gy, grad, hint="multiplier"):
     """gy * dy/dx, or grad where |dx| < EPS."""
     b = ctx.b
     tiny = b.op("Less", [b.op("Abs", [dx], "abs_delta_in"), b.f32(EPS)], "tiny_delta")
-    safe = b.where(tiny, b.f32(1.0), dx, "safe_delta_in")
+    safe = b.mark_divisor(b.where(tiny, b.f32(1.0), dx, "safe_delta_in"), tiny)
     return b.where(tiny, grad, b.mul(gy, b.div(dy, safe, "rescale")), hint)
 
 
@@ -229,7 +229,7 @@ def maxpool(ctx, gy):
     num = b.add(part, part_ref, "routed_delta_out")
     dx = b.sub(ctx.x(0), _ref(ctx, ctx.node.input[0]), "delta_in")
     tiny = b.op("Less", [b.op("Abs", [dx]), b.f32(EPS)], "tiny_delta")
-    safe = b.where(tiny, b.f32(1.0), dx, "safe_delta_in")
+    safe = b.mark_divisor(b.where(tiny, b.f32(1.0), dx, "safe_delta_in"), tiny)
     return [b.where(tiny, grad, b.div(num, safe), "multiplier")]
 
 

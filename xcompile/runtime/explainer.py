@@ -11,6 +11,7 @@ import onnxruntime as ort
 
 from ..errors import XCompileError, warn_once
 from ..graph import RELEVANCE, TARGET
+from ..metadata import ExplainerMeta
 from ..protobuf_limit import inference_session
 
 
@@ -92,7 +93,7 @@ class Explainer:
 
     Attributes others build on: ``input_names`` (every model input, in order, without ``target``), ``inputs`` (their
     onnxruntime NodeArgs: name, type, shape), ``data_input`` (the explained one), ``token_input`` (it is token ids
-    [N, L]; then ``vocab``, ``baseline_token``), ``outputs``, ``metadata`` (the compiler's ``xcompile.*`` entries)."""
+    [N, L]; then ``vocab``, ``baseline_token``), ``outputs``, ``meta`` (the compiler's record: metadata.ExplainerMeta)."""
 
     def __init__(self, model, providers=None, device: str = "cpu", threads: int | None = None,
                  optimization: str = "all"):
@@ -114,16 +115,15 @@ class Explainer:
         names = [i.name for i in ins]
         if TARGET not in names or RELEVANCE not in [o.name for o in self.session.get_outputs()]:
             raise XCompileError(f"{self.where}: not an xcompile explainer (needs a 'target' input and a 'relevance' output)")
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.metadata = {k[len("xcompile."):]: v for k, v in meta.items() if k.startswith("xcompile.")}
+        self.meta = ExplainerMeta.of_session(self.session)
         self.inputs = [i for i in ins if i.name != TARGET]  # every model input, in order (NodeArgs)
         self.input_names = [i.name for i in self.inputs]
-        named = self.metadata.get("data_input")
+        named = self.meta.data_input
         self.data_input = next((i for i in self.inputs if i.name == named), self.inputs[0])  # the explained input
-        self.token_input = self.metadata.get("token_input") == "true"  # explained input = token ids [N, L]
-        self.vocab = int(self.metadata["vocab"]) if self.token_input and "vocab" in self.metadata else None
-        bt = self.metadata.get("baseline_token")
-        self.baseline_token = int(bt) if bt not in (None, "null") else None
+        self.token_input = bool(self.meta.token_input)  # explained input = token ids [N, L]
+        self.vocab = int(self.meta.vocab) if self.token_input and self.meta.vocab is not None else None
+        bt = self.meta.baseline_token
+        self.baseline_token = int(bt) if bt is not None else None
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.score_output = self.outputs[0]
         self.sample_shape = tuple(self.data_input.shape[1:])

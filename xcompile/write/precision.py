@@ -3,9 +3,10 @@ memory and bandwidth), by onnxconverter_common's ``convert_float_to_float16`` wi
 
 * the I/O kept (``keep_io_types``): the data input and the scores keep the model's dtypes and ``relevance`` stays
   float32, cast at the borders;
-* the stabilized divisions of LRP (``Builder.stabilize``: z + eps * sign(z), then gy / that) kept in float32: an
-  epsilon of 1e-6 lies below float16's smallest normal number (6.1e-5), so in float16 it would vanish or round to a
-  subnormal, and the stabilizer would no longer keep the division away from 0.
+* the guarded divisions (LRP's stabilized ones, ``Builder.stabilize``: z + eps * sign(z), then gy / that; the
+  safe divisors of other emitters, ``Builder.mark_divisor``), recorded by the builder as it emitted them, kept in
+  float32: an epsilon of 1e-6 lies below float16's smallest normal number (6.1e-5), so in float16 it would vanish
+  or round to a subnormal, and the stabilizer would no longer keep the division away from 0.
 
 Everything else (forward and backward) runs in float16; onnxruntime's CPU provider computes the float16 ops it has
 no kernel for in float32 (its InsertCastTransformer), the CUDA provider runs them in float16."""
@@ -32,43 +33,6 @@ def parse_precision(v) -> str:
     if v not in PRECISIONS:
         raise ValueError(v)
     return v
-
-
-def stabilized_divisions(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes of every stabilized division: the Div, and the stabilizer that makes its divisor
-    (Less -> Where(-eps, eps) -> Add; Equal -> Where(1, z) for eps = 0; the norm-scale variant's Mul / Sqrt /
-    ReduceMean)."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    block: list[str] = []
-
-    def chain(name, depth):
-        n = producer.get(name)
-        if n is None or depth > 4 or not n.name.startswith("xc/"):
-            return []
-        if n.op_type in ("Less", "Equal"):
-            return [n.name]
-        if n.op_type == "Where":
-            return [n.name] + chain(n.input[0], depth + 1)
-        if n.op_type in ("Mul", "Sqrt", "ReduceMean"):
-            found = [c for i in n.input for c in chain(i, depth + 1)]
-            return [n.name] + found if found else []
-        return []
-
-    for n in model.graph.node:
-        if n.op_type != "Div" or not n.name.startswith("xc/") or len(n.input) < 2:
-            continue
-        d = producer.get(n.input[1])
-        if d is None:
-            continue
-        if d.op_type == "Add":
-            parts = [c for i in d.input for c in chain(i, 0)]
-            if parts:
-                block += [n.name, d.name] + parts
-        elif d.op_type == "Where":
-            parts = chain(d.input[0], 0)
-            if parts:
-                block += [n.name, d.name] + parts
-    return sorted(set(block))
 
 
 def _outputs_read_inside(model: onnx.ModelProto) -> None:
@@ -111,8 +75,9 @@ def _own_constants(model: onnx.ModelProto, blocked: set) -> None:
             n.input[k] = copies[i]
 
 
-def to_float16(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
-    """The explainer in float16 (see the module's docstring)."""
+def to_float16(model: onnx.ModelProto, where: str, guarded=()) -> onnx.ModelProto:
+    """The explainer in float16 (see the module's docstring); `guarded`: the names of the nodes of every guarded
+    division (the Div and what keeps its divisor from 0), as the Builder recorded them (`Builder.mark_divisor`)."""
     if any(n.domain not in ("", "ai.onnx") or n.op_type in ("QuantizeLinear", "DequantizeLinear",
                                                             "DynamicQuantizeLinear") for n in model.graph.node):
         raise XCompileError(f"{where}: option precision=float16 applies to float models; this model is quantized "
@@ -127,7 +92,7 @@ def to_float16(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
         for k, n in enumerate(model.graph.node):
             if not n.name:
                 n.name = f"xc/node{k}"
-    blocked = stabilized_divisions(model)
+    blocked = sorted(set(guarded) & names)
     _outputs_read_inside(model)
     _own_constants(model, set(blocked) | {n.name for n in model.graph.node if n.op_type in OP_BLOCK_LIST})
     # the converter leaves Cast's `to` as it is: the explainer's own casts to float32 (masks to numbers) go to float16

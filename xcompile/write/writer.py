@@ -2,7 +2,6 @@
 full ONNX checker and serialize deterministically."""
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -31,7 +30,7 @@ def _with_batch(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
     return out
 
 
-def assemble(g, b, built, meta: dict, keep_outputs: bool = False, where: str = "model") -> onnx.ModelProto:
+def assemble(g, b, built, meta, keep_outputs: bool = False, where: str = "model") -> onnx.ModelProto:
     src = g.model.graph
     taken = {o for n in src.node for o in n.output} | {i.name for i in src.input}
     for name in (TARGET, RELEVANCE):
@@ -71,12 +70,12 @@ def assemble(g, b, built, meta: dict, keep_outputs: bool = False, where: str = "
         # over 2 GiB: the forward's proto becomes the explainer (g is the compiler's own, read by load_forward):
         # a new graph would copy every weight
         model = _reuse(g.model, nodes, inputs, outputs, initializers[len(src.initializer):], opsets,
-                       meta.get("xcompile_version", ""))
-        return _finish(model, meta, where)
+                       meta.xcompile_version)
+        return _finish(model, meta, where, b.guarded)
     graph = helper.make_graph(nodes, src.name or "xcompile", inputs, outputs, initializer=initializers)
     model = helper.make_model(graph, opset_imports=opsets, ir_version=g.model.ir_version,
-                              producer_name="xcompile", producer_version=meta.get("xcompile_version", ""))
-    return _finish(model, meta, where)
+                              producer_name="xcompile", producer_version=meta.xcompile_version)
+    return _finish(model, meta, where, b.guarded)
 
 
 def _reuse(model: onnx.ModelProto, nodes, inputs, outputs, new_initializers, opsets, version: str) -> onnx.ModelProto:
@@ -111,12 +110,11 @@ def _detached(msg):
     return out
 
 
-def _finish(model: onnx.ModelProto, meta: dict, where: str) -> onnx.ModelProto:
-    if meta.get("params", {}).get("precision") == "float16":
-        model = to_float16(model, where)
-    for k in sorted(meta):
-        p = model.metadata_props.add()
-        p.key, p.value = f"xcompile.{k}", meta[k] if isinstance(meta[k], str) else json.dumps(meta[k], sort_keys=True)
+def _finish(model: onnx.ModelProto, meta, where: str, guarded=()) -> onnx.ModelProto:
+    """`meta`: the metadata.ExplainerMeta record, written into the file; `guarded`: Builder.guarded."""
+    if meta.params.get("precision") == "float16":
+        model = to_float16(model, where, guarded)
+    meta.write(model)
     return check(model, where)
 
 
@@ -161,8 +159,8 @@ def conservation(g, b, relevance: str, cls: str):
         total = b.reduce("ReduceSum", flat, [1], keepdims=0, hint="total")
         tiny = b.op("Less", [b.op("Abs", [score], "abs_score"), b.f32(1e-12)], "tiny")
         zero = b.f32(0.0)  # 0 / 0 = NaN where the score is tiny, computed at run time: no NaN initializer
-        return b.div(b.where(tiny, zero, total, "total_or_0"), b.where(tiny, zero, score, "score_or_0"),
-                     "conservation"), vi
+        num = b.where(tiny, zero, total, "total_or_0")
+        return b.div(num, b.mark_divisor(b.where(tiny, zero, score, "score_or_0"), tiny), "conservation"), vi
 
 
 def check(model: onnx.ModelProto, where: str) -> onnx.ModelProto:

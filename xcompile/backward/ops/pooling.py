@@ -160,7 +160,8 @@ def reduce_l2(ctx, gy):
     if not axes:  # noop_with_empty_axes: the identity
         return [g]
     g, y = _keepdims(ctx, axes, g, y)
-    safe = b.where(b.op("Equal", [y, b.f32(0.0)]), b.f32(1.0), y)
+    zero = b.op("Equal", [y, b.f32(0.0)])
+    safe = b.mark_divisor(b.where(zero, b.f32(1.0), y), zero)
     return [b.mul(ctx.x(0), b.div(g, safe))]
 
 
@@ -217,7 +218,7 @@ def reduce_prod(ctx, gy):
         return [gy[0]]
     x = ctx.x(0)
     zero = b.op("Equal", [x, b.f32(0.0)], "is_zero")
-    nz = b.where(zero, b.f32(1.0), x, "nonzero")
+    nz = b.mark_divisor(b.where(zero, b.f32(1.0), x, "nonzero"), zero)
     p = b.reduce("ReduceProd", nz, axes, keepdims=1, hint="prod_nonzero")
     count = b.reduce("ReduceSum", b.cast(zero, onnx.TensorProto.FLOAT), axes, keepdims=1, hint="zeros")
     none = b.cast(b.op("Equal", [count, b.f32(0.0)]), onnx.TensorProto.FLOAT)

@@ -1,0 +1,74 @@
+"""THE explainer metadata record: what the compiler knew that a run needs (the method and its options, the explained
+input and scores, token-input facts, the rule set's conservation band), written into the ONNX file as
+``xcompile.<field>`` metadata_props and read back here only. The ``xcompile.`` prefix lives in this module alone;
+every reader (runtime/explainer.py, evaluate/axioms.py, lrp/rulesets.py, visualize.py) gets an `ExplainerMeta`,
+whether the explainer came from a file, a ModelProto or an API caller's `compile()` result."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping, Optional
+
+PREFIX = "xcompile."
+
+
+@dataclass
+class ExplainerMeta:
+    xcompile_version: str = ""
+    method: str = ""
+    params: dict = field(default_factory=dict)      # the method's options and the common ones that were set
+    data_input: str = ""                            # the model input the user gives (token ids for a token model)
+    score_output: str = ""
+    explained: str = ""                             # the tensor explained (the logits before a trailing softmax)
+    inputs: list = field(default_factory=list)
+    token_input: bool = False
+    embedding: Optional[str] = None                 # token models: the embedding tensor E that is explained
+    vocab: Optional[int] = None
+    baseline_token: Optional[int] = None
+    token_relevance: Optional[str] = None
+    band: Optional[list] = None                     # LRP: [low, high] of sum(relevance) / score the rule set keeps
+
+    @property
+    def explains_probabilities(self) -> bool:
+        """The score output is a softmax of what is explained (its logits)."""
+        return bool(self.explained) and self.explained != self.score_output
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def write(self, model) -> None:
+        """Append the record to an onnx ModelProto's metadata_props (strings as they are, the rest as JSON; fields
+        left at None are not written)."""
+        for f in sorted(fields(self), key=lambda f: f.name):
+            v = getattr(self, f.name)
+            if v is None:
+                continue
+            p = model.metadata_props.add()
+            p.key, p.value = PREFIX + f.name, v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+
+    @classmethod
+    def read(cls, props: Mapping[str, str]) -> "ExplainerMeta":
+        """From {key: value} (onnxruntime's custom_metadata_map, or a ModelProto's metadata_props as a dict): the
+        ``xcompile.*`` entries; string fields are kept as written, the others JSON-decoded; unknown keys ignored."""
+        known = {f.name: f for f in fields(cls)}
+        given: dict[str, Any] = {}
+        for k, v in props.items():
+            name = k[len(PREFIX):] if k.startswith(PREFIX) else None
+            if name not in known:
+                continue
+            if known[name].type in ("str", "Optional[str]", str):
+                given[name] = v
+                continue
+            try:
+                given[name] = json.loads(v)
+            except (ValueError, TypeError):
+                given[name] = v
+        return cls(**given)
+
+    @classmethod
+    def of_model(cls, model) -> "ExplainerMeta":
+        return cls.read({p.key: p.value for p in model.metadata_props})
+
+    @classmethod
+    def of_session(cls, session) -> "ExplainerMeta":
+        return cls.read(session.get_modelmeta().custom_metadata_map)
