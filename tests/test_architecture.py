@@ -1,5 +1,7 @@
-"""The package's shape: imports between its first-level units run one way (no import loop), no module grows past
-~400 lines, and every pass of the canonicalizer stays linear in the graph size."""
+"""The package's shape: imports between its first-level units run one way (no import loop), no module imports
+itself back (the package root included), the explainer's metadata has one reader, LRP rule choice has one home
+(no rule names compared outside xcompile/lrp/), no module grows past ~400 lines, and every pass of the
+canonicalizer stays linear in the graph size."""
 from __future__ import annotations
 
 import ast
@@ -55,6 +57,71 @@ def import_graph() -> nx.DiGraph:
 def test_no_import_loops_between_units():
     cycles = list(nx.simple_cycles(import_graph()))
     assert cycles == [], f"import loops between first-level units: {cycles}"
+
+
+def module_graph() -> nx.DiGraph:
+    """module -> module edges for every import inside xcompile/ (function-level imports included), the package root
+    `xcompile` (its __init__) a module like the others."""
+    mods = {_module(f): f for f in PKG.rglob("*.py")}
+    dg = nx.DiGraph()
+    for mod, f in mods.items():
+        pkg = mod if f.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        dg.add_node(mod)
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                m = (".".join(pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + ([node.module] if node.module
+                                                                                     else [])) if node.level
+                     else node.module or "")
+                targets = [m] + [f"{m}.{a.name}" for a in node.names]
+            else:
+                continue
+            dg.add_edges_from((mod, t) for t in targets if t in mods and t != mod)
+    return dg
+
+
+def test_no_import_loops_between_modules_package_root_included():
+    cycles = list(nx.simple_cycles(module_graph()))
+    assert cycles == [], f"import loops between modules: {cycles}"
+
+
+def _sources(skip=()):
+    for f in PKG.rglob("*.py"):
+        rel = f.relative_to(PKG).as_posix()
+        if not any(rel == s or rel.startswith(s) for s in skip):
+            yield rel, ast.parse(f.read_text())
+
+
+def test_one_metadata_reader():
+    """The explainer's metadata is read and written in xcompile/metadata.py only (ExplainerMeta): no other module
+    touches metadata_props / custom_metadata_map or spells the "xcompile." key prefix."""
+    bad = []
+    for rel, tree in _sources(skip=("metadata.py",)):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in ("metadata_props", "custom_metadata_map"):
+                bad.append(f"{rel}:{node.lineno} .{node.attr}")
+            if isinstance(node, ast.Constant) and node.value == "xcompile.":
+                bad.append(f"{rel}:{node.lineno} 'xcompile.'")
+    assert bad == [], bad
+
+
+def test_no_branching_on_rule_names_outside_lrp():
+    """Rule choice lives in xcompile/lrp/ (policy.py; rules bind themselves to nodes): no module outside it compares
+    a rule's name (`rule == "zbox"`, `e.rule in ("zbox", "zb")`)."""
+    from xcompile.lrp.rules import RULES
+    names = set(RULES)
+    bad = []
+    for rel, tree in _sources(skip=("lrp/",)):
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Compare):
+                continue
+            consts = {c.value for x in [node.left, *node.comparators] for c in ast.walk(x)
+                      if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+            text = ast.unparse(node)
+            if consts & names and "rule" in text.lower():
+                bad.append(f"{rel}:{node.lineno} {text}")
+    assert bad == [], bad
 
 
 def test_low_layers_import_nothing_above_them():

@@ -147,7 +147,8 @@ def _ruleset(tmp_path, text):
 
 
 def _info(op="Conv", name="layer", index=1, count=4):
-    return {"op": op, "name": name, "index": index, "count": count, "kind": "conv" if op == "Conv" else "dense"}
+    from xcompile.lrp.selectors import Site
+    return Site(helper.make_node(op, ["x"], ["y"]), op, name, index, count, "conv" if op == "Conv" else "dense")
 
 
 def test_rule_matching_first_entry_wins_and_selectors_combine(tmp_path):
@@ -177,22 +178,22 @@ rule = "epsilon"
 op = "Add"
 rule = "proportional"
 """)
-    pick = lambda **kw: rs.match_linear(_info(**kw)).rule  # noqa: E731
+    pick = lambda **kw: rs.match(_info(**kw)).rule  # noqa: E731
     assert pick(name="head.0", index=1) == "zero"            # earlier entry beats position = "first"
     assert pick(index=1) == "flat"
-    assert pick(index=4) == "epsilon" and rs.match_linear(_info(index=4)).params == {"epsilon": 0.25}
+    assert pick(index=4) == "epsilon" and rs.match(_info(index=4)).params == {"epsilon": 0.25}
     assert pick(index=2) == "zplus" and pick(index=3) == "zplus"
     assert pick(op="Gemm", index=2) == "epsilon"             # layers/kind = conv do not select a dense layer
     assert pick(op="Gemm", name="fc", index=2) == "gamma"    # op AND name
     assert pick(op="Conv", name="fc", index=2) == "zplus"
     # non-linear nodes only see entries that name a treatment without linear-only selectors
-    assert rs.match_other({"op": "Add", "name": "add", "index": 0, "count": 4, "kind": "dense"}).rule == "proportional"
-    assert rs.match_other({"op": "Relu", "name": "head.relu", "index": 0, "count": 4, "kind": "dense"}) is None
+    assert rs.match(_info("Add", "add", index=0)).rule == "proportional"
+    assert rs.match(_info("Relu", "head.relu", index=0)) is None
 
 
 def test_negative_layer_ranges_count_from_the_end(tmp_path):
     rs = _ruleset(tmp_path, '[[rule]]\nlayers = [-2, -1]\nrule = "zero"\n[[rule]]\nrule = "epsilon"\n')
-    assert [rs.match_linear(_info(index=i, count=5)).rule for i in range(1, 6)] == ["epsilon"] * 3 + ["zero"] * 2
+    assert [rs.match(_info(index=i, count=5)).rule for i in range(1, 6)] == ["epsilon"] * 3 + ["zero"] * 2
 
 
 @pytest.mark.parametrize("text,match", [

@@ -1,8 +1,7 @@
 """xcompile: compile an ONNX classifier into an ONNX explainer (scores + relevance in one call)."""
-__version__ = "0.1.0"
-
-from .compiler import compile  # noqa: E402,A001
-from .errors import XCompileError  # noqa: E402
-from .runtime.explainer import Explainer, Explanation  # noqa: E402
+from .compiler import compile  # noqa: A001
+from .errors import XCompileError
+from .runtime.explainer import Explainer, Explanation
+from .version import __version__
 
 __all__ = ["compile", "Explainer", "Explanation", "XCompileError", "__version__"]

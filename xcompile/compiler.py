@@ -9,7 +9,6 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from . import __version__
 from .backward.builder import Builder
 from .errors import XCompileError, warn_once
 from .load.forward import COMMON, jsonable, load_forward, reserved_names, split_params
@@ -17,6 +16,7 @@ from .metadata import ExplainerMeta
 from .methods import METHODS
 from .methods.tokens import refuse as refuse_tokens
 from .methods.tokens import token_outputs
+from .version import __version__
 from .write.writer import assemble
 
 __all__ = ["compile", "make_method", "method_class", "load_forward", "split_params", "COMMON"]

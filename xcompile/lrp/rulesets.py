@@ -21,8 +21,7 @@ DEFAULT_BAND = None  # no conservation band unless the rule file states one
 
 
 def rules_dirs() -> list[Path]:
-    import xcompile
-    pkg = Path(xcompile.__file__).resolve().parent
+    pkg = Path(__file__).resolve().parent.parent  # the package folder (no import of the package root: no cycle)
     return [d for d in (pkg.parent / "rules", pkg / "rules") if d.is_dir()]
 
 

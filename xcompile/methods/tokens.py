@@ -14,13 +14,14 @@ method here (measured in tests/test_tokens.py: <= 1e-6 of max, in fact 0); nothi
 window of several tokens that covers a real token and padding gives the padding that window's drop."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from onnx import TensorProto, helper
 
 from ..backward.builder import Builder
 from ..errors import XCompileError
 from ..graph import ForwardGraph
-from .base import Built
 
 EMBEDDING_RELEVANCE = "embedding_relevance"
 
@@ -48,7 +49,7 @@ def no_float_baseline(method, g: ForwardGraph, where: str) -> None:
                             "--set baseline_token=K (the embedding of token K at every position)")
 
 
-def token_outputs(method, g: ForwardGraph, b: Builder, built: Built) -> Built:
+def token_outputs(method, g: ForwardGraph, b: Builder, built):
     """relevance [N, L, D] at the embedding -> relevance [N, L] per token + `embedding_relevance` [N, L, D]."""
     how = getattr(method, "token_relevance", "sum")
     if how == "own":  # the method already gives one value per token (occlusion)
@@ -62,4 +63,4 @@ def token_outputs(method, g: ForwardGraph, b: Builder, built: Built) -> Built:
             r = b.reduce("ReduceSum", e, [2], keepdims=0, hint="token_sum")
     shape = ["N"] + [int(d) for d in g.shape(g.data_input)[1:]]
     vi = helper.make_tensor_value_info(EMBEDDING_RELEVANCE, TensorProto.FLOAT, shape)
-    return Built(r, [(e, vi)] + list(built.extra_outputs))
+    return replace(built, relevance=r, extra_outputs=[(e, vi)] + list(built.extra_outputs))  # a methods.base.Built
