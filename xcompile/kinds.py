@@ -55,11 +55,6 @@ def is_proportional(node) -> bool:
 
 # sums of several inputs: proportional when more than one carries relevance, else pass
 SUM_OPS = ("Add", "Sum", "Sub", "Mean")
-# LRP: routed by position by their gradient (each output value is a copy of one input value, or masked out; the
-# default treatment of ops in no other group). ReduceLogSumExp too: its gradient, the softmax, sums to 1.
-# (ScatterND with reduction "add" sums: is_proportional)
-POSITION_OPS = frozenset({"Gather", "GatherElements", "GatherND", "ScatterND", "ScatterElements", "Slice", "Pad",
-                          "Tile", "Concat", "Split", "Trilu", "DepthToSpace", "SpaceToDepth", "ReduceLogSumExp"})
 PRODUCT_OPS = ("Mul", "Div")
 # a gate: an operand of a product that is a squashed activation
 GATE_OPS = frozenset({"Sigmoid", "HardSigmoid", "Softmax"})

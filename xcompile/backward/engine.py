@@ -86,22 +86,20 @@ class NodeContext:
 
 
 class Engine:
-    def __init__(self, graph: ForwardGraph, builder: Builder, overrides: Optional[dict] = None,
-                 params: Optional[dict] = None, rename: Optional[Callable[[str], str]] = None,
+    def __init__(self, graph: ForwardGraph, builder: Builder, params: Optional[dict] = None, rename: Optional[Callable[[str], str]] = None,
                  source: Optional[str] = None, explained: Optional[str] = None, method=None):
         self.g, self.b = graph, builder
         self.method = method
-        self.overrides = overrides or {}
         self.params = params or {}
         self.fwd = rename or (lambda name: name)
         self.source = source or graph.data_input
         self.explained = explained or graph.explained
 
     def spec(self, node: onnx.NodeProto) -> Optional[Backward]:
-        """The node's backward: the method decides (default: the op table with its overrides)."""
+        """The node's backward: the method decides (without one: the op table)."""
         if self.method is not None:
             return self.method.backward_for(node)
-        return lookup(node.op_type, self.overrides)
+        return lookup(node.op_type)
 
     def _slots(self, node):
         if node.op_type in NON_DIFFERENTIABLE:

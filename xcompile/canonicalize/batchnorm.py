@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-import onnx
 from onnx import helper, numpy_helper
 
 from ..graph import attrs
@@ -73,11 +72,12 @@ class FoldBatchNorm(RewriteRule):
                                 helper.make_node("Add", [mid, cn], [node.output[0]], name=f"{node.name}/shift")])
 
 
-def fold_batchnorm(model: onnx.ModelProto, decisions: Optional[list] = None) -> int:
+def fold_batchnorm(model, decisions: Optional[list] = None) -> int:
     """BatchNormalization folded into the Conv/Gemm before it when that is exact (the linear layer's
     output feeds only the BatchNorm); otherwise replaced by a per-channel affine Mul + Add."""
-    n = apply_rules(model, [FoldBatchNorm()], decisions)
-    remove_unused_initializers(model)
+    gi = GraphIndex.of(model)
+    n = apply_rules(gi, [FoldBatchNorm()], decisions)
+    remove_unused_initializers(gi)
     return n
 
 

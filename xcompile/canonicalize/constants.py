@@ -8,16 +8,14 @@ from onnx import helper, numpy_helper
 
 from ..kinds import QUANTIZATION_OPS, RANDOM_OPS
 from ..sessions import session
-from .rewrite import consumers as _consumers
-from .rewrite import replace_nodes as _replace_nodes
-from .rewrite import subgraph_reads as _subgraph_reads
+from .rewrite import GraphIndex
 
 
-def constants_to_initializers(model: onnx.ModelProto) -> int:
+def constants_to_initializers(model, decisions=None) -> int:
     """Constant nodes become initializers (so every constant is found in one place)."""
-    g = model.graph
-    keep, n = [], 0
-    for node in g.node:
+    gi = GraphIndex.of(model)
+    n = 0
+    for node in gi.nodes:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             attr = node.attribute[0]
             kind = attr.name
@@ -28,19 +26,18 @@ def constants_to_initializers(model: onnx.ModelProto) -> int:
             elif kind in ("value_floats", "value_ints"):
                 arr = np.array(helper.get_attribute_value(attr), np.float32 if kind == "value_floats" else np.int64)
             else:
-                keep.append(node)
                 continue
-            g.initializer.append(numpy_helper.from_array(arr, node.output[0]))
+            gi.add_initializer(numpy_helper.from_array(arr, node.output[0]))
+            gi.remove(node)
             n += 1
-        else:
-            keep.append(node)
-    _replace_nodes(g, keep)
+    gi.commit()
     return n
 
 
-def fold_constants(model: onnx.ModelProto) -> int:
+def fold_constants(model, decisions=None) -> int:
     """Nodes that depend on no graph input are evaluated once (by onnxruntime) and become initializers."""
-    g = model.graph
+    gi = GraphIndex.of(model)
+    model, g = gi.model, gi.graph
     known = {t.name for t in g.initializer}
     graph_inputs = {i.name for i in g.input if i.name not in known}
     foldable, produced = [], set()
@@ -56,10 +53,9 @@ def fold_constants(model: onnx.ModelProto) -> int:
             produced.update(o for o in node.output if o)
     if not foldable:
         return 0
-    cons = _consumers(g)
     fold_set = {id(n) for n in foldable}
-    outputs = {o.name for o in g.output} | _subgraph_reads(g)
-    needed = [o for n in foldable for o in n.output if o and (o in outputs or any(id(c) not in fold_set for c in cons[o]))]
+    needed = [o for n in foldable for o in n.output
+              if o and (o in gi.protected or any(id(c) not in fold_set for c in gi.consumers.get(o, [])))]
     if needed:
         read = {i for n in foldable for i in n.input}  # only the initializers the folded nodes read: not every weight
         sub = helper.make_graph(foldable, "fold", [], [onnx.ValueInfoProto(name=o) for o in needed],
@@ -70,15 +66,18 @@ def fold_constants(model: onnx.ModelProto) -> int:
         except Exception:  # noqa: BLE001 - leave the graph as it is; folding is an optimisation
             return 0
         for name, v in zip(needed, vals):
-            g.initializer.append(numpy_helper.from_array(np.asarray(v), name))
-    _replace_nodes(g, [n for n in g.node if id(n) not in fold_set])
-    remove_unused_initializers(model)
+            gi.add_initializer(numpy_helper.from_array(np.asarray(v), name))
+    for n in foldable:
+        gi.remove(n)
+    gi.commit()
+    remove_unused_initializers(gi)
     return len(foldable)
 
 
-def remove_unused_initializers(model: onnx.ModelProto) -> int:
-    g = model.graph
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output} | _subgraph_reads(g)
+def remove_unused_initializers(model, decisions=None) -> int:
+    gi = GraphIndex.of(model)
+    g = gi.graph
+    used = {i for i, readers in gi.consumers.items() if readers} | gi.protected
     keep = [t for t in g.initializer if t.name in used]
     n = len(g.initializer) - len(keep)
     if n:
@@ -90,4 +89,5 @@ def remove_unused_initializers(model: onnx.ModelProto) -> int:
         inputs = [i for i in g.input if i.name not in dropped]
         del g.input[:]
         g.input.extend(inputs)
+        gi.reindex()
     return n

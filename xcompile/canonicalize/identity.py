@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import onnx
-
 from ..kinds import IDENTITY_OPS
 from .rewrite import GraphIndex, MatchResult, RewriteRule, apply_rules
 
@@ -28,6 +26,6 @@ class DropIdentity(RewriteRule):
         gi.remove(node)
 
 
-def drop_identity(model: onnx.ModelProto, decisions: Optional[list] = None) -> int:
+def drop_identity(model, decisions: Optional[list] = None) -> int:
     """Identity and (inference) Dropout are removed; consumers read the input directly."""
     return apply_rules(model, [DropIdentity()], decisions)

@@ -1,11 +1,13 @@
 """MaxPool gets its Indices output so the backward pass can reuse the forward switches."""
 from __future__ import annotations
 
-import onnx
+from .rewrite import GraphIndex
 
 
-def expose_maxpool_indices(model: onnx.ModelProto) -> int:
+def expose_maxpool_indices(model, decisions=None) -> int:
     """MaxPool gets its Indices output so the backward pass can reuse the forward switches."""
+    gi = GraphIndex.of(model)
+    model = gi.model
     n = 0
     # a MaxPool on a quantized tensor (after a DequantizeLinear, or on uint8 in QOperator graphs) keeps its one
     # output, so that onnxruntime fuses it as in the quantized model; the dequantized view's copy gets the indices
@@ -20,5 +22,6 @@ def expose_maxpool_indices(model: onnx.ModelProto) -> int:
                 node.output.append(f"{node.output[0]}/indices")
             else:
                 node.output[1] = f"{node.output[0]}/indices"
+            gi.producer[node.output[1]] = node
             n += 1
     return n

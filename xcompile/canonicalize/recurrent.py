@@ -113,13 +113,14 @@ class UnrollRecurrent(RewriteRule):
         gi.insert_before(node, e.nodes)
 
 
-def unroll_recurrent(model: onnx.ModelProto, decisions: Optional[list] = None) -> int:
+def unroll_recurrent(model, decisions: Optional[list] = None) -> int:
     """LSTM / GRU / RNN unrolled over the compiled sequence length into primitive ops (Arras et al. 2017 form)."""
-    if not any(n.op_type in RECURRENT_OPS for n in model.graph.node):
+    gi = GraphIndex.of(model)
+    if not any(n.op_type in RECURRENT_OPS for n in gi.nodes):
         return 0
-    n = apply_rules(model, [UnrollRecurrent()], decisions)
+    n = apply_rules(gi, [UnrollRecurrent()], decisions)
     if n:
-        remove_unused_initializers(model)
+        remove_unused_initializers(gi)
     return n
 
 

@@ -51,33 +51,45 @@ def subgraph_reads(graph) -> set:
     return names
 
 
-def consumers(graph) -> dict:
-    cons = defaultdict(list)
-    for node in graph.node:
-        for i in node.input:
-            cons[i].append(node)
-    return cons
-
-
-def replace_nodes(graph, nodes) -> None:
-    del graph.node[:]
-    graph.node.extend(nodes)
-
-
 class GraphIndex:
-    """The mutable view the rewrite rules edit: nodes (in order), producer / consumers, graph outputs (and names
-    read by subgraphs: never renamed or removed), initializers by name, and ranks (declared, else inferred once)."""
+    """THE index of a graph being canonicalized, shared by every pass (`passes.canonicalize` makes one): nodes (in
+    order), producer / consumers, graph outputs (and names read by subgraphs: never renamed or removed),
+    initializers by name, and ranks (declared, else inferred once). Edits go through it (`replace_uses`, `remove`,
+    `insert_before`, `add_initializer`; `commit` writes the node list back); a pass that edits the proto directly
+    calls `reindex()` after."""
 
     def __init__(self, model: onnx.ModelProto):
         self.model, self.graph = model, model.graph
+        self.reindex()
+
+    @classmethod
+    def of(cls, model) -> "GraphIndex":
+        """The index itself, or a new one over a ModelProto (every pass accepts either)."""
+        return model if isinstance(model, GraphIndex) else cls(model)
+
+    def reindex(self) -> None:
         self.nodes = list(self.graph.node)
         self.removed: set = set()   # id() of removed nodes
+        self._inserted: dict = {}
         self.producer = {o: n for n in self.nodes for o in n.output if o}
-        self.consumers = consumers(self.graph)
+        self.consumers = defaultdict(list)
+        for node in self.nodes:
+            for i in node.input:
+                self.consumers[i].append(node)
         self.outputs = {o.name for o in self.graph.output}
         self.protected = self.outputs | subgraph_reads(self.graph)
         self.inits = {t.name: t for t in self.graph.initializer}
         self._ranks: Optional[dict] = None
+        self._inferred = False
+
+    def upstream(self, t: str, through) -> tuple[str, list]:
+        """The chain-pattern helper: follow t's producers while their op type is in `through` (by input 0); returns
+        the first tensor not made by one, and the op types passed."""
+        passed = []
+        while t in self.producer and self.producer[t].op_type in through:
+            passed.append(self.producer[t].op_type)
+            t = self.producer[t].input[0]
+        return t, passed
 
     # ------------------------------------------------------------------ reading
     def const(self, name: str):
@@ -88,7 +100,7 @@ class GraphIndex:
         """Rank of tensor `name` from the declared shapes, else from shape inference (run once); None if unknown."""
         if self._ranks is None:
             self._ranks = _declared_ranks(self.graph)
-        if name not in self._ranks and not getattr(self, "_inferred", False):
+        if name not in self._ranks and not self._inferred:
             self._inferred = True
             try:
                 # a model over 2 GiB got its value_info in the loader; inferring again would copy its weights
@@ -124,19 +136,20 @@ class GraphIndex:
 
     def insert_before(self, anchor, new_nodes) -> None:
         """Queue `new_nodes` to take the place of `anchor` (which is removed) at commit."""
-        self._inserted = getattr(self, "_inserted", {})
         self._inserted[id(anchor)] = list(new_nodes)
         self.remove(anchor)
 
     def commit(self) -> None:
-        inserted = getattr(self, "_inserted", {})
+        """Write the node list back (removed nodes dropped, inserted ones in place) and index it afresh."""
         out = []
         for n in self.nodes:
-            if id(n) in inserted:
-                out.extend(inserted[id(n)])
+            if id(n) in self._inserted:
+                out.extend(self._inserted[id(n)])
             elif id(n) not in self.removed:
                 out.append(n)
-        replace_nodes(self.graph, out)
+        del self.graph.node[:]
+        self.graph.node.extend(out)
+        self.reindex()
 
 
 def _declared_ranks(graph) -> dict:
@@ -159,10 +172,11 @@ class RewriteRule:
         raise NotImplementedError
 
 
-def apply_rules(model: onnx.ModelProto, rules, decisions: Optional[list] = None) -> int:
+def apply_rules(model, rules, decisions: Optional[list] = None) -> int:
     """One linear sweep: every node whose op type a rule names is checked and, when it matches, rewritten.
-    Returns how many rewrites were applied; appends a Decision per candidate to `decisions`."""
-    gi = GraphIndex(model)
+    Returns how many rewrites were applied; appends a Decision per candidate to `decisions`. `model`: a ModelProto
+    or the shared GraphIndex."""
+    gi = GraphIndex.of(model)
     by_op = {op: r for r in rules for op in r.ops}
     n = 0
     for node in list(gi.nodes):

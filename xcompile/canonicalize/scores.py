@@ -12,13 +12,11 @@ def find_explained_scores(model: onnx.ModelProto, score_output: str, keep_softma
     logits are taken only where they are [N, classes] already (rank 2), else the score output stays explained."""
     if keep_softmax:
         return score_output
-    producer = {o: n for n in model.graph.node for o in n.output}
-    t, reshaped = score_output, False
-    while t in producer and producer[t].op_type in ("Identity", "Flatten", "Reshape", "Squeeze"):
-        reshaped |= producer[t].op_type != "Identity"
-        t = producer[t].input[0]
-    node = producer.get(t)
+    gi = GraphIndex(model)
+    t, passed = gi.upstream(score_output, ("Identity", "Flatten", "Reshape", "Squeeze"))
+    reshaped = any(op != "Identity" for op in passed)
+    node = gi.producer.get(t)
     if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
-        if not reshaped or GraphIndex(model).rank(node.input[0]) == 2:
+        if not reshaped or gi.rank(node.input[0]) == 2:
             return node.input[0]
     return score_output

@@ -10,10 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..kinds import QUANTIZATION_OPS, RANDOM_OPS, SHAPE_SOURCES
-from .rewrite import Decision
-from .rewrite import consumers as _consumers
-from .rewrite import replace_nodes as _replace_nodes
-from .rewrite import subgraph_reads as _subgraph_reads
+from .rewrite import Decision, GraphIndex
 
 
 def freeze_shape_arithmetic(model: onnx.ModelProto, data_input, at_one: dict, at_two: Optional[dict],
@@ -26,7 +23,8 @@ def freeze_shape_arithmetic(model: onnx.ModelProto, data_input, at_one: dict, at
     an initializer, so the backward emitters see constant indices. Batch-dependent values stay computed."""
     if at_two is None:
         return 0
-    g = model.graph
+    gi = GraphIndex.of(model)
+    g = gi.graph
     data_dependent = {data_input} if isinstance(data_input, str) else set(data_input)  # one input name, or every input
     for node in g.node:  # topological order (checked by onnx)
         if node.op_type in SHAPE_SOURCES:
@@ -34,8 +32,7 @@ def freeze_shape_arithmetic(model: onnx.ModelProto, data_input, at_one: dict, at
         if any(i in data_dependent for i in node.input if i):
             data_dependent.update(o for o in node.output if o)
     known = {t.name for t in g.initializer} | {i.name for i in g.input}
-    outputs = {o.name for o in g.output} | _subgraph_reads(g)
-    consumers = _consumers(g)
+    outputs, consumers = gi.protected, gi.consumers
     frozen = []
     for node in g.node:
         if node.op_type in RANDOM_OPS or node.op_type in QUANTIZATION_OPS:  # DQ(int8 weight) stays: constants.py
@@ -55,7 +52,7 @@ def freeze_shape_arithmetic(model: onnx.ModelProto, data_input, at_one: dict, at
     n_reshapes = _constant_reshape_shapes(g, known, at_one, at_two, decisions)
     if not frozen:
         if n_reshapes:
-            _drop_dead_nodes(g)
+            _drop_dead_nodes(gi)
         return n_reshapes
     for name, value in frozen:
         g.initializer.append(numpy_helper.from_array(value, name))
@@ -64,7 +61,7 @@ def freeze_shape_arithmetic(model: onnx.ModelProto, data_input, at_one: dict, at
         for k, o in enumerate(node.output):
             if o in names:
                 node.output[k] = f"{o}/xc_unused"
-    _drop_dead_nodes(g)
+    _drop_dead_nodes(gi)
     return len(frozen) + n_reshapes
 
 
@@ -103,11 +100,11 @@ def _constant_reshape_shapes(g, known: set, at_one: dict, at_two: dict, decision
     return n
 
 
-def _drop_dead_nodes(g) -> None:
-    needed = {o.name for o in g.output} | _subgraph_reads(g)
-    keep = []
-    for node in reversed(list(g.node)):
+def _drop_dead_nodes(gi: GraphIndex) -> None:
+    needed = set(gi.protected)
+    for node in reversed(gi.nodes):
         if any(o in needed for o in node.output if o):
-            keep.append(node)
             needed.update(i for i in node.input if i)
-    _replace_nodes(g, list(reversed(keep)))
+        else:
+            gi.remove(node)
+    gi.commit()

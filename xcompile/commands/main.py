@@ -3,8 +3,6 @@
 Errors a user can cause print ONE line on stderr and exit with code 2 (no traceback)."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -133,10 +131,10 @@ def demo_cmd(
 
 
 # feature commands live beside this module, each with a `register(app)` function
-_PLUGINS = ["patterns", "evaluate", "serving", "visualize"]
-for _mod in _PLUGINS:
-    if importlib.util.find_spec(f"{__package__}.{_mod}") is not None:
-        importlib.import_module(f"{__package__}.{_mod}").register(app)
+from . import evaluate, patterns, serving, visualize  # noqa: E402
+
+for _plugin in (patterns, evaluate, serving, visualize):
+    _plugin.register(app)
 
 import numpy as np  # noqa: E402  (after the command definitions to keep --help fast)
 

@@ -18,8 +18,6 @@ from ..errors import XCompileError
 from ..files import csv_text, write_text
 from . import flipping
 
-METRICS = ("pixel_flipping", "region_perturbation")
-
 
 @dataclass
 class MethodSpec:
