@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 from onnx import helper, numpy_helper
 
-from ..graph import attrs
+from ..graph import attr, attrs
 from ..kinds import BN_FOLDABLE_OPS
 from .constants import remove_unused_initializers
 from .rewrite import GraphIndex, MatchResult, RewriteRule, apply_rules
@@ -19,7 +19,7 @@ def _bn_affine(gi: GraphIndex, node):
     if any(v is None for v in vals):
         return None
     scale, bias, mean, var = (v.astype(np.float64) for v in vals)
-    eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+    eps = attr(node, "epsilon", 1e-5)
     k = scale / np.sqrt(var + eps)
     return k, bias - mean * k
 

@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..graph import attrs
+
 
 def _opset(model: onnx.ModelProto) -> int:
     return next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 0)
@@ -24,7 +26,7 @@ def expand_groupnorm18(model: onnx.ModelProto) -> int:
         if node.op_type != "GroupNormalization" or node.domain not in ("", "ai.onnx"):
             out.append(node)
             continue
-        a = {at.name: helper.get_attribute_value(at) for at in node.attribute}
+        a = attrs(node)
         groups, eps = int(a["num_groups"]), float(a.get("epsilon", 1e-5))
         p = f"{node.name or node.output[0]}/expanded"
         x, scale, bias = node.input[:3]

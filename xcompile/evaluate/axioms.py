@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from ..errors import XCompileError
+from ..graph import attr
 from ..runtime.explainer import Explainer
 
 RELEVANCE_FAMILY = {"lrp", "deep_taylor", "neuralized"}  # PatternAttribution has no final x-multiplication: not conservative
@@ -162,7 +163,7 @@ def fold_batchnorm_variant(model) -> onnx.ModelProto:
         w = val(conv.input[1])
         if any(v is None for v in (scale, bias, mean, var, w)):
             continue
-        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        eps = attr(bn, "epsilon", 1e-5)
         b = val(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else np.zeros(w.shape[0], w.dtype)
         k = scale / np.sqrt(var + eps)
         wn, bnew = (w * k.reshape(-1, 1, 1, 1)).astype(w.dtype), ((b - mean) * k + bias).astype(w.dtype)

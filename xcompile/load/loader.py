@@ -10,6 +10,7 @@ from onnx import helper, version_converter
 
 from ..canonicalize.groupnorm import expand_groupnorm18
 from ..errors import XCompileError
+from ..graph import attr
 from ..protobuf_limit import check_model, infer_shapes, too_large
 from .quantized_ops import refuse_unsupported
 
@@ -114,7 +115,7 @@ def embedding_gather(model: onnx.ModelProto, name: str):
     found = []
     for n in model.graph.node:
         if n.op_type == "Gather" and len(n.input) == 2 and n.input[1] in ids and n.input[0] in tables:
-            if all(a.name != "axis" or a.i == 0 for a in n.attribute):
+            if attr(n, "axis", 0) == 0:
                 found.append((int(tables[n.input[0]].dims[0]), n))
     if not found:
         return None

@@ -22,6 +22,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import XCompileError
 from ..graph import attr
+from ..graph import attrs as attrs_of
 from ..kinds import QUANTIZATION_OPS
 from .quantized_ops import DROPPED_ATTRS, INTEGER_OPS, QOPS, VALUE_FREE_OPS, QOp, dequantize
 
@@ -94,7 +95,7 @@ class _View:
     def qop(self, n, spec: QOp):
         name = n.name or n.output[0]
         ins = list(n.input) + [""] * 10
-        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        attrs = attrs_of(n)
         if attrs.get("channels_last", 0):
             raise XCompileError(f"{self.where}: node {name!r} ({n.op_type}): channels_last=1 is not supported")
         for k in DROPPED_ATTRS:
@@ -193,7 +194,7 @@ class _View:
         for j, (v, s, z) in enumerate(((ins[0], scales[0], ins[2]), (ins[1], scales[1], ins[3]))):
             axis = (0 if op == "Conv" else -1) if j == 1 else 1
             floats.append(self.dq(v, s, z, axis, f"{name}/in{j}", name))
-        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        attrs = attrs_of(n)
         out, done = mul.output[0], {id(cast[0]), id(mul)}
         add = consumers.get(out, [])
         if op == "Conv" and len(add) == 1 and add[0].op_type == "Add":

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from ..errors import XCompileError
+from ..graph import attr
 from ..kinds import ROUTE_OPS
 
 
@@ -65,8 +65,7 @@ def refuse_unsupported(model: onnx.ModelProto, where: str) -> None:
     bf16 = onnx.TensorProto.BFLOAT16
     tensors = [(t.name, t.data_type) for t in model.graph.initializer]
     tensors += [(v.name, v.type.tensor_type.elem_type) for v in list(model.graph.input) + list(model.graph.value_info)]
-    tensors += [(n.output[0], helper.get_attribute_value(a)) for n in model.graph.node if n.op_type == "Cast"
-                for a in n.attribute if a.name == "to"]
+    tensors += [(n.output[0], attr(n, "to")) for n in model.graph.node if n.op_type == "Cast" and attr(n, "to") is not None]
     for name, dt in tensors:
         if dt == bf16:
             raise XCompileError(f"{where}: tensor {name!r} is bfloat16: bfloat16 models are not supported; convert "

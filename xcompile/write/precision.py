@@ -17,6 +17,7 @@ import warnings
 import onnx
 
 from ..errors import XCompileError
+from ..graph import attr
 
 PRECISIONS = ("float32", "float16")
 # ops kept in float32 (onnxconverter_common's list, plus the scatters whose "add" reduction has no float16 kernel
@@ -97,7 +98,7 @@ def to_float16(model: onnx.ModelProto, where: str, guarded=()) -> onnx.ModelProt
     _own_constants(model, set(blocked) | {n.name for n in model.graph.node if n.op_type in OP_BLOCK_LIST})
     # the converter leaves Cast's `to` as it is: the explainer's own casts to float32 (masks to numbers) go to float16
     casts = {n.name for n in model.graph.node if n.op_type == "Cast" and n.name not in blocked
-             and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in n.attribute)}
+             and attr(n, "to") == onnx.TensorProto.FLOAT}
     with warnings.catch_warnings():  # its notes on constants clamped to float16's range, one per tensor
         warnings.simplefilter("ignore")
         out = float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False,
