@@ -8,6 +8,7 @@ records how many units it forced. The tie-sensitive checks (models with ReLU/Max
 integrated gradients) run under onnxruntime's ENABLE_ALL and BASIC levels with 1 and 2 intra-op threads."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -32,19 +33,16 @@ DEFAULT_CONFIG = (("all", None),)
 # models with kinks whose side float32 decides (ReLU, MaxPool, HardSwish/HardSigmoid): checked under every
 # optimization level x thread count of KERNEL_CONFIGS
 KINKED = {"resnet18", "vgg11_bn", "densenet121", "mobilenet_v3_small"}
-_cache = {}
+@functools.lru_cache(maxsize=1)
+def _torch64(name):
+    """The float64 torch model: the last one only. Keeping every model (and every compiled explainer, never asked
+    for twice) alive for the whole session held several GB (ViT-B/16 in float64 alone: 0.7 GB)."""
+    return torch_model(name).double()
 
 
 def setup(name, exporter, build, method, **params):
-    key = (name, exporter, method, tuple(sorted(params.items())))
-    if key not in _cache:
-        if ("torch", name) not in _cache:
-            _cache[("torch", name)] = torch_model(name).double()
-        model = _cache[("torch", name)]
-        x = np.random.default_rng(3).standard_normal((2, *input_shape(name)[1:])).astype(np.float32)
-        explainer = xcompile.compile(build(name, exporter), method, **params)
-        _cache[key] = (model, x, explainer)
-    return _cache[key]
+    x = np.random.default_rng(3).standard_normal((2, *input_shape(name)[1:])).astype(np.float32)
+    return _torch64(name), x, xcompile.compile(build(name, exporter), method, **params)
 
 
 def targets(model, x):
@@ -127,8 +125,6 @@ def test_gradient_and_input_x_gradient(name, exporter, torchvision_onnx):
     from captum.attr import InputXGradient
     _, _, ex2 = setup(name, exporter, torchvision_onnx, "input_x_gradient")
     agree(ex2, x, tn, lambda: InputXGradient(model).attribute(T(x), target=t).detach().numpy())
-    for method in ("gradient", "input_x_gradient"):  # no other test reads them: free the memory (vgg11_bn: 0.5 GB each)
-        _cache.pop((name, exporter, method, ()), None)
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
