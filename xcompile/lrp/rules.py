@@ -113,8 +113,8 @@ class LRPRule:
     def __init__(self, **given):
         unknown = set(given) - set(self.params)
         if unknown:
-            raise ValueError(f"unknown parameter(s) {sorted(unknown)} for rule {self.name!r} "
-                             f"(known: {', '.join(sorted(self.params)) or 'none'})")
+            raise ValueError(f"{self.name!r} takes params: {', '.join(self.params) or 'none'} "
+                             f"(got {', '.join(sorted(given))})")
         given = {k: like_default(k, v, self.params[k]) for k, v in given.items()}  # types, finiteness, ranges
         self.given = given
         self.p = {**self.params, **given}

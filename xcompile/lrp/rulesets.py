@@ -127,9 +127,6 @@ def load(spec) -> RuleSet:
         params = raw.get("params", {})
         if not isinstance(params, dict):
             raise XCompileError(f"{label}: params must be a table, e.g. params = {{ epsilon = 0.25 }}")
-        if not cls.linear and set(params) - set(cls.params):
-            allowed = ", ".join(cls.params) or "none"
-            raise XCompileError(f"{label}: {name!r} takes params: {allowed} (got {', '.join(sorted(params))})")
         gate = raw.get("gate")
         if gate is not None and (not cls.takes_gate or gate not in OPTIONS["gate"]):
             raise XCompileError(f"{label}: gate = {gate!r} applies to rule = \"product\" only, as "
