@@ -27,6 +27,8 @@ class ExplainerMeta:
     baseline_token: Optional[int] = None
     token_relevance: Optional[str] = None
     band: Optional[list] = None                     # LRP: [low, high] of sum(relevance) / score the rule set keeps
+    special_tokens: Optional[list] = None           # token ids the model compares its input with (load/probe.py)
+    verify: Optional[dict] = None                   # the compile-time self-check's result
 
     @property
     def explains_probabilities(self) -> bool:

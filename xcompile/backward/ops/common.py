@@ -42,3 +42,9 @@ def transpose_geometry(size_in, size_out, k, s, d, pad_begin):
 def require(cond, ctx, what):
     if not cond:
         raise UnsupportedNodeError(ctx.node.name or ctx.node.output[0], ctx.op_type, what)
+
+
+def expand_back(ctx, g, in_shape):
+    """g (reduced over some axes, kept as size 1) broadcast back to the input's shape (batch: -1 kept as 1)."""
+    shape = [1 if d is None else int(d) for d in in_shape]
+    return ctx.b.op("Expand", [g, ctx.b.i64(shape)], "expand")

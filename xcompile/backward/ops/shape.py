@@ -166,46 +166,6 @@ def expand(ctx, gy):
     return [ctx.unbroadcast(gy[0], ctx.out_shape(0), ctx.in_shape(0))]
 
 
-@backward("Gather", inputs=(0,))
-def gather(ctx, gy):
-    """Adjoint of gathering with constant indices: a MatMul with the one-hot matrix of the indices
-    (exact with repeated indices, constant-shaped, GPU-friendly)."""
-    b = ctx.b
-    idx = ctx.const(1)
-    in_shape = ctx.in_shape(0)
-    rank = len(in_shape)
-    axis = ctx.attr("axis", 0) % rank
-    if idx is None:
-        return [_gather_runtime_indices(ctx, gy[0], axis), None]
-    dim = in_shape[axis]
-    require(dim is not None, ctx, "Gather along the batch axis")
-    flat = (idx.astype(np.int64).ravel() % dim)
-    onehot = np.zeros((flat.size, dim), np.float32)
-    np.add.at(onehot, (np.arange(flat.size), flat), 1.0)
-    g_shape = tuple(in_shape[:axis]) + (flat.size,) + tuple(in_shape[axis + 1:])
-    g = ctx.reshape_to(gy[0], g_shape)
-    if axis == rank - 1:
-        return [b.op("MatMul", [g, b.const(onehot, hint="onehot")], "scatter"), None]
-    perm = list(range(rank))
-    perm[axis], perm[-1] = perm[-1], perm[axis]
-    g = b.transpose(g, perm)
-    g = b.op("MatMul", [g, b.const(onehot, hint="onehot")], "scatter")
-    return [b.transpose(g, perm), None]
-
-
-def _gather_runtime_indices(ctx, g, axis):
-    """Indices known only at run time (they depend on the batch size, e.g. torch's as_strided over a flattened
-    tensor): scatter-add the gradient back with ScatterND. Axis 0 only -- the form exporters write."""
-    b = ctx.b
-    require(axis == 0, ctx, "Gather along a non-leading axis with indices computed at run time")
-    data, idx = ctx.x(0), ctx.x(1)
-    dim0 = b.op("Gather", [b.op("Shape", [data], "shape"), b.const(0, dtype=np.int64)], "dim0")
-    idx = b.cast(idx, onnx.TensorProto.INT64)
-    idx = b.where(b.op("Less", [idx, b.const(0, dtype=np.int64)]), b.op("Add", [idx, dim0]), idx)
-    idx = b.unsqueeze(idx, [-1])
-    return b.op("ScatterND", [b.zeros_like(data), idx, g], "scatter_add", reduction="add")
-
-
 @backward("Tile", inputs=(0,))
 def tile(ctx, gy):
     b = ctx.b
