@@ -9,6 +9,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import onnx
+from onnx import helper
 
 from ..errors import UnsupportedNodeError, UnsupportedOperatorsError
 from ..graph import ForwardGraph, attr
@@ -28,6 +29,13 @@ class NodeContext:
         self._live = live
 
     # names
+    def viewed_as(self, op_type: str, keep) -> "NodeContext":
+        """This node read as `op_type` with its attributes named in `keep` (its first input and output): another
+        op's emitter run on it (LRP's proportional MaxPool is the AveragePool backward over the same windows)."""
+        node = helper.make_node(op_type, list(self.node.input[:1]), list(self.node.output[:1]), name=self.node.name,
+                                **{k: v for k in keep if (v := self.attr(k)) is not None})
+        return NodeContext(self.engine, node, self._live)
+
     @property
     def op_type(self) -> str:
         return self.node.op_type

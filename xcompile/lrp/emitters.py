@@ -300,14 +300,11 @@ def std_constant(ctx, gy, stabilizer: float = STAB):
 def maxpool_proportional(ctx, gy):
     """MaxPool as the overview's VGG recipe does: relevance spread in proportion to the window's activations
     (the average-pool backward), instead of winner-take-all."""
-    from onnx import helper
-
-    from ..backward.engine import NodeContext
-    pool = {k: ctx.attr(k) for k in ("kernel_shape", "strides", "pads", "ceil_mode", "auto_pad") if ctx.attr(k) is not None}
-    fake = helper.make_node("AveragePool", [ctx.node.input[0]], [ctx.node.output[0]], name=ctx.node.name, **pool)
-    fctx = NodeContext(ctx.engine, fake, ctx.live)
+    window = ("kernel_shape", "strides", "pads", "ceil_mode", "auto_pad")
+    pool = {k: ctx.attr(k) for k in window if ctx.attr(k) is not None}
+    avg_ctx = ctx.viewed_as("AveragePool", window)
     b = ctx.b
     avg = b.op("AveragePool", [ctx.x(0)], "window_mean", **pool)
     s = b.div(gy[0], b.stabilize(avg, STAB), "s")
-    v = TABLE["AveragePool"].fn(fctx, [s])[0]
+    v = TABLE["AveragePool"].fn(avg_ctx, [s])[0]
     return [b.mul(ctx.x(0), v, "r")]
