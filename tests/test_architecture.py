@@ -166,3 +166,21 @@ def test_drop_identity_is_linear():
     small = min(_timed(drop_identity, 1000) for _ in range(3))
     large = min(_timed(drop_identity, 10000) for _ in range(2))
     assert large / max(small, 1e-4) <= 20, (small, large)
+
+
+def test_forward_graph_is_built_by_load_only():
+    """The ForwardGraph (`g`) is assembled while loading (load/, graph.py); later stages read it: no assignment to
+    `g.<field>` or `g.<field>[...]` elsewhere (facts computed later go to its declared `derived` cache)."""
+    bad = []
+    for rel, tree in _sources(skip=("load/", "graph.py", "canonicalize/")):  # canonicalize: g is a GraphProto
+        for node in ast.walk(tree):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, (ast.AugAssign, ast.AnnAssign)) else []
+            for t in [e for t in targets for e in (t.elts if isinstance(t, (ast.Tuple, ast.List)) else [t])]:
+                base = t.value if isinstance(t, ast.Subscript) else t
+                if not isinstance(base, ast.Attribute):
+                    continue
+                owner = ast.unparse(base.value)
+                if owner in ("g", "self.g", "ctx.g") and base.attr != "derived":
+                    bad.append(f"{rel}:{node.lineno} {ast.unparse(t)}")
+    assert bad == [], bad
