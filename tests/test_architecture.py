@@ -74,7 +74,8 @@ def module_graph() -> nx.DiGraph:
                 m = (".".join(pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + ([node.module] if node.module
                                                                                      else [])) if node.level
                      else node.module or "")
-                targets = [m] + [f"{m}.{a.name}" for a in node.names]
+                # `from . import verify` imports the submodule; `from . import __version__` the package itself
+                targets = [f"{m}.{a.name}" if f"{m}.{a.name}" in mods else m for a in node.names]
             else:
                 continue
             dg.add_edges_from((mod, t) for t in targets if t in mods and t != mod)
