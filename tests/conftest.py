@@ -25,3 +25,26 @@ def torchvision_onnx(zoo_dir):
     def build(name, exporter):
         return build_torchvision(name, exporter, zoo_dir)
     return build
+
+
+# ---------------------------------------------------------------------------------------- memory ledger
+# XCOMPILE_TEST_MEMORY=FILE: after every test, one JSON line with the process's resident memory now (what the
+# session still holds: module-level caches, fixtures alive) and its peak so far (ru_maxrss), both in MB, so that
+# a full run shows which test raises the peak and which module keeps memory after it ends.
+_MEMORY_LOG = os.environ.get("XCOMPILE_TEST_MEMORY")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    if not _MEMORY_LOG:
+        return
+    import json
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with open(_MEMORY_LOG, "a") as f:
+        f.write(json.dumps({"test": item.nodeid, "rss_mb": round(_rss_mb()), "peak_mb": round(peak)}) + "\n")
