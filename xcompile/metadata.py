@@ -32,6 +32,10 @@ class ExplainerMeta:
     class_names: Optional[list] = None              # the source model's class names (`source_class_names`)
     extra: dict = field(default_factory=dict)       # other xcompile.* keys as written (strings), for their readers
 
+    def __post_init__(self):
+        if isinstance(self.class_names, str):  # written as a comma-separated string
+            self.class_names = [c.strip() for c in self.class_names.split(",")]
+
     @property
     def explains_probabilities(self) -> bool:
         """The score output is a softmax of what is explained (its logits)."""

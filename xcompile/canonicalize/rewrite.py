@@ -147,8 +147,12 @@ class GraphIndex:
                 out.extend(self._inserted[id(n)])
             elif id(n) not in self.removed:
                 out.append(n)
+        self.set_nodes(out)
+
+    def set_nodes(self, nodes) -> None:
+        """Write a whole new node list (a pass that rebuilds it, e.g. inlining control flow) and index it afresh."""
         del self.graph.node[:]
-        self.graph.node.extend(out)
+        self.graph.node.extend(nodes)
         self.reindex()
 
 
