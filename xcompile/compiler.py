@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from .backward.builder import Builder
 from .errors import XCompileError, warn_once
 from .load.forward import COMMON, jsonable, load_forward, reserved_names, split_params
-from .metadata import ExplainerMeta
+from .metadata import ExplainerMeta, source_class_names
 from .methods import METHODS
 from .methods.tokens import refuse as refuse_tokens
 from .methods.tokens import token_outputs
@@ -85,7 +85,7 @@ def compile(model, method: str, rules=None, *, where: str | None = None, **param
     meta = ExplainerMeta(__version__, method,
                          {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(given.items()) if jsonable(v)},
                          g.graph_input, g.score_output, g.explained, g.input_names, g.token is not None,
-                         band=None if band is None else list(band))
+                         band=None if band is None else list(band), class_names=source_class_names(g.model))
     if g.token is not None:
         meta.embedding, meta.vocab, meta.baseline_token = g.data_input, g.token.vocab, g.token.baseline_token
         meta.token_relevance = m.token_relevance
