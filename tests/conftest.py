@@ -39,6 +39,24 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
+def _trim() -> None:
+    """Collect garbage and hand the freed heap back to the OS (glibc keeps it otherwise: a module's models and
+    sessions, freed at its end, would stay in the process's resident memory for the rest of the session)."""
+    import ctypes
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_module_memory():
+    yield
+    _trim()
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item, nextitem):
     if not _MEMORY_LOG:
