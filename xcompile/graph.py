@@ -74,7 +74,7 @@ class ForwardGraph:
     consumers: dict = field(init=False)
     virtual: dict = field(default_factory=dict)         # a quantized model's float view: tensor -> its node
     virtual_consts: dict = field(default_factory=dict)  # ... and its dequantized constants
-    derived: dict = field(default_factory=dict)         # facts computed once from the graph (lrp/ranges.py: "value_ranges")
+    derived: dict = field(default_factory=dict)         # computed once and kept: "value_ranges" (lrp/ranges.py), ...
 
     def __post_init__(self):
         g = self.model.graph
@@ -98,7 +98,7 @@ class ForwardGraph:
             for i in node.input:
                 if i:
                     self.consumers[i].append(node)
-        self.derived.clear()
+        self.derived.pop("value_ranges", None)  # facts of the node list (a kept session stays)
 
     @property
     def graph_input(self) -> str:
