@@ -3,7 +3,7 @@ path-safe name check. Nothing here knows about graphs.
 
 * ``atomic_write(path, write)``: ``write(tmp)`` fills a temporary file with a unique name in the target's own
   folder (``.NAME.xc-PID-RANDOM.tmp``), which is fsynced and renamed onto ``path`` (then the folder is fsynced).
-  On any failure the temporary file is removed; one left by a killed process is removed by the next write to the
+  An overwritten file keeps its permission bits. On any failure the temporary file is removed; one left by a killed process is removed by the next write to the
   same target. Concurrent writers to one path each rename a complete file: the last rename wins.
 * ``check_output(path, inputs=...)``: refuses (one line, exit 2) an output that is a folder, lies below a file,
   is not a regular file (``/dev/null``), is in a folder that cannot be written, or is one of the inputs.
@@ -128,6 +128,8 @@ def atomic_write(path, write: Callable[[Path], None], what: str = "output") -> P
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        with contextlib.suppress(FileNotFoundError):  # an overwritten file keeps its mode (a 0600 stays 0600)
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
         _pause_hook(tmp)
         os.replace(tmp, path)
         _fsync_dir(path.parent)

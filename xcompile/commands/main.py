@@ -13,6 +13,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import XCompileError
+from ..guards import clean, one_line
 from ..options import parse_sets
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -54,12 +55,14 @@ def run_cmd(
     address: Optional[str] = typer.Option(None, "--address", help="with --engine ray: the cluster address (default: a local Ray)"),
     workers: int = typer.Option(2, "--workers", help="with --engine ray: actors, one onnxruntime session each"),
     shard_size: int = typer.Option(256, "--shard-size", help="with --engine ray: rows per shard file"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace files in --out that an earlier run did not write"),
 ):
     """Explain inputs with a compiled explainer; write relevance arrays and heatmaps."""
     from ..files import check_output
     from ..runtime.explainer import Explainer
     from ..runtime.feeds import load_batch
     from ..runtime.io import write_results
+    from ..runtime.outputs import class_label, score_of
     check_output(out, what="--out", folder=True)  # before the work: a file, /dev/null, an unwritable folder
     if engine not in ("local", "ray"):
         raise XCompileError(f"--engine {engine!r}: expected local or ray")
@@ -78,14 +81,16 @@ def run_cmd(
                            batch_size=batch_size, device=device)
     else:
         res = _explain_with_progress(ex, batch.model_input, batch.rows, target, batch_size)
-    paths = write_results(out, batch.names, batch.x, batch.images, res, batch)
+    from ..runtime.outputs import guarded_results
+    with guarded_results(out, input, overwrite, batch):  # never over an input or a file no xcompile run wrote
+        paths = write_results(out, batch.names, batch.x, batch.images, res, batch)
     from ..lrp.rulesets import warn_run
     warn_run(ex, res)  # one line: non-finite relevance, or conservation outside the rule set's band
     what = "predicted" if target < 0 else "explained class"
     classes = np.asarray(res.predicted) if target < 0 else np.full(batch.rows, target)  # the class each row explains
     for name, score, cls in zip(batch.names, res.scores, classes):
-        typer.echo(f"{name}: {what} {int(cls)} (score {float(score[int(cls)]):.4g})")
-    typer.echo(f"wrote {len(paths)} files to {out}")
+        typer.echo(f"{clean(name)}: {what} {class_label(ex, cls)} (score {score_of(score, cls):.4g})")
+    typer.echo(f"wrote {len(paths)} files to {clean(out)}")
 
 
 def _explain_with_progress(ex, x, rows, target, batch_size):
@@ -177,9 +182,11 @@ def main(argv=None):
     if argv is None:  # the console script (tests call main(argv) in their own process)
         _terminate_cleanly()
     try:
-        app(args=argv, prog_name="xcompile", standalone_mode=False)
+        code = app(args=argv, prog_name="xcompile", standalone_mode=False)
+        if isinstance(code, int) and code:  # a command's typer.Exit(code) comes back as the return value here
+            sys.exit(code)
     except XCompileError as e:
-        typer.echo(f"xcompile: error: {' '.join(str(e).split())}", err=True)
+        typer.echo(f"xcompile: error: {one_line(e)}", err=True)
         sys.exit(2)
     except SystemExit:
         raise
@@ -197,7 +204,7 @@ def main(argv=None):
             typer.echo(e.ctx.get_help())
             sys.exit(2)
         if "ClickException" in names or ("UsageError" in names and hasattr(e, "format_message")):
-            typer.echo(f"xcompile: error: {_usage_line(e)}", err=True)
+            typer.echo(f"xcompile: error: {one_line(_usage_line(e))}", err=True)
             sys.exit(2)
         raise
     sys.exit(0)

@@ -34,7 +34,7 @@ def _with_batch(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
 def assemble(g, b, built, meta: dict, keep_outputs: bool = False, where: str = "model") -> onnx.ModelProto:
     src = g.model.graph
     taken = {o for n in src.node for o in n.output} | {i.name for i in src.input}
-    for name in (TARGET, RELEVANCE):
+    for name in (TARGET, RELEVANCE, EXPLAINED_CLASS, CONSERVATION):  # xcompile's own outputs: never shadowed
         if name in taken:
             raise XCompileError(f"{where}: the model already has a tensor named {name!r}; rename it before compiling")
     data_vi = next(i for i in src.input if i.name == g.graph_input)
@@ -72,11 +72,11 @@ def assemble(g, b, built, meta: dict, keep_outputs: bool = False, where: str = "
         # a new graph would copy every weight
         model = _reuse(g.model, nodes, inputs, outputs, initializers[len(src.initializer):], opsets,
                        meta.get("xcompile_version", ""))
-        return _finish(model, meta, where)
+        return _finish(model, meta, where, g.model)
     graph = helper.make_graph(nodes, src.name or "xcompile", inputs, outputs, initializer=initializers)
     model = helper.make_model(graph, opset_imports=opsets, ir_version=g.model.ir_version,
                               producer_name="xcompile", producer_version=meta.get("xcompile_version", ""))
-    return _finish(model, meta, where)
+    return _finish(model, meta, where, g.model)
 
 
 def _reuse(model: onnx.ModelProto, nodes, inputs, outputs, new_initializers, opsets, version: str) -> onnx.ModelProto:
@@ -111,7 +111,24 @@ def _detached(msg):
     return out
 
 
-def _finish(model: onnx.ModelProto, meta: dict, where: str) -> onnx.ModelProto:
+def _class_names(src: onnx.ModelProto):
+    """The source model's class names (metadata ``class_names`` / ``classes`` / ``labels``: a JSON list or a
+    comma-separated string) as a list, kept so that `xcompile run` prints them; None if absent."""
+    props = {p.key: p.value for p in src.metadata_props}
+    raw = next((props[k] for k in ("class_names", "classes", "labels") if props.get(k)), None)
+    if raw is None:
+        return None
+    try:
+        names = json.loads(raw)
+    except ValueError:
+        names = [s.strip() for s in raw.split(",")]
+    return [str(n) for n in names] if isinstance(names, list) and len(names) <= 1_000_000 else None
+
+
+def _finish(model: onnx.ModelProto, meta: dict, where: str, src: onnx.ModelProto | None = None) -> onnx.ModelProto:
+    names = _class_names(src) if src is not None else None
+    if names and "class_names" not in meta:
+        meta = {**meta, "class_names": names}
     if meta.get("params", {}).get("precision") == "float16":
         model = to_float16(model, where)
     for k in sorted(meta):
