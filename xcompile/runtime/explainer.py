@@ -9,8 +9,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..errors import XCompileError, warn_once
+from ..errors import XCompileError, clean, warn_once
 from ..graph import RELEVANCE, TARGET
+from ..guards import threads as guard_threads
 from ..protobuf_limit import inference_session
 
 
@@ -70,6 +71,18 @@ _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(do
           "tensor(uint8)": np.uint8}
 
 
+def _check_providers(providers):
+    """None, or a list of onnxruntime execution provider names this onnxruntime has."""
+    if providers is None:
+        return None
+    names = [p[0] if isinstance(p, tuple) and p else p for p in (providers if isinstance(providers, (list, tuple)) else [providers])]
+    have = ort.get_available_providers()
+    bad = [p for p in names if not isinstance(p, str) or p not in have]
+    if bad or not names:
+        raise XCompileError(f"providers={clean(providers)!r}: this onnxruntime has {', '.join(have)}")
+    return list(providers)
+
+
 def _check_rows(n: int) -> None:
     if n == 0:
         raise XCompileError("input has 0 rows (an empty batch); give at least one row")
@@ -96,15 +109,23 @@ class Explainer:
 
     def __init__(self, model, providers=None, device: str = "cpu", threads: int | None = None,
                  optimization: str = "all"):
+        if isinstance(model, (bytes, bytearray, memoryview)):  # serialized, as compile() accepts
+            try:
+                model = onnx.load_from_string(bytes(model))
+            except Exception as e:  # noqa: BLE001 - protobuf DecodeError
+                raise XCompileError(f"explainer bytes: not a serialized ONNX model ({type(e).__name__})") from None
         if isinstance(model, onnx.ModelProto):
             data, self.where = model, "explainer"
+        elif not isinstance(model, (str, os.PathLike)):
+            raise XCompileError(f"Explainer({type(model).__name__}): expected a path, bytes or an onnx.ModelProto")
         else:
             path = Path(os.fspath(model))
             if not path.is_file():
                 raise XCompileError(f"{path}: no such explainer file")
             data, self.where = str(path), str(path)
+        threads = guard_threads(threads)
         cuda_only = providers is None and device == "cuda"
-        providers = providers or providers_for(device)
+        providers = _check_providers(providers) or providers_for(device)
         so = session_options(threads, cuda_only, optimization)
         try:
             self.session = inference_session(data, so, providers)

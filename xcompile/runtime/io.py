@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import XCompileError
 from ..files import atomic_write, completed_folder
+from ..guards import check_array_file, check_image_file, plain_text_plots
 from ..options import as_float, positive_int
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -45,6 +46,7 @@ def load_image(path: Path, sample_shape, prep: dict) -> tuple[np.ndarray, np.nda
     if len(sample_shape) != 3:
         raise XCompileError(f"{path}: an image input needs a model input [N,C,H,W]; this one takes {list(sample_shape)}")
     c, h, w = sample_shape
+    check_image_file(path)  # FIFOs refused; declared pixels checked before decoding (decompression bombs)
     try:
         img = Image.open(path)
         img = img.convert("L" if c == 1 else "RGB")
@@ -71,6 +73,7 @@ def load_image(path: Path, sample_shape, prep: dict) -> tuple[np.ndarray, np.nda
 
 
 def load_array(path: Path) -> np.ndarray:
+    check_array_file(path)  # FIFOs refused; declared shapes checked against the memory cap before reading
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001
@@ -127,9 +130,7 @@ def heatmap_rgba(r: np.ndarray):
 
 
 def save_heatmap(path: Path, relevance: np.ndarray, image=None, title: str | None = None) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plain_text_plots()  # titles hold file names: never parsed as mathtext
     r = relevance.sum(axis=0) if relevance.ndim == 3 else relevance
     if r.ndim == 1:
         side = int(np.ceil(np.sqrt(r.size)))
