@@ -135,3 +135,20 @@ def plain_text_plots():
     matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
     return plt
+
+
+def set_paths(sets: dict) -> list:
+    """The ``--set`` values that name existing files or folders (a value too long to be a path is a value);
+    FIFOs, devices and sockets are refused (reading one blocks or never ends)."""
+    out = []
+    for k, v in sets.items():
+        try:
+            st = os.stat(v) if v else None
+        except (OSError, ValueError):  # ENAMETOOLONG, ENOENT, a NUL byte: not a path
+            continue
+        if st is None:
+            continue
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            raise XCompileError(f"--set {clean(k)}={clean(v)}: not a regular file or folder (a FIFO or device)")
+        out.append(Path(v))
+    return out

@@ -34,7 +34,8 @@ def compile_cmd(
     from ..write.writer import save
     t0 = time.perf_counter()
     sets = parse_sets(set_)
-    inputs = [model] + ([Path(rules)] if rules else []) + [Path(v) for v in sets.values() if v and Path(v).exists()]
+    from ..guards import set_paths
+    inputs = [model] + ([Path(rules)] if rules else []) + set_paths(sets)  # FIFOs refused; long values are not paths
     check_output(out, inputs)  # before the work: -o at a folder, below a file, unwritable or onto any input file
     explainer = compiler.compile(model, method, rules=rules, where=str(model), **sets)
     save(explainer, out, inputs)
@@ -62,7 +63,7 @@ def run_cmd(
     from ..runtime.explainer import Explainer
     from ..runtime.feeds import load_batch
     from ..runtime.io import write_results
-    from ..runtime.outputs import class_label, score_of
+    from ..runtime.outputs import class_label, row_scores, score_of
     check_output(out, what="--out", folder=True)  # before the work: a file, /dev/null, an unwritable folder
     if engine not in ("local", "ray"):
         raise XCompileError(f"--engine {engine!r}: expected local or ray")
@@ -72,6 +73,8 @@ def run_cmd(
     batch = load_batch(input, ex, preprocess, tokenizer)
     if batch.rows == 0:
         raise XCompileError(f"{input[0]}: 0 rows (an empty batch); give at least one input row")
+    if batch.x is not None and batch.x.size and not np.isfinite(batch.x).any():  # the input is the cause
+        raise XCompileError(f"--input {clean(input[0])}: every value is NaN or infinite; nothing to explain")
     if engine == "ray":
         if batch.feeds is not None:
             raise XCompileError("--engine ray: explainers with one float input only; use --engine local for "
@@ -88,7 +91,7 @@ def run_cmd(
     warn_run(ex, res)  # one line: non-finite relevance, or conservation outside the rule set's band
     what = "predicted" if target < 0 else "explained class"
     classes = np.asarray(res.predicted) if target < 0 else np.full(batch.rows, target)  # the class each row explains
-    for name, score, cls in zip(batch.names, res.scores, classes):
+    for name, score, cls in zip(batch.names, row_scores(res), classes):
         typer.echo(f"{clean(name)}: {what} {class_label(ex, cls)} (score {score_of(score, cls):.4g})")
     typer.echo(f"wrote {len(paths)} files to {clean(out)}")
 

@@ -260,6 +260,8 @@ class LRP(Method):
             lo, hi = lo - self._shape_bounds(mean, rank, "mean"), hi - self._shape_bounds(mean, rank, "mean")
         if std is not None:
             s = self._shape_bounds(std, rank, "std")
+            if not np.all(s > 0):
+                raise XCompileError("option std: every std must be > 0 (it divides the z^B bounds)")
             lo, hi = lo / s, hi / s
         lo, hi = self._push(n, lo, hi)
         return {"low": lo.astype(np.float32), "high": hi.astype(np.float32)}

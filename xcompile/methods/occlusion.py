@@ -27,7 +27,7 @@ from ..backward.builder import Builder
 from ..errors import XCompileError
 from ..graph import ForwardGraph
 from ..options import check_memory, non_negative_int
-from .base import Built, Method, Param, as_float, register, resolve_target
+from .base import Built, Method, Param, as_float, in_range, register, resolve_target
 from .clone import clone_forward
 from .paths import NODE_BYTES, row_activations
 
@@ -90,7 +90,8 @@ class Occlusion(Method):
     params = {
         "window": Param((8,), "window size: an integer or HxW (e.g. 8 or 8x8)", as_window),
         "stride": Param((8,), "window stride: an integer or HxW", as_window),
-        "fill": Param(0.0, "value written into the occluded window (a number)", as_float),
+        "fill": Param(0.0, "value written into the occluded window (a number within float32's range, |fill| <= 1e30)",
+                      in_range(as_float, -1e30, 1e30)),
         "chunk": Param(0, "windows scored per forward copy (0: all at once) -- bounds memory", non_negative_int),
     }
 

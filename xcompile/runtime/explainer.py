@@ -25,10 +25,13 @@ class Explanation:
     def predicted(self):
         """The class each row's relevance explains: the explainer's ``explained_class`` output (the target, or the
         argmax of the explained scores, e.g. the logits before a Softmax), else the argmax of ``scores``."""
-        cls = self.extras.get("explained_class")
-        if cls is not None:
-            return cls
-        return np.asarray(self.scores).argmax(axis=1)
+        for name in ("explained_class", "explained_target"):  # neuralized explainers: the explained cluster
+            if self.extras.get(name) is not None:
+                return self.extras[name]
+        scores = np.asarray(self.scores)
+        if scores.ndim < 2:  # a one-output model whose first output is its label (neuralized OC-SVM / SVC)
+            return scores.astype(np.int64) if scores.dtype.kind in "iub" else np.zeros(len(scores), np.int64)
+        return scores.argmax(axis=1)
 
 
 # onnxruntime graph-optimization levels by name. Kernels differ between levels (fused Conv+Add, other GEMM

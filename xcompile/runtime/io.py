@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import XCompileError
+from ..errors import XCompileError, clean
 from ..files import atomic_write, completed_folder
 from ..guards import check_array_file, check_image_file, plain_text_plots
 from ..options import as_float, positive_int
@@ -198,7 +198,7 @@ def write_results(out, names, x, images, res, batch: Batch | None = None) -> lis
             written.append(_npy(out / f"{name}_relevance.npy", rel[i]))
             k = int(predicted[i])
             label = batch.classes[k] if batch is not None and batch.classes and 0 <= k < len(batch.classes) else k
-            title = f"{name}: class {label}"
+            title = f"{clean(name)}: class {label}"  # a name's control characters never reach a plot
             if batch is not None and batch.ids is not None:
                 written += _write_tokens(out, name, title, batch, i, rel[i])
             elif x is not None and rel[i].shape == x[i].shape and time_axis(x[i].shape) is not None:

@@ -100,6 +100,13 @@ def class_label(ex, cls) -> str:
     return f"{k} ({clean(names[k])})" if names and 0 <= k < len(names) else str(k)
 
 
+def row_scores(res) -> list:
+    """Per row, the scores printed: the explainer's ``explained_score`` when it has one (neuralized), else its
+    scores."""
+    explained = res.extras.get("explained_score") if hasattr(res, "extras") else None
+    return list(np.asarray(explained if explained is not None else res.scores))
+
+
 def score_of(score, cls) -> float:
     """The explained class's score in one row's scores ([C], or one score for a one-output explainer)."""
     s = np.asarray(score).reshape(-1)

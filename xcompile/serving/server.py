@@ -189,7 +189,7 @@ def mlserver_command(folder) -> list:
     return [sys.executable, "-c", "from xcompile.serving.limits import launch; launch()", "start", str(folder)]
 
 
-def start_mlserver(folder, log=None, inherit: bool = False, tmp_folder=None) -> subprocess.Popen:
+def start_mlserver(folder, log=None, inherit: bool = False, tmp_folder=None, cwd=None) -> subprocess.Popen:
     """Start ``mlserver start FOLDER`` in its own process group; stdout/stderr go to ``log`` (a path) if
     given, to this process's stdout/stderr if ``inherit``, else nowhere. The server's process group dies with
     this process (``guard.watch_parent``), removing ``tmp_folder`` then."""
@@ -202,7 +202,7 @@ def start_mlserver(folder, log=None, inherit: bool = False, tmp_folder=None) -> 
     env["PYTHONPATH"] = os.pathsep.join([home] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     try:
         return subprocess.Popen(mlserver_command(folder), stdout=out, stderr=subprocess.STDOUT, env=env,
-                                cwd=str(folder), start_new_session=True)
+                                cwd=str(cwd or folder), start_new_session=True)
     finally:
         if log:
             out.close()
@@ -261,6 +261,7 @@ class MLServerProcess:
                                          self.http_port, grpc_port, **settings)
         self.api_key_file = settings.get("api_key_file")
         self.log = Path(os.fspath(folder)) / "mlserver.log"
+        self.cwd = Path(os.fspath(folder))  # a custom runtime module beside the settings is importable
         self.ready_timeout = ready_timeout
         self.proc = None
 
@@ -269,7 +270,7 @@ class MLServerProcess:
         return f"{self.host}:{self.http_port}"
 
     def __enter__(self):
-        self.proc = start_mlserver(self.folder, self.log)
+        self.proc = start_mlserver(self.folder, self.log, cwd=self.cwd)
         try:
             self.startup_s = wait_ready(f"http://{self.url}", self.name, self.ready_timeout, self.proc,
                                         self.api_key_file)

@@ -1,0 +1,201 @@
+"""Hostile and careless input that is not a model (docs/deployment.md "Serving: security" and README "Bad input"):
+every case exits 2 with one line, in bounded time, and writes or loses nothing."""
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import xcompile
+from xcompile.errors import XCompileError
+from xcompile.write.writer import save
+
+DATA = Path(xcompile.__file__).parent / "data"
+ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+
+
+def cli(*args, timeout=60, env=None):
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "xcompile", *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout, env=env or ENV)
+    r.seconds = time.monotonic() - t0
+    return r
+
+
+def one_line(r):
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2, (r.returncode, r.stdout[-1500:], r.stderr[-1500:])
+    assert len(lines) == 1 and lines[0].startswith("xcompile: error:"), r.stderr[-1500:]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def explainer(tmp_path_factory):
+    p = tmp_path_factory.mktemp("hfiles") / "digits.onnx"
+    save(xcompile.compile(DATA / "digits_cnn.onnx", "gradient"), p)
+    return p
+
+
+@pytest.fixture(scope="module")
+def sample():
+    with np.load(DATA / "digits_heldout.npz") as z:
+        return z["x"][:2].astype(np.float32)
+
+
+def test_fifo_input_refused(explainer, tmp_path):
+    fifo = tmp_path / "x.npy"
+    os.mkfifo(fifo)
+    r = cli("run", explainer, "-i", fifo, "--out", tmp_path / "o", timeout=30)
+    assert "FIFO" in one_line(r) and r.seconds < 30 and not (tmp_path / "o").exists()
+
+
+def test_memory_bombs_refused_before_allocating(explainer, tmp_path):
+    """A .npz whose member declares 1 GB (a few kB on disk), a 121-megapixel PNG, a 16-byte vocabulary with id
+    1e10: refused from their headers with a 200 MB cap, in a child whose peak memory is measured."""
+    bomb = tmp_path / "bomb.npz"
+    header = tmp_path / "h.npy"
+    with open(header, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (250_000_000,)})
+        f.write(b"\0" * 4096)
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.write(header, "x.npy")
+    from PIL import Image
+    png = tmp_path / "big.png"
+    Image.new("L", (11000, 11000)).save(png, optimize=True)
+    vocab = tmp_path / "v.json"
+    vocab.write_text(json.dumps({"a": 10_000_000_000}))
+    env = dict(ENV, XCOMPILE_MEMORY_CAP_MB="200")
+    for args, needle in (((explainer, "-i", bomb), "GB"), ((explainer, "-i", png), "megapixels")):
+        code = ("import resource, sys, runpy; sys.argv = ['xcompile', 'run', *sys.argv[1:]];"
+                "from xcompile.commands.main import main\ntry:\n main()\nfinally:\n"
+                " print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+        r = subprocess.run([sys.executable, "-c", code, *map(str, args), "--out", str(tmp_path / "o")],
+                           capture_output=True, text=True, timeout=60, env=env)
+        peak = int(r.stderr.split("PEAK")[1].split()[0])
+        assert r.returncode == 2 and needle in r.stderr and peak < 600_000, (r.stderr[-800:], peak)  # kB
+    from xcompile.runtime.tokens import load_vocabulary
+    with pytest.raises(XCompileError, match="token id 10000000000"):
+        load_vocabulary(vocab)
+
+
+def test_run_never_overwrites_inputs_or_foreign_files(explainer, sample, tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    np.save(d / "scores.npy", sample)
+    before = (d / "scores.npy").read_bytes()
+    line = one_line(cli("run", explainer, "-i", d / "scores.npy", "--out", d))
+    assert "input" in line and (d / "scores.npy").read_bytes() == before
+    other = tmp_path / "o"
+    other.mkdir()
+    (other / "x_0_relevance.npy").write_bytes(b"mine")
+    np.save(tmp_path / "x.npy", sample)
+    line = one_line(cli("run", explainer, "-i", tmp_path / "x.npy", "--out", other))
+    assert "--overwrite" in line and (other / "x_0_relevance.npy").read_bytes() == b"mine"
+    assert cli("run", explainer, "-i", tmp_path / "x.npy", "--out", other, "--overwrite").returncode == 0
+    assert cli("run", explainer, "-i", tmp_path / "x.npy", "--out", other).returncode == 0  # ours now
+
+
+def test_row_names_unique_and_modes_kept(explainer, sample, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    np.save(src / "a.npy", sample)
+    from PIL import Image
+    Image.fromarray((sample[0, 0] * 255).astype(np.uint8)).save(src / "a_0.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    r = cli("run", explainer, "-i", src, "--out", out)
+    assert r.returncode == 0, r.stderr
+    listed = (out / "_COMPLETE").read_text().split()
+    assert len(listed) == len(set(listed)) and "a_0-2_relevance.npy" in listed
+    os.chmod(out / "scores.npy", 0o600)
+    assert cli("run", explainer, "-i", src, "--out", out).returncode == 0
+    assert stat.S_IMODE(os.stat(out / "scores.npy").st_mode) == 0o600
+
+
+def test_names_are_text_not_markup_or_terminal_codes(explainer, sample, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    np.save(src / "a$\\frac{1$.npy", sample[:1])
+    np.save(src / "b\x1b[2J\x1b]0;pwned\x07\nforged.npy", sample[:1])
+    r = cli("run", explainer, "-i", src, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert "\x1b" not in r.stdout + r.stderr and "\\x1b[2J" in r.stdout
+    assert all(not ln.startswith("forged") for ln in r.stdout.splitlines())
+    assert (tmp_path / "out" / "a$\\frac{1$_heatmap.png").is_file()
+
+
+def test_rule_regex_linear_time(tmp_path):
+    m = tmp_path / "m.onnx"
+    node = helper.make_node("Relu", ["x"], ["y"], name="a" * 33 + "b")
+    g = helper.make_graph([helper.make_node("Gemm", ["x0", "w"], ["x"], name="a" * 40 + "!"), node], "g",
+                          [helper.make_tensor_value_info("x0", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                          [helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.ones(12).tolist())])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), m)
+    for pattern, ok in (("^(a+)+$", True), ("a{99999999999}", None), ("(" * 100_000, False)):
+        rules = tmp_path / "r.toml"
+        rules.write_text(f'[[rule]]\nname_regex = "{pattern}"\nrule = "epsilon"\n[[rule]]\nrule = "zero"\n')
+        r = cli("compile", m, "-m", "lrp", "-r", rules, "-o", tmp_path / "e.onnx", timeout=60)
+        assert r.seconds < 30
+        if ok:
+            assert r.returncode == 0, r.stderr
+        elif ok is False:
+            assert "name_regex" in one_line(r)
+        else:
+            assert r.returncode in (0, 2) and "Traceback" not in r.stderr
+
+
+def test_api_misuse_is_one_line(explainer, sample):
+    for bad in (12345, None, 1.5):
+        with pytest.raises(XCompileError, match="expected a path, bytes"):
+            xcompile.Explainer(bad)
+    for kw in ({"threads": 1.5}, {"threads": -1}, {"threads": 100000}, {"providers": ["Nope"]}):
+        with pytest.raises(XCompileError) as e:
+            xcompile.Explainer(explainer, **kw)
+        assert "\n" not in str(e.value)
+    ex = xcompile.Explainer(explainer.read_bytes())  # bytes, as compile() accepts them
+    assert ex.explain(sample).relevance.shape == sample.shape
+
+
+def test_neuralized_run_and_predicted(tmp_path):
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.cluster import KMeans
+    from sklearn.svm import OneClassSVM
+    X = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", X[:3])
+    for est in (KMeans(3, n_init=1, random_state=0).fit(X), OneClassSVM(gamma=0.5).fit(X)):
+        e = tmp_path / f"{type(est).__name__}.onnx"
+        save(xcompile.compile(skl2onnx.to_onnx(est, X[:1]), "neuralized"), e)
+        res = xcompile.Explainer(e).explain(X[:3])
+        assert np.asarray(res.predicted).shape == (3,)
+        if isinstance(est, KMeans):
+            np.testing.assert_array_equal(res.predicted, est.predict(X[:3]))
+        r = cli("run", e, "-i", tmp_path / "x.npy", "--out", tmp_path / type(est).__name__)
+        assert r.returncode == 0 and (tmp_path / type(est).__name__ / "_COMPLETE").is_file(), r.stderr
+
+
+def test_all_nan_input_names_the_input(explainer, sample, tmp_path):
+    np.save(tmp_path / "nan.npy", np.full_like(sample, np.nan))
+    line = one_line(cli("run", explainer, "-i", tmp_path / "nan.npy", "--out", tmp_path / "o"))
+    assert "nan.npy" in line and "NaN" in line and not (tmp_path / "o").exists()
+
+
+def test_long_set_value_and_model_output_clash(tmp_path):
+    r = cli("compile", DATA / "digits_cnn.onnx", "-m", "smoothgrad", "--set", "noise_level=" + "9" * 300,
+            "-o", tmp_path / "e.onnx")
+    assert "noise_level" in one_line(r) and not (tmp_path / "e.onnx").exists()
+    m = onnx.load(DATA / "digits_cnn.onnx")
+    out = m.graph.output[0].name
+    m.graph.node.append(helper.make_node("Identity", [out], ["explained_class"]))
+    m.graph.output.append(helper.make_tensor_value_info("explained_class", TensorProto.FLOAT, None))
+    onnx.save(m, tmp_path / "clash.onnx")
+    assert "explained_class" in one_line(cli("compile", tmp_path / "clash.onnx", "-m", "gradient",
+                                             "-o", tmp_path / "c.onnx"))
