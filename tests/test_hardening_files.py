@@ -195,7 +195,7 @@ def test_long_set_value_and_model_output_clash(tmp_path):
     m = onnx.load(DATA / "digits_cnn.onnx")
     out = m.graph.output[0].name
     m.graph.node.append(helper.make_node("Identity", [out], ["explained_class"]))
-    m.graph.output.append(helper.make_tensor_value_info("explained_class", TensorProto.FLOAT, None))
+    m.graph.output.append(helper.make_tensor_value_info("explained_class", TensorProto.FLOAT, ["N", 10]))
     onnx.save(m, tmp_path / "clash.onnx")
     assert "explained_class" in one_line(cli("compile", tmp_path / "clash.onnx", "-m", "gradient",
                                              "-o", tmp_path / "c.onnx"))

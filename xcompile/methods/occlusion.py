@@ -26,8 +26,8 @@ import numpy as np
 from ..backward.builder import Builder
 from ..errors import XCompileError
 from ..graph import ForwardGraph
-from ..options import check_memory, non_negative_int
-from .base import Built, Method, Param, as_float, in_range, register, resolve_target
+from ..options import check_memory, in_range, non_negative_int
+from .base import Built, Method, Param, as_float, register, resolve_target
 from .clone import clone_forward
 from .paths import NODE_BYTES, row_activations
 
