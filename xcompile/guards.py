@@ -100,11 +100,12 @@ def threads(n, what: str = "threads"):
     """None, or an integer thread count in 1..MAX_THREADS."""
     if n is None:
         return None
+    sep = " " if what.startswith("--") else "="
     if isinstance(n, bool) or not isinstance(n, int) and not (hasattr(n, "__index__") and not isinstance(n, float)):
-        raise XCompileError(f"{what}={n!r}: a whole number of threads in 1..{MAX_THREADS}")
+        raise XCompileError(f"{what}{sep}{n!r}: a whole number of threads in 1..{MAX_THREADS}")
     n = int(n)
     if not 1 <= n <= MAX_THREADS:
-        raise XCompileError(f"{what}={n}: a whole number of threads in 1..{MAX_THREADS}")
+        raise XCompileError(f"{what}{sep}{n}: a whole number of threads in 1..{MAX_THREADS}")
     return n
 
 
