@@ -65,12 +65,19 @@ def warn_non_finite_weights(model: onnx.ModelProto, where: str) -> None:
 
 def compile(model, method: str, rules=None, *, where: str | None = None, **params) -> onnx.ModelProto:  # noqa: A001
     """Compile `model` (path, bytes or ModelProto) into an explainer ModelProto."""
+    if not isinstance(model, (str, os.PathLike, bytes, bytearray, onnx.ModelProto)):
+        raise XCompileError(f"compile({type(model).__name__}): expected a path, bytes or an onnx.ModelProto")
+    if not isinstance(method, str):
+        raise XCompileError(f"method={method!r}: a method name such as 'gradient' or 'lrp'")
     where = where or (str(model) if isinstance(model, (str, os.PathLike)) else "model")
     cls = method_class(method)
     if getattr(cls, "compile_model", None):  # methods that rebuild the whole graph (neuralized models)
         return cls.compile_model(model, rules=rules, where=where, **params)
     m, common = make_method(cls, method, rules, params)
     g = load_forward(model, common, where)
+    scores = g.shape(g.explained) or ()
+    if any(d == 0 for d in scores[1:]):  # nothing to explain (TopK over 0 classes would fail the checker)
+        raise XCompileError(f"{where}: the score output {g.explained!r} has shape {list(scores)}: 0 classes")
     warn_non_finite_weights(g.model, where)
     refuse_tokens(m, g, where)
     m.prepare(g, where)

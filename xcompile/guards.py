@@ -153,3 +153,29 @@ def set_paths(sets: dict) -> list:
             raise XCompileError(f"--set {clean(k)}={clean(v)}: not a regular file or folder (a FIFO or device)")
         out.append(Path(v))
     return out
+
+
+MAX_TENSOR_BYTES = 1 << 42  # 4 TiB: no real initializer comes near; larger declared sizes overflow C longs
+
+
+def check_initializers(model, where: str) -> None:
+    """Every initializer's declared dims are non-negative, their product fits (no 2^62 x 2^62), and a tensor that
+    carries raw bytes carries as many as its dims say; one line naming the first that does not."""
+    from onnx import helper
+    for t in model.graph.initializer:
+        n = 1
+        for d in t.dims:
+            if d < 0:
+                raise XCompileError(f"{where}: initializer {clean(t.name)!r} declares a negative dimension {list(t.dims)}")
+            n *= int(d)
+        try:
+            size = helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 4
+        except (KeyError, TypeError, ValueError):
+            size = 4
+        if n * size > MAX_TENSOR_BYTES:
+            raise XCompileError(f"{where}: initializer {clean(t.name)!r} declares dims {list(t.dims)} "
+                                f"({n * size:.3g} bytes); a corrupt or hostile model")
+        packed = t.data_type in (8, 21, 22, 23)  # strings, packed 4-bit types: no fixed bytes per element
+        if t.HasField("raw_data") and t.data_location != 1 and not packed and len(t.raw_data) != n * size:
+            raise XCompileError(f"{where}: initializer {clean(t.name)!r} holds {len(t.raw_data)} bytes where its dims "
+                                f"{list(t.dims)} need {n * size}")

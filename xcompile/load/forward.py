@@ -15,7 +15,7 @@ from ..canonicalize.passes import (
 )
 from ..errors import XCompileError
 from ..graph import ForwardGraph, TokenInput
-from ..options import Param, as_bool, non_negative_int
+from ..options import MEMORY_ENV, Param, as_bool, as_int, memory_cap_bytes, non_negative_int
 from ..write.precision import parse_precision
 from .loader import (
     default_opset,
@@ -39,11 +39,25 @@ COMMON = {
     "keep_outputs": Param(False, "keep every original output, in place, and add relevance after them (true/false)", as_bool),
     "precision": Param(None, "float32 (default) or float16: a float16 explainer of a float32 model (for GPUs; "
                        "relevance stays float32)", parse_precision),
-    "input_shape": Param(None, "sample shape without the batch, e.g. 3x224x224",
-                         lambda v: tuple(int(d) for d in (v.split("x") if isinstance(v, str) else [v] if isinstance(v, int) else v))),
+    "input_shape": Param(None, "sample shape without the batch, e.g. 3x224x224 (positive sizes, one row within the "
+                         "memory cap)", lambda v: sample_shape(v)),
     "baseline_token": Param(None, "token id of the baseline / occluding token for token-id inputs (typically the pad id)",
                             non_negative_int),
 }
+
+
+def sample_shape(v) -> tuple:
+    """``3x224x224`` (or a list) -> (3, 224, 224); each size positive and one float64 row within the memory cap
+    (the probe allocates it): 1x100000x100000 is refused here, not by a 74.5 GiB allocation."""
+    dims = tuple(as_int(d) for d in (v.split("x") if isinstance(v, str) else [v] if isinstance(v, int) else v))
+    if not dims or any(d < 1 for d in dims):
+        raise ValueError(f"{v!r}: sizes must be positive integers")
+    n = 1
+    for d in dims:
+        n *= d
+    if n * 8 * 4 > memory_cap_bytes():  # the probe's rows (batch 1 and 2) and their float64 copy
+        raise ValueError(f"{v!r}: {n} values per row is over the memory cap (${MEMORY_ENV})")
+    return dims
 
 
 def split_params(params: dict) -> tuple[dict, dict]:

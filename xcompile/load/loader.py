@@ -10,6 +10,7 @@ from onnx import helper, version_converter
 
 from ..canonicalize.groupnorm import expand_groupnorm18
 from ..errors import XCompileError
+from ..guards import check_initializers
 from ..protobuf_limit import check_model, infer_shapes, too_large
 from .quantized_ops import refuse_unsupported
 
@@ -59,6 +60,7 @@ def prepare(model: onnx.ModelProto, where: str = "model", copy: bool = True) -> 
         m = model
     if len(m.graph.node) == 0:
         raise XCompileError(f"{where}: the graph has no nodes")
+    check_initializers(m, where)  # declared sizes first: a 2^62 x 2^62 tensor is one line, not an overflow
     refuse_unsupported(m, where)  # int4 weight-only / bfloat16: one line (load/quantized.py)
     expand_groupnorm18(m)  # the deprecated GroupNormalization-18 fails onnx's checker: rewritten into what it computes
     try:
