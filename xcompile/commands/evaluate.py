@@ -212,6 +212,9 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("xcompile_spray"), "--out", help="folder for eigengap.png, prototypes.png, spray.json"),
     ):
         """SpRAY: spectral clustering of one class's relevance maps, eigengap plot and cluster prototypes."""
+        import importlib.util
+        if importlib.util.find_spec("sklearn") is None or importlib.util.find_spec("scipy") is None:
+            raise XCompileError("xcompile spray needs scikit-learn and scipy: pip install 'xcompile[analysis]'")
         from ..evaluate.axioms import as_explainer
         from ..evaluate.plots import display_image, plot_eigengap, plot_prototypes
         from ..evaluate.spray import spray
