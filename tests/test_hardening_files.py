@@ -199,3 +199,84 @@ def test_long_set_value_and_model_output_clash(tmp_path):
     onnx.save(m, tmp_path / "clash.onnx")
     assert "explained_class" in one_line(cli("compile", tmp_path / "clash.onnx", "-m", "gradient",
                                              "-o", tmp_path / "c.onnx"))
+
+
+def test_visualize_and_spray_without_scipy(tmp_path):
+    """`pip install -e .` has no scipy / scikit-learn: visualize works (numpy blur, equal to scipy's), spray names its
+    extra in one line."""
+    block = ("import sys; sys.modules['scipy'] = None; sys.modules['sklearn'] = None\n"
+             "from xcompile.commands.main import main; main()")
+    r = subprocess.run([sys.executable, "-c", block, "visualize", str(DATA / "digits_cnn.onnx"), "--class", "7",
+                        "--set", "low=0", "--set", "high=1", "--steps", "8", "-o", str(tmp_path / "s.npy")],
+                       capture_output=True, text=True, timeout=120, env=ENV)
+    assert r.returncode == 0 and (tmp_path / "s.npy").is_file(), r.stderr[-1500:]
+    r = subprocess.run([sys.executable, "-c", block, "spray", str(DATA / "digits_cnn.onnx"), "--data",
+                        str(DATA / "digits_heldout.npz"), "--class", "0", "--out", str(tmp_path / "sp")],
+                       capture_output=True, text=True, timeout=120, env=ENV)
+    assert "xcompile[analysis]" in one_line(r)
+    scipy_ndimage = pytest.importorskip("scipy.ndimage")
+    from xcompile.visualize import gaussian_filter
+    x = np.random.default_rng(0).normal(size=(2, 3, 17, 13)).astype(np.float32)
+    for s in (0.5, 1.3, 3.0):
+        ref = scipy_ndimage.gaussian_filter(x, [0, 0, s, s], mode="nearest")
+        assert np.abs(gaussian_filter(x, [0, 0, s, s]) - ref).max() / np.abs(ref).max() < 1e-5
+
+
+def test_compile_and_api_values_refused_in_one_line(tmp_path):
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 0])],
+                          [helper.make_tensor("w", TensorProto.FLOAT, [4, 0], [])])
+    zero = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    big = onnx.TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[2**62, 2**62])
+    big.raw_data = b"\0" * 16
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [big])
+    huge = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    D = DATA / "digits_cnn.onnx"
+    cases = [((None, "gradient"), {}, "expected a path"), ((zero, "gradient"), {}, "0 classes"),
+             ((huge, "gradient"), {}, "declares dims"),
+             ((D, "gradient"), {"input_shape": "1x100000x100000"}, "input_shape"),
+             ((D, "smoothgrad"), {"seed": -1}, "seed"), ((D, "smoothgrad"), {"noise_level": 1e308}, "noise_level"),
+             ((D, "occlusion"), {"fill": 1e39}, "fill"), ((D, "lrp"), {"low": 0, "high": 1, "std": 0}, "std"),
+             ((D, "integrated_gradients"), {"baseline": np.zeros((3, 3), np.float32)}, "baseline")]
+    for args, kw, needle in cases:
+        with pytest.raises(XCompileError) as e:
+            xcompile.compile(*args, **kw)
+        assert needle in str(e.value) and "\n" not in str(e.value), (needle, str(e.value))
+
+
+def test_evaluate_bad_values_and_telemetry(explainer, tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 8, 8), np.float32))
+    (tmp_path / "empty.npy").write_bytes(b"")
+    r = cli("evaluate", DATA / "digits_cnn.onnx", "--data", tmp_path / "x.npy", "--methods", "gradient",
+            "--batch-size", "0", "--out", tmp_path / "ev")
+    assert "--batch-size" in one_line(r)
+    for boxes in (tmp_path / "missing.npy", tmp_path / "empty.npy"):
+        r = cli("pool-relevance", explainer, "--data", tmp_path / "x.npy", "--boxes", boxes)
+        assert "--boxes" in one_line(r) or "numpy" in one_line(r)
+    home = tmp_path / "home"
+    home.write_text("a file, not a folder: onnxruntime cannot persist its telemetry id here")
+    r = cli("run", explainer, "-i", tmp_path / "x.npy", "--out", tmp_path / "o", env=dict(ENV, HOME=str(home)))
+    assert r.returncode == 0 and "telemetry" not in r.stderr and r.stderr.strip() == "", r.stderr
+
+
+def test_run_prints_class_names_from_metadata(tmp_path):
+    m = onnx.load(DATA / "digits_cnn.onnx")
+    names = [f"digit-{k}" for k in range(10)]
+    m.metadata_props.add(key="class_names", value=json.dumps(names))
+    e = tmp_path / "e.onnx"
+    save(xcompile.compile(m, "gradient"), e)
+    with np.load(DATA / "digits_heldout.npz") as z:
+        np.save(tmp_path / "x.npy", z["x"][:2])
+    r = cli("run", e, "-i", tmp_path / "x.npy", "--out", tmp_path / "o")
+    assert r.returncode == 0 and "(digit-" in r.stdout, r.stdout
+
+
+def test_triton_export_ranges_and_atomic_folder(explainer, tmp_path):
+    line = one_line(cli("export-triton", explainer, "--repo", tmp_path / "repo", "--max-batch", 2**40))
+    assert "--max-batch" in line and not (tmp_path / "repo" / "digits").exists()
+    assert cli("export-triton", explainer, "--repo", tmp_path / "repo").returncode == 0
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["digits"]  # no temporary folder left
+    assert (tmp_path / "repo" / "digits" / "1" / "model.onnx").is_file()

@@ -131,6 +131,10 @@ def compile_regex(pattern: str, what: str):
 
 def plain_text_plots():
     """matplotlib with the Agg backend and mathtext parsing off; returns pyplot."""
+    import logging
+    # an unwritable HOME makes matplotlib log two lines about its cache folder on every import: it then uses a
+    # temporary one, which is all a command needs
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)
     import matplotlib
     matplotlib.use("Agg")
     matplotlib.rcParams["text.parse_math"] = False
