@@ -280,3 +280,18 @@ def test_triton_export_ranges_and_atomic_folder(explainer, tmp_path):
     assert cli("export-triton", explainer, "--repo", tmp_path / "repo").returncode == 0
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["digits"]  # no temporary folder left
     assert (tmp_path / "repo" / "digits" / "1" / "model.onnx").is_file()
+
+
+def test_node_names_escaped_in_listings_and_errors(tmp_path):
+    evil = "relu\x1b[2J\x1b]0;pwned\x07\nforged line"
+    g = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["h"], name="gemm"),
+                           helper.make_node("Relu", ["h"], ["y"], name=evil)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                          [helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.ones(12).tolist())])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    r = cli("inspect", tmp_path / "m.onnx", "-m", "lrp")
+    assert r.returncode == 0 and "\x1b" not in r.stdout and "\\x1b[2J" in r.stdout, r.stdout
+    assert not any(ln.startswith("forged") for ln in r.stdout.splitlines())
+    e = XCompileError(f"node {evil!s}: bad")
+    assert "\n" not in str(e) and "\x1b" not in str(e) and "\\x1b]0;pwned\\x07" in str(e)

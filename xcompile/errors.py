@@ -21,7 +21,12 @@ def one_line(text) -> str:
 
 
 class XCompileError(Exception):
-    """A problem with the user's input (model, option, data). Exit code 2 in the CLI."""
+    """A problem with the user's input (model, option, data). Exit code 2 in the CLI. The message is ONE line with
+    control characters escaped (`one_line`), for the Python API as for the CLI: names from a model or a file system
+    never reach a terminal raw."""
+
+    def __init__(self, *args):
+        super().__init__(*(one_line(a) if isinstance(a, str) else a for a in args))
 
 
 class UnsupportedOperatorsError(XCompileError):

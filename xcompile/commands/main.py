@@ -39,7 +39,7 @@ def compile_cmd(
     check_output(out, inputs)  # before the work: -o at a folder, below a file, unwritable or onto any input file
     explainer = compiler.compile(model, method, rules=rules, where=str(model), **sets)
     save(explainer, out, inputs)
-    typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {len(explainer.graph.node)} nodes) in {time.perf_counter() - t0:.2f} s")
+    typer.echo(f"wrote {clean(out)} ({out.stat().st_size / 1e6:.2f} MB, {len(explainer.graph.node)} nodes) in {time.perf_counter() - t0:.2f} s")
 
 
 @app.command("run")
@@ -118,7 +118,7 @@ def inspect_cmd(
 ):
     """Print, per forward node, how the method treats it, and every unsupported node."""
     from .inspect_model import inspect_model
-    code = inspect_model(model, method, rules, parse_sets(set_), typer.echo)
+    code = inspect_model(model, method, rules, parse_sets(set_), lambda line: typer.echo(clean(line)))  # node names
     if code:
         raise typer.Exit(code)
 
