@@ -255,6 +255,29 @@ def test_serve_refuses_in_one_line(explainer, tmp_path):
             assert needle in line, (label, line)
             assert time.monotonic() - t0 < 30, label
     assert (foreign / "settings.json").read_text() == "{}" and sorted(os.listdir(foreign)) == ["settings.json"]
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert "CUDA" in one_line_error(cli("serve", explainer, "--device", "cuda", "--port", free_port(),
+                                            "--grpc-port", free_port()))
+    block = ("import sys; sys.modules['mlserver'] = None\n"
+             "from xcompile.commands.main import main; main()")
+    r = subprocess.run([sys.executable, "-c", block, "serve", str(explainer), "--port", str(free_port()),
+                        "--grpc-port", str(free_port())], capture_output=True, text=True, timeout=60, env=ENV)
+    assert "xcompile[serve]" in one_line_error(r) and "serving" not in r.stdout
+
+
+def test_failed_settings_write_leaves_nothing(explainer, tmp_path, monkeypatch):
+    """A write that fails half-way (a full disk) leaves neither a partial --dir nor a temporary folder."""
+    from xcompile.errors import XCompileError
+    from xcompile.serving import server as srv
+
+    def full_disk(*a, **k):
+        raise XCompileError("--dir: cannot write it (No space left on device)")
+
+    monkeypatch.setattr(srv, "write_limits", full_disk)
+    with pytest.raises(XCompileError, match="No space left"):
+        srv.write_mlserver_dir(explainer, tmp_path / "settings", "digits")
+    assert os.listdir(tmp_path) == []
 
 
 def test_kill_9_leaves_nothing_listening(server):

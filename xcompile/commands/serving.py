@@ -57,7 +57,11 @@ def register(app: typer.Typer) -> None:
         if device == "cuda":
             from ..runtime.explainer import providers_for
             providers_for("cuda")  # one line when this onnxruntime has no CUDA
-        if importlib.util.find_spec("mlserver") is None:
+        try:
+            have_mlserver = importlib.util.find_spec("mlserver") is not None
+        except (ImportError, ValueError):  # a broken or blocked install
+            have_mlserver = False
+        if not have_mlserver:
             raise XCompileError("xcompile serve needs MLServer: pip install 'xcompile[serve]'")
         check_host(host)
         for flag, p in (("--port", port), ("--grpc-port", grpc_port)):
