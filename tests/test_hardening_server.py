@@ -144,6 +144,16 @@ def test_explained_class_is_n_and_ids_checked(server):
         assert status in (400, 413) and "ce-id" not in headers, (status, body[:200])
 
 
+def test_header_count_and_block_bounded(server):
+    many = {f"X-{i}": "v" for i in range(500)}  # 500 lines, ~5 KB: under h11's 16 KiB block, over 100 lines
+    status, body, _ = request(server, "GET", "/v2/models/digits/ready", headers=many)
+    assert status == 431 and b"header lines" in body
+    s = socket.create_connection((HOST, server.port), timeout=10)
+    s.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n")
+    assert s.recv(64).startswith(b"HTTP/1.1 4")  # a 40 KB header block is refused by the parser
+    s.close()
+
+
 def test_fractional_int64_target_refused(server):
     status, body, _ = request(server, "POST", "/v2/models/digits/infer", infer_body(x_rows(2), target=[1.5, 0]))
     assert status == 400 and b"whole numbers" in body
