@@ -77,6 +77,18 @@ def test_fifo_input_refused(explainer, tmp_path):
     assert "FIFO" in one_line(r) and r.seconds < 30 and not (tmp_path / "o").exists()
 
 
+def _png_header(w: int, h: int) -> bytes:
+    """A PNG whose IHDR declares w x h 8-bit grey pixels, with one small IDAT of zeros (what a bomb looks like
+    before inflating)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b""))
+
+
 def test_memory_bombs_refused_before_allocating(explainer, tmp_path):
     """A .npz whose member declares 1 GB (a few kB on disk), a 121-megapixel PNG, a 16-byte vocabulary with id
     1e10: refused from their headers with a 200 MB cap, in a child whose peak memory is measured."""
@@ -87,9 +99,8 @@ def test_memory_bombs_refused_before_allocating(explainer, tmp_path):
         f.write(b"\0" * 4096)
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
         z.write(header, "x.npy")
-    from PIL import Image
     png = tmp_path / "big.png"
-    Image.new("L", (11000, 11000)).save(png, optimize=True)
+    png.write_bytes(_png_header(11000, 11000))  # 121 megapixels declared (a decompression bomb's header)
     vocab = tmp_path / "v.json"
     vocab.write_text(json.dumps({"a": 10_000_000_000}))
     env = dict(ENV, XCOMPILE_MEMORY_CAP_MB="200")
