@@ -126,7 +126,7 @@ class Explainer:
             if not path.is_file():
                 raise XCompileError(f"{path}: no such explainer file")
             data, self.where = str(path), str(path)
-        threads = guard_threads(threads)
+        threads = None if threads is None or (type(threads) is int and threads == 0) else guard_threads(threads)  # 0: default
         cuda_only = providers is None and device == "cuda"
         providers = _check_providers(providers) or providers_for(device)
         so = session_options(threads, cuda_only, optimization)
