@@ -76,7 +76,7 @@ def server(explainer, tmp_path_factory):
     log = open(d / "serve.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "xcompile", "serve", str(explainer), "--name", "digits",
                              "--port", str(port), "--grpc-port", str(grpc_port), "--threads", "1",
-                             "--request-timeout", "2", "--api-key-file", str(key)],
+                             "--request-timeout", "2", "--max-connections", "400", "--api-key-file", str(key)],
                             stdout=log, stderr=subprocess.STDOUT, env=dict(ENV, TMPDIR=str(tmpdir)))
     t0 = time.monotonic()
     while time.monotonic() - t0 < 120:
@@ -222,6 +222,25 @@ def test_half_open_connections_and_header_flood_do_not_starve(server):
             closed += 1
         s.close()
     assert closed == 300
+
+
+def test_connection_cap(server):
+    """Over --max-connections (400 here) a connection is closed on arrival; descriptors stay free for others."""
+    socks = [socket.create_connection((HOST, server.port), timeout=5) for _ in range(430)]
+    try:
+        closed = 0
+        for s in socks[-30:]:
+            s.settimeout(2)
+            try:
+                closed += s.recv(1) == b""
+            except OSError:
+                closed += 1
+        assert closed >= 25, closed
+    finally:
+        for s in socks:
+            s.close()
+    time.sleep(0.5)
+    assert request(server, "GET", "/v2/models/digits/ready")[0] == 200
 
 
 def test_slow_body_gets_408(server):
