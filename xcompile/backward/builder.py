@@ -77,6 +77,12 @@ class Builder:
     def f32(self, value) -> str:
         return self.const(value, np.float32)
 
+    def one_hot(self, indices: str, depth: int, hint: str = "onehot") -> str:
+        """float32 one-hot rows [N, depth]; depth as a scalar (onnx's reference implementation refuses the [1]
+        tensor the operator's definition also allows; docs/deployment.md)."""
+        return self.op("OneHot", [indices, self.const(np.int64(depth), np.int64, "shape"), self.f32([0.0, 1.0])],
+                       hint, axis=-1)
+
     # ----------------------------------------------------------------- nodes
     def op(self, op_type: str, inputs: Sequence[str], hint: str | None = None, n_out: int = 1,
            **attrs):

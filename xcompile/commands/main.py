@@ -54,6 +54,7 @@ def run_cmd(
     address: Optional[str] = typer.Option(None, "--address", help="with --engine ray: the cluster address (default: a local Ray)"),
     workers: int = typer.Option(2, "--workers", help="with --engine ray: actors, one onnxruntime session each"),
     shard_size: int = typer.Option(256, "--shard-size", help="with --engine ray: rows per shard file"),
+    outputs: str = typer.Option("all", "--outputs", help="all: relevance .npy + heatmaps; relevance: the arrays only"),
 ):
     """Explain inputs with a compiled explainer; write relevance arrays and heatmaps."""
     from ..files import check_output
@@ -63,6 +64,8 @@ def run_cmd(
     check_output(out, what="--out", folder=True)  # before the work: a file, /dev/null, an unwritable folder
     if engine not in ("local", "ray"):
         raise XCompileError(f"--engine {engine!r}: expected local or ray")
+    if outputs not in ("all", "relevance"):
+        raise XCompileError(f"--outputs {outputs!r}: expected all or relevance")
     if batch_size < 1 or workers < 1:
         raise XCompileError("--batch-size and --workers must be positive integers")
     ex = Explainer(explainer, device=device)
@@ -75,10 +78,12 @@ def run_cmd(
                                 "token ids or several inputs")
         from ..serving.ray_batch import run_with_ray
         res = run_with_ray(explainer, batch.x, target, out, address=address, workers=workers, shard_size=shard_size,
-                           batch_size=batch_size, device=device)
+                           batch_size=batch_size, device=device,
+                           render=(batch.names, batch.images) if outputs == "all" else None)
     else:
         res = _explain_with_progress(ex, batch.model_input, batch.rows, target, batch_size)
-    paths = write_results(out, batch.names, batch.x, batch.images, res, batch)
+    paths = write_results(out, batch.names, batch.x, batch.images, res, batch, heatmaps=outputs == "all",
+                          rendered=getattr(res, "rendered", None))
     from ..lrp.rulesets import warn_run
     warn_run(ex, res)  # one line: non-finite relevance, or conservation outside the rule set's band
     what = "predicted" if target < 0 else "explained class"
