@@ -138,7 +138,7 @@ def demo_cmd(
 
 
 # feature commands live beside this module, each with a `register(app)` function
-_PLUGINS = ["patterns", "evaluate", "serving", "visualize"]
+_PLUGINS = ["patterns", "evaluate", "serving", "visualize", "web"]
 for _mod in _PLUGINS:
     if importlib.util.find_spec(f"{__package__}.{_mod}") is not None:
         importlib.import_module(f"{__package__}.{_mod}").register(app)
