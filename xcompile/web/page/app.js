@@ -6,7 +6,13 @@
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const state = { manifest: null, model: 0, input: null, sessions: {}, ep: "wasm" };
-window.xcompile = { results: {}, manifest: null, ep: null };
+// example(k, m): explain example k of model m (default: the current one) and resolve to the results (tests: one
+// page load, many inputs)
+window.xcompile = { results: {}, manifest: null, ep: null,
+                    example: async (k, m) => {
+                      if (m !== undefined && m !== state.model) { state.model = m; $("model").value = m; buildModel(); }
+                      await setExample(k); await runAll(); return window.xcompile.results;
+                    } };
 
 // matplotlib's "bwr": blue (-max) - white (0) - red (+max), linear per channel (xcompile/runtime/render.py)
 function bwr(u) {
