@@ -54,11 +54,20 @@ def test_every_method_compiles_for_the_shipped_models(explainers):
         ("langid", m[0]) for m in conformance.LANGID if m[1] not in ("guided_backprop", "deconvnet", "gradcam")}
 
 
-def test_browser_equals_onnxruntime_for_every_method(explainers, tmp_path):
-    """The page's window.xcompile.results (two examples per model, at batch 1) against onnxruntime in Python on
-    the input the page fed (for langid: the page's own text encoding, checked equal to runtime/tokens.py's)."""
+@pytest.fixture(scope="module")
+def page(explainers, tmp_path_factory):
+    """The site of every explainer, served on 127.0.0.1, with one headless Chromium page (one WASM compile)."""
     need("chromium", "playwright", "npm")
-    res = conformance.matrix(tmp_path, runtimes=("onnxruntime-web",), n_rows=2, explainers=explainers)
+    with conformance.Site(explainers, tmp_path_factory.mktemp("site"), rows=2) as site:
+        yield site.page, site.url, site.folder, site.manifest
+
+
+def test_browser_equals_onnxruntime_for_every_method(page, explainers, tmp_path):
+    """The page's window.xcompile.results (one example per model, at batch 1) against onnxruntime in Python on
+    the input the page fed (for langid: the page's own text encoding, checked equal to runtime/tokens.py's)."""
+    p, url, _, manifest = page
+    web = conformance.web_results(p, url, manifest, rows=1)
+    res = conformance.matrix(tmp_path, runtimes=("onnxruntime-web",), n_rows=1, explainers=explainers, web=web)
     errs = res["errors"]["onnxruntime-web"]
     assert set(errs) == {f"{e['model']}/{e['label']}" for e in explainers}
     assert res["web_inputs_equal"]
@@ -78,26 +87,6 @@ def test_conformance_matrix_node_openvino_reference(explainers, tmp_path):
         assert not bad, (runtime, bad)
 
 
-@pytest.fixture(scope="module")
-def page(explainers, tmp_path_factory):
-    """A site of a few explainers of both models, served on 127.0.0.1, and one headless Chromium page."""
-    need("chromium", "playwright", "npm")
-    from xcompile.web.serve import serve_folder
-    from xcompile.web.site import export_site
-    keep = {("digits", "gradient"), ("digits", "lrp_epsilon_plus_flat"), ("digits", "integrated_gradients"),
-            ("digits", "occlusion"), ("langid", "integrated_gradients"), ("langid", "lrp_auto")}
-    site = tmp_path_factory.mktemp("site")
-    export_site([e["path"] for e in explainers if (e["model"], e["label"]) in keep], site)
-    server = serve_folder(site)
-    try:
-        with conformance.browser() as b:
-            p = b.new_page(viewport={"width": 1100, "height": 760})
-            yield p, f"http://127.0.0.1:{server.server_address[1]}/", site
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def _colourful(png: bytes) -> float:
     """Share of pixels that are clearly coloured (not white, not grey)."""
     from PIL import Image
@@ -106,10 +95,10 @@ def _colourful(png: bytes) -> float:
 
 
 def test_screenshot_has_non_blank_heatmaps(page, tmp_path):
-    p, url, _ = page
-    results = conformance.page_results(p, url + "?example=1&ep=wasm")
-    assert sorted(results) == ["digits_gradient", "digits_integrated_gradients", "digits_lrp_epsilon_plus_flat",
-                               "digits_occlusion"]
+    p, url, _, _ = page
+    shown = ["digits_gradient", "digits_integrated_gradients", "digits_lrp_epsilon_plus_flat", "digits_occlusion"]
+    results = conformance.page_results(p, url + f"?example=1&ep=wasm&methods={','.join(shown)}")
+    assert sorted(results) == shown
     maps = p.query_selector_all(".card canvas.map")
     assert len(maps) == 1 + len(results)  # the input, then one heatmap per method
     for m in maps[1:]:
@@ -122,13 +111,13 @@ def test_screenshot_has_non_blank_heatmaps(page, tmp_path):
     k = lrp["explained_class"][0]
     assert abs(sum(lrp["relevance"]) / lrp["scores"][k] - 1) < 0.1
 
-    text = conformance.page_results(p, url + "?model=1&example=0")
+    text = conformance.page_results(p, url + "?model=1&example=0&methods=langid_integrated_gradients,langid_lrp_auto")
     tokens = p.query_selector_all(".card .tokens")
     assert len(tokens) == 1 + len(text) and all(len(t.query_selector_all("span")) > 1 for t in tokens)
 
 
 def test_page_error_state_and_message(page):
-    p, url, _ = page
+    p, url, _, _ = page
     p.goto(url + "?example=99")
     p.wait_for_function("['done', 'error'].includes(document.body.dataset.state)")
     assert p.evaluate("document.body.dataset.state") == "error"
@@ -139,11 +128,11 @@ def test_dropped_image_goes_through_the_page_preprocessing(page, explainers, tmp
     """A dark digit on white (8x8 PNG) through the page's file input: grey = (299 R + 587 G + 114 B) / 1000 / 255,
     inverted (digits_cnn.json preprocess), fed; the relevance equals onnxruntime's on that input."""
     from PIL import Image
-    p, url, _ = page
+    p, url, _, _ = page
     x = np.load(ROOT / "xcompile" / "data" / "digits_heldout.npz")["x"][5, 0]
     img = np.round(255 * (1 - x)).astype(np.uint8)  # dark strokes on light paper
     Image.fromarray(img, "L").convert("RGB").save(tmp_path / "digit.png")
-    p.goto(url + "?ep=wasm")
+    p.goto(url + "?ep=wasm&methods=digits_gradient")
     p.wait_for_function("document.body.dataset.state === 'ready'")
     p.set_input_files("#file", str(tmp_path / "digit.png"))
     p.wait_for_function("['done', 'error'].includes(document.body.dataset.state)")
@@ -159,7 +148,7 @@ def test_dropped_image_goes_through_the_page_preprocessing(page, explainers, tmp
 
 def test_site_is_static_and_self_contained(page):
     """No URL outside the site in the page or the manifest; the runtime files and their license are there."""
-    _, _, site = page
+    _, _, site, _ = page
     from xcompile.web.ortweb import FILES, LICENSE_NAME
     for f in ("index.html", "app.js", "manifest.json"):
         text = (site / f).read_text(encoding="utf-8")

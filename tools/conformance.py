@@ -207,7 +207,7 @@ def browser(chromium: str = "/usr/bin/chromium"):
     return _B()
 
 
-def page_results(page, url: str, timeout_ms: int = 120_000) -> dict:
+def page_results(page, url: str, timeout_ms: int = 300_000) -> dict:
     """Open ``url`` (with ?example=K), wait for the page's state, return window.xcompile.results."""
     page.goto(url)
     page.wait_for_function("['done', 'error'].includes(document.body.dataset.state)", timeout=timeout_ms)
@@ -216,32 +216,49 @@ def page_results(page, url: str, timeout_ms: int = 120_000) -> dict:
     return page.evaluate("window.xcompile.results")
 
 
-def run_web(explainers: list, folder: Path, rows: int = ROWS) -> dict:
-    """{(model, label, row): outputs + the fed input} from the export-web site in headless Chromium (WASM):
-    example 0 through ?example=0, the others through the page's window.xcompile.example(k, model)."""
-    from xcompile.web.serve import serve_folder
-    from xcompile.web.site import export_site
-    site = folder / "site"
-    export_site([e["path"] for e in explainers], site, n_examples=rows)
-    manifest = json.loads((site / "manifest.json").read_text())
-    server = serve_folder(site)
+def web_results(page, url: str, manifest: dict, rows: int = ROWS) -> dict:
+    """{(model, label, row): outputs + the fed input + ms} from the site at ``url`` in ``page`` (WASM): example 0
+    through ?example=0, the others through the page's window.xcompile.example(k, model) (one page load)."""
     out = {}
-    try:
-        with browser() as b:
-            page = b.new_page()
-            first = page_results(page, f"http://127.0.0.1:{server.server_address[1]}/?model=0&example=0&ep=wasm")
-            for m_index, m in enumerate(manifest["models"]):
-                for k in range(min(rows, len(m["examples"]))):  # one page load: the WASM is compiled once
-                    got = first if k == m_index == 0 else page.evaluate(f"window.xcompile.example({k}, {m_index})")
-                    for name, r in got.items():
-                        model, label = name.split("_", 1)
-                        out[(model, label, k)] = {"scores": np.asarray(r["scores"], np.float64),
-                                                  "relevance": np.asarray(r["relevance"], np.float64),
-                                                  "input": r["input"], "ms": r["ms"]}
-    finally:
-        server.shutdown()
-        server.server_close()
+    first = page_results(page, f"{url}?model=0&example=0&ep=wasm")
+    for m_index, m in enumerate(manifest["models"]):
+        for k in range(min(rows, len(m["examples"]))):
+            got = first if k == m_index == 0 else page.evaluate(f"window.xcompile.example({k}, {m_index})")
+            for name, r in got.items():
+                model, label = name.split("_", 1)
+                out[(model, label, k)] = {"scores": np.asarray(r["scores"], np.float64),
+                                          "relevance": np.asarray(r["relevance"], np.float64),
+                                          "input": r["input"], "ms": r["ms"]}
     return out
+
+
+class Site:
+    """The export-web site of ``explainers`` served on 127.0.0.1 with one headless Chromium page open on it."""
+
+    def __init__(self, explainers: list, folder: Path, rows: int = ROWS):
+        from xcompile.web.serve import serve_folder
+        from xcompile.web.site import export_site
+        self.folder = folder / "site"
+        export_site([e["path"] for e in explainers], self.folder, n_examples=rows)
+        self.manifest = json.loads((self.folder / "manifest.json").read_text())
+        self.server = serve_folder(self.folder)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+
+    def __enter__(self):
+        self.browser = browser()
+        self.page = self.browser.__enter__().new_page(viewport={"width": 1100, "height": 760})
+        self.page.set_default_timeout(300_000)  # a loaded 2-core machine compiles the 29 MB WASM slowly
+        return self
+
+    def __exit__(self, *exc):
+        self.browser.__exit__(*exc)
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def run_web(explainers: list, folder: Path, rows: int = ROWS) -> dict:
+    with Site(explainers, folder, rows) as site:
+        return web_results(site.page, site.url, site.manifest, rows)
 
 
 def rel_err(a: dict, ref: dict) -> float:
@@ -257,6 +274,7 @@ def rel_err(a: dict, ref: dict) -> float:
 def versions() -> dict:
     import onnx
     import onnxruntime
+
     from xcompile.web.ortweb import ORT_WEB_VERSION
     v = {"onnxruntime": onnxruntime.__version__, "onnxruntime-web": ORT_WEB_VERSION,
          "onnxruntime-node": ORT_NODE_VERSION, "reference": f"onnx {onnx.__version__}"}
@@ -274,8 +292,10 @@ def versions() -> dict:
     return v
 
 
-def matrix(folder: Path, runtimes=RUNTIMES, echo=print, n_rows: int = ROWS, explainers: list | None = None) -> dict:
-    """{"errors": {runtime: {model/label: max relative error over n_rows inputs}}, "versions", "web_ms", ...}."""
+def matrix(folder: Path, runtimes=RUNTIMES, echo=print, n_rows: int = ROWS, explainers: list | None = None,
+           web: dict | None = None) -> dict:
+    """{"errors": {runtime: {model/label: max relative error over n_rows inputs}}, "versions", "web_ms", ...};
+    ``web``: results of `web_results` already gathered (else a site is exported and opened here)."""
     explainers = explainers if explainers is not None else build(folder, echo)
     rows = {m: inputs(m)[:n_rows] for m in MODELS}
     ref = {(e["model"], e["label"], k): run_ort(e["path"], x) for e in explainers
@@ -288,7 +308,7 @@ def matrix(folder: Path, runtimes=RUNTIMES, echo=print, n_rows: int = ROWS, expl
         errors[runtime][key] = max(errors[runtime].get(key, 0.0), rel_err(got, ref[(e["model"], e["label"], k)]))
 
     if "onnxruntime-web" in runtimes:
-        web = run_web(explainers, folder, n_rows)
+        web = web if web is not None else run_web(explainers, folder, n_rows)
         for e in explainers:
             for k, x in enumerate(rows[e["model"]]):
                 got = web.get((e["model"], e["label"], k))

@@ -22,7 +22,6 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def end_headers(self):
         self.send_header("Cross-Origin-Opener-Policy", "same-origin")
         self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
-        self.send_header("Cache-Control", "no-store")
         super().end_headers()
 
     def log_message(self, *args):  # quiet: one line per request would drown the console
