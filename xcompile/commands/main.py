@@ -57,20 +57,24 @@ def run_cmd(
     workers: int = typer.Option(2, "--workers", help="with --engine ray: actors, one onnxruntime session each"),
     shard_size: int = typer.Option(256, "--shard-size", help="with --engine ray: rows per shard file"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace files in --out that an earlier run did not write"),
+    outputs: str = typer.Option("all", "--outputs", help="all: relevance .npy + heatmaps; relevance: the arrays only"),
 ):
     """Explain inputs with a compiled explainer; write relevance arrays and heatmaps."""
     from ..files import check_output
     from ..runtime.explainer import Explainer
     from ..runtime.feeds import load_batch
     from ..runtime.io import write_results
-    from ..runtime.outputs import class_label, row_scores, score_of
+    from ..runtime.outputs import class_label, row_scores, score_of, unique_names
     check_output(out, what="--out", folder=True)  # before the work: a file, /dev/null, an unwritable folder
     if engine not in ("local", "ray"):
         raise XCompileError(f"--engine {engine!r}: expected local or ray")
+    if outputs not in ("all", "relevance"):
+        raise XCompileError(f"--outputs {outputs!r}: expected all or relevance")
     if batch_size < 1 or workers < 1:
         raise XCompileError("--batch-size and --workers must be positive integers")
     ex = Explainer(explainer, device=device)
     batch = load_batch(input, ex, preprocess, tokenizer)
+    batch.names[:] = unique_names(list(batch.names))  # before any worker draws a titled heatmap
     if batch.rows == 0:
         raise XCompileError(f"{input[0]}: 0 rows (an empty batch); give at least one input row")
     if batch.x is not None and batch.x.size and not np.isfinite(batch.x).any():  # the input is the cause
@@ -81,12 +85,14 @@ def run_cmd(
                                 "token ids or several inputs")
         from ..serving.ray_batch import run_with_ray
         res = run_with_ray(explainer, batch.x, target, out, address=address, workers=workers, shard_size=shard_size,
-                           batch_size=batch_size, device=device)
+                           batch_size=batch_size, device=device,
+                           render=(batch.names, batch.images) if outputs == "all" else None)
     else:
         res = _explain_with_progress(ex, batch.model_input, batch.rows, target, batch_size)
     from ..runtime.outputs import guarded_results
     with guarded_results(out, input, overwrite, batch):  # never over an input or a file no xcompile run wrote
-        paths = write_results(out, batch.names, batch.x, batch.images, res, batch)
+        paths = write_results(out, batch.names, batch.x, batch.images, res, batch, heatmaps=outputs == "all",
+                              rendered=getattr(res, "rendered", None))
     from ..lrp.rulesets import warn_run
     warn_run(ex, res)  # one line: non-finite relevance, or conservation outside the rule set's band
     what = "predicted" if target < 0 else "explained class"
@@ -141,7 +147,7 @@ def demo_cmd(
 
 
 # feature commands live beside this module, each with a `register(app)` function
-_PLUGINS = ["patterns", "evaluate", "serving", "visualize"]
+_PLUGINS = ["patterns", "evaluate", "serving", "visualize", "web"]
 for _mod in _PLUGINS:
     if importlib.util.find_spec(f"{__package__}.{_mod}") is not None:
         importlib.import_module(f"{__package__}.{_mod}").register(app)

@@ -100,7 +100,7 @@ def resolve_target(b: Builder, g: ForwardGraph, scores: str) -> str:
 def make_seed(b: Builder, n_classes: int, scores: str, target: str, kind: str) -> str:
     """One-hot of the target class (gradient family), times the score itself (relevance family)."""
     with b.scope("seed"):
-        onehot = b.op("OneHot", [target, b.i64([n_classes]), b.f32([0.0, 1.0])], "onehot", axis=-1)
+        onehot = b.one_hot(target, n_classes, "onehot")
         if kind == "score":
             return b.mul(onehot, scores, "target_score")
         return onehot

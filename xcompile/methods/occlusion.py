@@ -123,7 +123,7 @@ class Occlusion(Method):
         n_classes = g.shape(g.explained)[1]
         target = resolve_target(b, g, g.explained)
         with b.scope("occlusion"):
-            onehot = b.op("OneHot", [target, b.i64([n_classes]), b.f32([0.0, 1.0])], "target_onehot", axis=-1)
+            onehot = b.one_hot(target, n_classes, "target_onehot")
             base = b.reduce("ReduceSum", b.mul(g.explained, onehot), [1], keepdims=1, hint="score")  # [N, 1]
             onehot3 = b.unsqueeze(onehot, [1], "target_onehot_rows")  # [N, 1, K]
             xe = b.unsqueeze(x, [1], "x_rows")  # [N, 1, C, ...]
@@ -169,7 +169,7 @@ def occlusion_tokens(method, g: ForwardGraph, b: Builder, where: str) -> Built:
     n_classes = g.shape(g.explained)[1]
     target = resolve_target(b, g, g.explained)
     with b.scope("occlusion"):
-        onehot = b.op("OneHot", [target, b.i64([n_classes]), b.f32([0.0, 1.0])], "target_onehot", axis=-1)
+        onehot = b.one_hot(target, n_classes, "target_onehot")
         base = b.reduce("ReduceSum", b.mul(g.explained, onehot), [1], keepdims=1, hint="score")  # [N, 1]
         onehot3 = b.unsqueeze(onehot, [1], "target_onehot_rows")
         ids = b.unsqueeze(tok.input, [1], "ids_rows")  # [N, 1, L]
