@@ -105,9 +105,10 @@ def test_memory_bombs_refused_before_allocating(explainer, tmp_path):
     vocab.write_text(json.dumps({"a": 10_000_000_000}))
     env = dict(ENV, XCOMPILE_MEMORY_CAP_MB="200")
     for args, needle in (((explainer, "-i", bomb), "GB"), ((explainer, "-i", png), "megapixels")):
-        code = ("import resource, sys, runpy; sys.argv = ['xcompile', 'run', *sys.argv[1:]];"
+        # VmHWM is the child's own peak (ru_maxrss would keep the forking pytest process's size across exec)
+        code = ("import re, sys; sys.argv = ['xcompile', 'run', *sys.argv[1:]];"
                 "from xcompile.commands.main import main\ntry:\n main()\nfinally:\n"
-                " print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+                " print('PEAK', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1), file=sys.stderr)")
         r = subprocess.run([sys.executable, "-c", code, *map(str, args), "--out", str(tmp_path / "o")],
                            capture_output=True, text=True, timeout=60, env=env)
         peak = int(r.stderr.split("PEAK")[1].split()[0])
