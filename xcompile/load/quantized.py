@@ -350,3 +350,16 @@ def float_view(g, where: str = "model") -> None:
         g.initializers[name] = t
     g.virtual, g.virtual_consts = v.virtual, v.consts
     g.virtual.update(v.dq_nodes)
+
+
+def dequantized_table(g, node, table: str) -> str:
+    """The float values of a quantized word embedding (token models: the baseline token's embedding): the integer
+    table dequantized by `node` (the DequantizeLinear of the Gather's output; a per-axis scale runs along the
+    embedding width, the table's axis 1), or the view's constant of a DequantizeLinear that makes the table."""
+    name = f"{PREFIX}/{table}"
+    if name in g.initializers:
+        return name
+    ins = list(node.input) + [""]
+    arr = dequantize(g.const(table), g.const(ins[1]), g.const(ins[2]) if ins[2] else None, 1)
+    g.initializers[name] = numpy_helper.from_array(arr, name)  # read in numpy only, never written
+    return name
