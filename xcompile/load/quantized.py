@@ -223,7 +223,10 @@ def _recompute_data_path(g, v: _View) -> None:
     The copy computes what the unfused graph computes (onnxruntime at ORT_DISABLE_ALL)."""
     keep = {o.name for o in g.model.graph.output} | {g.explained, g.data_input}
     qdq = any(n.op_type == "QuantizeLinear" and n.input[0] not in g.initializers for n in v.nodes)
-    if not qdq:
+    # a quantized word embedding (Gather -> DequantizeLinear: quantize_dynamic's default) too: onnxruntime fuses
+    # the float ops after it (Add + LayerNormalization, GELU) only where no backward reads their inner tensors
+    producer = g.producer.get(g.data_input)
+    if not qdq and not (producer is not None and producer.op_type == "DequantizeLinear"):
         return
     island: set = {g.data_input}
     rename: dict = {}
