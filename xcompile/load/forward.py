@@ -17,6 +17,7 @@ from ..errors import XCompileError
 from ..graph import ForwardGraph, TokenInput
 from ..options import Param, as_bool, non_negative_int
 from ..write.precision import parse_precision
+from .contrib import refuse_unknown, unfused_view
 from .loader import (
     default_opset,
     embedding_gather,
@@ -30,7 +31,6 @@ from .loader import (
     read_model,
 )
 from .probe import feed_plan, numpy_dtype, probe
-from .contrib import refuse_unknown, unfused_view
 from .quantized import dequantized_table, float_view
 
 # options every method accepts (they shape how the model is read, not how it is explained)
