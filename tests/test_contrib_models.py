@@ -255,3 +255,53 @@ def test_default_quantized_bert(files, how):
         err = rel_err(files.explain(qpath, "gradient").extras["embedding_relevance"], ref)
         print(f"bert quantize_dynamic gradient: vs autograd (dequantized weights, onnxruntime's values) {err:.2e}")
         assert err <= 1e-4
+
+
+# ------------------------------------------------------------------- hand-made: per-axis table, index arithmetic
+def test_per_axis_quantized_table_behind_index_arithmetic(tmp_path):
+    """ids -> Where(Less(ids, 0), ids + V, ids) -> Mod(V) -> Clip(0, V-1) -> Cast -> Gather(int8 table) ->
+    DequantizeLinear(per axis: one scale / zero point per embedding column) -> ReduceMean over L -> MatMul: the ids
+    are found through the arithmetic, E is the dequantized look-up, scores bit-identical; gradient and
+    input x gradient at E against numpy (dF_t/dE[l] = W[:, t] / L)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    V, D, C, Lh = 20, 6, 3, 5
+    table = rng.integers(-128, 128, (V, D)).astype(np.int8)
+    scale = rng.uniform(0.01, 0.05, D).astype(np.float32)
+    zp = rng.integers(-5, 5, D).astype(np.int8)
+    W = rng.standard_normal((D, C)).astype(np.float32)
+    c = lambda a, n: numpy_helper.from_array(np.asarray(a), n)  # noqa: E731
+    nodes = [
+        helper.make_node("Less", ["ids", "zero"], ["neg"]),
+        helper.make_node("Add", ["ids", "vocab"], ["wrapped"]),
+        helper.make_node("Where", ["neg", "wrapped", "ids"], ["ids1"]),
+        helper.make_node("Mod", ["ids1", "vocab"], ["ids2"]),
+        helper.make_node("Clip", ["ids2", "zero", "top"], ["ids3"]),
+        helper.make_node("Cast", ["ids3"], ["ids4"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "ids4"], ["q"], axis=0),
+        helper.make_node("DequantizeLinear", ["q", "scale", "zp"], ["E"], axis=2),
+        helper.make_node("ReduceMean", ["E", "axes"], ["pooled"], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "W"], ["logits"]),
+    ]
+    inits = [c(table, "table"), c(scale, "scale"), c(zp, "zp"), c(W, "W"), c(np.array(0, np.int64), "zero"),
+             c(np.array(V, np.int64), "vocab"), c(np.array(V - 1, np.int64), "top"), c(np.array([1], np.int64), "axes")]
+    g = helper.make_graph(nodes, "qtable", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", Lh])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", C])], initializer=inits)
+    path = tmp_path / "qtable.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), path)
+    ids = np.array([[1, 2, 3, 4, 5], [19, 7, 19, 0, 3]], np.int64)  # (negative ids are refused at run time)
+    own = ort.InferenceSession(str(path)).run(None, {"ids": ids})[0]
+    E = (table[np.where(ids < 0, ids + V, ids) % V].astype(np.float32) - zp.astype(np.float32)) * scale
+    t = np.array([0, 2])
+    grad = np.broadcast_to(W[:, t].T[:, None, :] / Lh, E.shape)
+    for method, ref in (("gradient", grad), ("input_x_gradient", E * grad)):
+        ex = xcompile.Explainer(xcompile.compile(path, method))
+        assert ex.token_input and ex.vocab == V
+        res = ex.explain(ids, t)
+        assert np.array_equal(res.scores, own)
+        assert rel_err(res.extras["embedding_relevance"], ref) <= 1e-6, method
+    # baseline token: the dequantized row of the table
+    ig = xcompile.Explainer(xcompile.compile(path, "integrated_gradients", baseline_token=0, steps=4)).explain(ids, t)
+    E0 = (table[0].astype(np.float32) - zp) * scale
+    assert rel_err(ig.extras["embedding_relevance"], (E - E0) * grad) <= 1e-5
