@@ -230,6 +230,8 @@ CASES = [
          attrs={"num_heads": H}, extra_inputs=[POS]),
     Case("rotary_embedding_interleaved", "RotaryEmbedding", ["x", "pos", const(COS), const(SIN)], _rotary(True),
          attrs={"num_heads": H, "interleaved": 1}, extra_inputs=[POS]),
+    Case("fused_matmul", "FusedMatMul", ["x", const(_w(D, D))], lambda x, b: 0.5 * x @ b.T,
+         attrs={"transB": 1, "alpha": 0.5}),
     Case("group_query_attention", "GroupQueryAttention",
          [lin(D, 2 * GQA_HEAD), lin(D, GQA_HEAD), lin(D, GQA_HEAD), None, None, "seqlens", const(np.array(S, np.int32))],
          lambda q, k, v, p, pv, sl, tot: _gqa(False)(q, k, v, sl),
@@ -328,3 +330,50 @@ def test_fused_op_attnlrp_is_the_unfused_graphs(built, case):
     plain = xcompile.Explainer(xcompile.compile(unfused, "lrp", **kw)).explain(_feeds(case, x, extra), np.array([0, 2]))
     assert np.isfinite(fused.relevance).all()
     assert rel_err(fused.relevance, plain.relevance) <= 1e-4
+
+
+# ----------------------------------------------------------------------------------------------- refusals
+def _one_node(tmp_path, node, inits, inputs):
+    g = helper.make_graph([node, helper.make_node("Flatten", ["y"], ["flat"], axis=1),
+                           helper.make_node("MatMul", ["flat", "head"], ["logits"])], "refused", inputs,
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", C])],
+                          initializer=inits + [numpy_helper.from_array(_w(S * D, C), "head")])
+    path = tmp_path / "refused.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]),
+              path)
+    return path
+
+
+X = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", S, D])
+
+
+def test_refusals_name_the_fused_op_and_what_to_do(tmp_path):
+    # a contrib op with no expansion on the data path
+    path = _one_node(tmp_path, helper.make_node("BiasSoftmax", ["x", "bias"], ["y"], domain="com.microsoft", axis=-1),
+                     [numpy_helper.from_array(_w(D), "bias")], [X])
+    with pytest.raises(xcompile.XCompileError, match=r"\(BiasSoftmax\) have no backward \(supported contrib "
+                       r"ops: Attention, .*FusionOptions"):
+        xcompile.compile(path, "gradient")
+    # a supported op in a mode that is not expanded: a KV cache
+    past = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", H, 3, D // H]) for n in ("past_k", "past_v")]
+    node = helper.make_node("MultiHeadAttention", ["x", "x", "x", "", "", "", "past_k", "past_v"], ["y", "pk", "pv"],
+                            domain="com.microsoft", num_heads=H, name="att")
+    path = _one_node(tmp_path, node, [], [X] + past)
+    with pytest.raises(xcompile.XCompileError, match=r"'att' \(MultiHeadAttention: a past state \(KV cache\)\).*optimizer"):
+        xcompile.compile(path, "gradient", input="x")
+
+
+def test_refusal_names_what_reads_the_integer_input(tmp_path):
+    """Token ids read by a look-up on an integer table that nothing dequantizes: the refusal says so."""
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", S])
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["q"], axis=0, name="lookup"),
+             helper.make_node("Cast", ["q"], ["y"], to=TensorProto.FLOAT),
+             helper.make_node("Flatten", ["y"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "head"], ["logits"])]
+    g = helper.make_graph(nodes, "ints", [ids], [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", C])],
+                          initializer=[numpy_helper.from_array(RNG.integers(-9, 9, (20, D)).astype(np.int8), "table"),
+                                       numpy_helper.from_array(_w(S * D, C), "head")])
+    path = tmp_path / "ints.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with pytest.raises(xcompile.XCompileError, match=r"'ids' is read by Gather 'lookup' on int8 table \[20, 8\] not "
+                       r"dequantized after the look-up.*--set input=NAME"):
+        xcompile.compile(path, "gradient")

@@ -357,10 +357,30 @@ def group_query_attention(d, n):
     return [out, None, None, None]
 
 
+def fused_matmul(d, n):
+    """alpha * op(A) @ op(B), op a transpose of the last two axes (transA / transB; transBatch* refused)."""
+    b = d.b
+    if d.attr("transBatchA", 0) or d.attr("transBatchB", 0):
+        d.refuse("transBatchA / transBatchB")
+    ab = []
+    for k, flag in ((0, "transA"), (1, "transB")):
+        t = d.x(k)
+        if d.attr(flag, 0):
+            rank = len(d.shape(k))
+            if d.g.is_const(d.raw(k)):  # a constant weight stays one (LRP's rules see a linear layer)
+                t = b.const(np.swapaxes(d.g.const(d.raw(k)), -1, -2).astype(np.float32), hint=f"{'ab'[k]}_t")
+            else:
+                t = b.transpose(t, list(range(rank - 2)) + [rank - 1, rank - 2], f"{'ab'[k]}_t")
+        ab.append(t)
+    y = b.op("MatMul", ab, "matmul")
+    alpha = d.attr("alpha", 1.0)
+    return [b.mul(y, b.f32(alpha), "scaled") if alpha != 1.0 else y]
+
+
 EXPANSIONS = {
     "Gelu": gelu, "BiasGelu": bias_gelu, "FastGelu": fast_gelu, "QuickGelu": quick_gelu, "BiasAdd": bias_add,
     "BiasSplitGelu": bias_split_gelu, "SkipLayerNormalization": skip_layer_norm,
     "SkipSimplifiedLayerNormalization": skip_simplified_layer_norm, "SimplifiedLayerNormalization": simplified_layer_norm,
     "EmbedLayerNormalization": embed_layer_norm, "Attention": attention, "MultiHeadAttention": multi_head_attention,
-    "RotaryEmbedding": rotary_embedding, "GroupQueryAttention": group_query_attention,
+    "RotaryEmbedding": rotary_embedding, "GroupQueryAttention": group_query_attention, "FusedMatMul": fused_matmul,
 }

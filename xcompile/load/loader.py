@@ -205,12 +205,34 @@ def find_data_input(model: onnx.ModelProto, name: str | None, where: str = "mode
               for emb in [embedding_gather(model, i.name)] if emb is not None]
     tokens.sort(key=lambda t: -t[0])
     if not tokens:
-        raise XCompileError(f"{where}: no float input and no integer input read by an embedding Gather among "
-                            f"{[i.name for i in inputs]}: nothing to explain")
+        found = "; ".join(_readers(model, i.name) for i in inputs)
+        raise XCompileError(f"{where}: no float input and no integer input read by an embedding look-up ({found}): "
+                            "token ids are explained where they reach a Gather on a constant [vocab, D] table (float, "
+                            "or integer and dequantized after the look-up) or onnxruntime's EmbedLayerNormalization; "
+                            "choose the explained input with --set input=NAME")
     if len(tokens) > 1 and tokens[0][0] == tokens[1][0]:
         raise XCompileError(f"{where}: inputs {[t[1].name for t in tokens]} each read an embedding table of {tokens[0][0]} "
                             "rows: choose the explained one with --set input=NAME")
     return tokens[0][1]
+
+
+def _readers(model: onnx.ModelProto, name: str) -> str:
+    """What reads input `name` (through reshapes, casts and index arithmetic): for a refusal that says what it found."""
+    ids = _id_tensors(model, name)
+    inits = {t.name: t for t in model.graph.initializer}
+    seen = []
+    for n in model.graph.node:
+        if any(i in ids for i in n.input) and n.output and n.output[0] not in ids:
+            what = f"{n.op_type}{' (' + n.domain + ')' if n.domain else ''} {n.name or n.output[0]!r}"
+            if n.op_type == "Gather" and n.input[0] in inits:
+                t = inits[n.input[0]]
+                what += (f" on {onnx.TensorProto.DataType.Name(t.data_type).lower()} table {list(t.dims)}"
+                         " not dequantized after the look-up" if t.data_type in QUANT_TYPES else
+                         f" on table {n.input[0]!r} {list(t.dims)}")
+            elif n.op_type == "Gather":
+                what += f" on the computed tensor {n.input[0]!r}"
+            seen.append(what)
+    return f"{name!r} is read by {', '.join(seen[:3])}" if seen else f"{name!r} is read by no node"
 
 
 def find_score_output(model: onnx.ModelProto, name: str | None, where: str = "model") -> str:
