@@ -25,6 +25,7 @@ from .loader import (
     find_data_input,
     find_score_output,
     graph_inputs,
+    id_readers,
     input_dims,
     make_batch_symbolic,
     prepare,
@@ -79,8 +80,9 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     if np.dtype(dtype).kind in "iu":
         emb = embedding_gather(m, data.name)
         if emb is None:
-            raise XCompileError(f"{where}: input {data.name!r} is {np.dtype(dtype).name} but no Gather reads it from a float "
-                                "embedding table [vocab, D]: an integer input is explained only as token ids")
+            raise XCompileError(f"{where}: input {data.name!r} is {np.dtype(dtype).name} but no Gather reads it from an "
+                                f"embedding table [vocab, D] ({id_readers(m, data.name)}): an integer input is explained "
+                                "only as token ids; choose another with --set input=NAME")
     elif np.dtype(dtype).kind != "f":
         raise XCompileError(f"{where}: input {data.name!r} is {np.dtype(dtype).name}: the explained input must be float "
                             "or integer token ids; choose another with --set input=NAME")

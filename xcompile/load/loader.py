@@ -205,7 +205,7 @@ def find_data_input(model: onnx.ModelProto, name: str | None, where: str = "mode
               for emb in [embedding_gather(model, i.name)] if emb is not None]
     tokens.sort(key=lambda t: -t[0])
     if not tokens:
-        found = "; ".join(_readers(model, i.name) for i in inputs)
+        found = "; ".join(id_readers(model, i.name) for i in inputs)
         raise XCompileError(f"{where}: no float input and no integer input read by an embedding look-up ({found}): "
                             "token ids are explained where they reach a Gather on a constant [vocab, D] table (float, "
                             "or integer and dequantized after the look-up) or onnxruntime's EmbedLayerNormalization; "
@@ -216,7 +216,7 @@ def find_data_input(model: onnx.ModelProto, name: str | None, where: str = "mode
     return tokens[0][1]
 
 
-def _readers(model: onnx.ModelProto, name: str) -> str:
+def id_readers(model: onnx.ModelProto, name: str) -> str:
     """What reads input `name` (through reshapes, casts and index arithmetic): for a refusal that says what it found."""
     ids = _id_tensors(model, name)
     inits = {t.name: t for t in model.graph.initializer}
