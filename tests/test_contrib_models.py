@@ -117,13 +117,14 @@ def test_optimized_bert_matches_autograd_and_the_unoptimized_file(files, variant
     tol = 1e-2 if fp16 else 1e-5  # float16: the model's own rounding (measured 2e-3 to 4e-3)
     args = example(names)
     own = ort.InferenceSession(str(path)).run(None, feeds(names, args))[0]
-    for method, opts in (("gradient", {}), ("lrp", {"rules": "attnlrp"}), ("input_x_gradient", {})):
+    for method, opts in (("gradient", {}), ("lrp", {"rules": "attnlrp"}), ("lrp", {"rules": "cp-lrp"}),
+                         ("input_x_gradient", {})):
         res = files.explain(path, method, **opts)
         ref = files.explain(paths["unoptimized"], method, **opts)
         assert np.array_equal(res.scores, own)  # the fused forward's own scores
         assert res.relevance.shape == (2, L)
         e_res, e_ref = res.extras["embedding_relevance"], ref.extras["embedding_relevance"]
-        print(f"bert {variant} {method}: vs unoptimized {rel_err(e_res, e_ref):.2e} (embedding) "
+        print(f"bert {variant} {method} {opts.get('rules', '')}: vs unoptimized {rel_err(e_res, e_ref):.2e} (embedding) "
               f"{rel_err(res.relevance, ref.relevance):.2e} (tokens)")
         assert rel_err(e_res, e_ref) <= tol and rel_err(res.relevance, ref.relevance) <= tol, (method, variant)
         r = np.abs(res.relevance)
