@@ -17,19 +17,22 @@ from ..errors import XCompileError
 from ..graph import ForwardGraph, TokenInput
 from ..options import MEMORY_ENV, Param, as_bool, as_int, memory_cap_bytes, non_negative_int
 from ..write.precision import parse_precision
+from .contrib import refuse_unknown, unfused_view
 from .loader import (
     default_opset,
     embedding_gather,
+    embedding_output,
     find_data_input,
     find_score_output,
     graph_inputs,
+    id_readers,
     input_dims,
     make_batch_symbolic,
     prepare,
     read_model,
 )
 from .probe import feed_plan, numpy_dtype, probe
-from .quantized import float_view
+from .quantized import dequantized_table, float_view
 
 # options every method accepts (they shape how the model is read, not how it is explained)
 COMMON = {
@@ -86,12 +89,14 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     explained = find_explained_scores(m, score, common["keep_softmax"])
     data = find_data_input(m, common["input"], where)
     dtype = numpy_dtype(data, where)
+    refuse_unknown(m, data.name, where)  # contrib ops without an expansion (load/contrib.py): one line
     emb = None
     if np.dtype(dtype).kind in "iu":
         emb = embedding_gather(m, data.name)
         if emb is None:
-            raise XCompileError(f"{where}: input {data.name!r} is {np.dtype(dtype).name} but no Gather reads it from a float "
-                                "embedding table [vocab, D]: an integer input is explained only as token ids")
+            raise XCompileError(f"{where}: input {data.name!r} is {np.dtype(dtype).name} but no Gather reads it from an "
+                                f"embedding table [vocab, D] ({id_readers(m, data.name)}): an integer input is explained "
+                                "only as token ids; choose another with --set input=NAME")
     elif np.dtype(dtype).kind != "f":
         raise XCompileError(f"{where}: input {data.name!r} is {np.dtype(dtype).name}: the explained input must be float "
                             "or integer token ids; choose another with --set input=NAME")
@@ -121,12 +126,14 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     _declare_measured_shapes(m, shapes)
     token = None
     if emb is not None:
-        gather = next(n for n in m.graph.node if n.output and n.output[0] == emb[0].output[0])
-        token = TokenInput(data.name, gather.output[0], emb[1], emb[2], common.get("baseline_token"))
+        token = TokenInput(data.name, embedding_output(emb[0]), emb[1], emb[2], common.get("baseline_token"))
     g = ForwardGraph(m, token.embedding if token else data.name, score, explained, shapes, dtypes, fixed,
                      default_opset(m), token=token)
     g.canonicalization = decisions
     float_view(g, where)  # quantized ops: the backward walks their dequantized view (load/quantized.py)
+    unfused_view(g, where)  # onnxruntime's fused contrib ops: the backward walks their expansion (load/contrib.py)
+    if token is not None and (g.const(token.table) is None or g.const(token.table).dtype.kind != "f"):
+        token.table = dequantized_table(g, emb[0], token.table)  # a quantized word embedding: its float values
     if len(g.shape(explained)) != 2:
         raise XCompileError(f"{where}: the explained output {explained!r} has shape {list(g.shape(explained))}; expected [N, classes]")
     return g

@@ -223,7 +223,10 @@ def _recompute_data_path(g, v: _View) -> None:
     The copy computes what the unfused graph computes (onnxruntime at ORT_DISABLE_ALL)."""
     keep = {o.name for o in g.model.graph.output} | {g.explained, g.data_input}
     qdq = any(n.op_type == "QuantizeLinear" and n.input[0] not in g.initializers for n in v.nodes)
-    if not qdq:
+    # a quantized word embedding (Gather -> DequantizeLinear: quantize_dynamic's default) too: onnxruntime fuses
+    # the float ops after it (Add + LayerNormalization, GELU) only where no backward reads their inner tensors
+    producer = g.producer.get(g.data_input)
+    if not qdq and not (producer is not None and producer.op_type == "DequantizeLinear"):
         return
     island: set = {g.data_input}
     rename: dict = {}
@@ -350,3 +353,16 @@ def float_view(g, where: str = "model") -> None:
         g.initializers[name] = t
     g.virtual, g.virtual_consts = v.virtual, v.consts
     g.virtual.update(v.dq_nodes)
+
+
+def dequantized_table(g, node, table: str) -> str:
+    """The float values of a quantized word embedding (token models: the baseline token's embedding): the integer
+    table dequantized by `node` (the DequantizeLinear of the Gather's output; a per-axis scale runs along the
+    embedding width, the table's axis 1), or the view's constant of a DequantizeLinear that makes the table."""
+    name = f"{PREFIX}/{table}"
+    if name in g.initializers:
+        return name
+    ins = list(node.input) + [""]
+    arr = dequantize(g.const(table), g.const(ins[1]), g.const(ins[2]) if ins[2] else None, 1)
+    g.initializers[name] = numpy_helper.from_array(arr, name)  # read in numpy only, never written
+    return name

@@ -16,7 +16,7 @@ from ..graph import RELEVANCE, TARGET
 
 EXPLAINED_CLASS = "explained_class"
 CONSERVATION = "conservation"
-from ..protobuf_limit import check_model, save_external, too_large
+from ..protobuf_limit import check_model, infer_shapes, save_external, too_large
 from .lower import lower_for_cuda
 from .precision import to_float16
 
@@ -188,8 +188,8 @@ def check(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     its inferred value_info (a convenience for viewers such as Netron)."""
     try:
         if not too_large(model):
-            model = shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-            onnx.checker.check_model(model)
+            model = infer_shapes(model, check_type=True, strict_mode=True)  # (onnxruntime's default-domain
+            check_model(model)                                              # contrib ops checked as contrib ops)
         else:  # on the weightless skeleton (protobuf_limit.py): no copy of the weights
             check_model(model, full_check=True)
     except (onnx.checker.ValidationError, shape_inference.InferenceError) as e:
