@@ -104,7 +104,8 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     if freeze_shape_arithmetic(m, names, at_one, at_two, decisions):
         remove_unused_initializers(m)
     for _ in range(4):  # If / Loop / Scan inlined once trip counts and conditions are known (nested ones: again)
-        n_inlined, pairs = inline_control_flow(m, at_one, at_two, shapes, decisions)
+        known = {**shapes, **{n: (None,) + tuple(samples[n]) for n in names}}
+        n_inlined, pairs = inline_control_flow(m, at_one, at_two, known, decisions)
         if not n_inlined:
             break
         canonicalize(m, decisions=decisions)
