@@ -275,7 +275,12 @@ def proportional(ctx, gy, weights=None, stabilizer: float = STAB):
         if v is None or not ctx.needs(k) or w == 0.0:
             out.append(None)
             continue
-        r = b.mul(ctx.x(k), v, "r")
+        x = ctx.x(k)
+        if ctx.op_type == "Softmax":
+            # masked attention logits are -inf (or overflow to it: finfo.min + a score in float16): their share is
+            # x * 0 = NaN; LXT's softmax rule replaces -inf by 0 (AttnLRP, Achtibat et al. 2024): masked keys get 0
+            x = b.where(b.op("IsInf", [x], "masked", detect_positive=0), b.f32(0.0), x, "unmasked")
+        r = b.mul(x, v, "r")
         out.append(r if w == 1.0 else b.mul(r, b.f32(w), "r_share"))
     return out
 
