@@ -23,9 +23,10 @@ GRAD_TOL = 1e-5
 MODELS = ("gru", "masked_lstm_nobias")  # gru with random biases; the masked LSTM without (conservation)
 RULESETS = ["auto", "epsilon", "zero", "attnlrp", "cp-lrp", "epsilon-plus", "epsilon-alpha2-beta1", "epsilon-gamma-box"]
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.skipif(
     importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("tf2onnx") is None,
-    reason="needs tensorflow and tf2onnx (pip install -e '.[test]')")
+    reason="needs tensorflow and tf2onnx (pip install -e '.[test]')"),
+    pytest.mark.slow]  # ~35 s of TensorFlow start-up and conversion; tests/test_controlflow.py covers the Loop shape
 
 
 @pytest.fixture(scope="module")
