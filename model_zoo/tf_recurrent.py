@@ -5,7 +5,9 @@ tensors: tf2onnx's ``while`` pattern), with their ``tf.GradientTape`` reference 
 
 - ``gru``: float input [N, 5, 3] -> GRU(4) -> Dense(3)
 - ``masked_lstm``: float input [N, 6, 3] -> Masking(0.0) -> LSTM(4) -> Dense(3); two rows end in all-zero padding
-  steps, which the mask skips (Keras' ``mask_zero`` on an Embedding makes the same mask from the ids)
+  steps, which the mask skips
+- ``mask_zero_lstm``: token ids [N, 6] -> Embedding(12, 3, mask_zero=True) -> LSTM(4) -> Dense(3), rows padded
+  with id 0; ``grad`` is with respect to the embedding output [N, L, D]
 
 Biases are drawn N(0, 0.05²) (Keras' zero default would hide them); ``*_nobias``: the same without any bias
 (use_bias=False): LRP's conservation is then exact up to the stabilizers.
@@ -56,6 +58,26 @@ def build(name: str, out: Path) -> None:
         x = rng.standard_normal((3, 6, 3)).astype(np.float32)
         x[0, 4:] = 0  # padded steps: the mask skips them (the state passes through)
         x[2, 2:] = 0
+    elif name == "mask_zero_lstm":
+        inp = keras.Input((6,), dtype="int32")
+        emb = keras.layers.Embedding(12, 3, mask_zero=True)
+        rnn = keras.layers.LSTM(4, bias_initializer=init)
+        model = keras.Model(inp, dense(rnn(emb(inp))))
+        sig = [tf.TensorSpec((None, 6), tf.int32)]
+        x = rng.integers(1, 12, (3, 6)).astype(np.int32)
+        x[0, 4:] = 0  # padding (id 0): the mask skips these steps
+        x[2, 2:] = 0
+        xt = tf.constant(x)
+        e = emb(xt)
+        with tf.GradientTape() as tape:  # with respect to the embedding output E [N, L, D]
+            tape.watch(e)
+            logits = dense(rnn(e, mask=emb.compute_mask(xt)))
+            target = tf.argmax(logits, axis=1)
+            score = tf.reduce_sum(tf.gather(logits, target, batch_dims=1))
+        grad = tape.gradient(score, e).numpy()
+        tf2onnx.convert.from_keras(model, input_signature=sig, opset=17, output_path=str(out / "model.onnx"))
+        np.savez(out / "reference.npz", x=x, logits=logits.numpy(), target=target.numpy().astype(np.int64), grad=grad)
+        return
     else:
         raise SystemExit(f"unknown model {name!r}")
     xt = tf.constant(x)

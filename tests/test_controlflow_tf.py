@@ -1,4 +1,5 @@
-"""tf2onnx's recurrent pattern: Keras 3 GRU on float input and LSTM behind a Masking layer, converted by tf2onnx into
+"""tf2onnx's recurrent pattern: Keras 3 GRU on float input, an LSTM behind a Masking layer and an LSTM on token ids
+with ``Embedding(mask_zero=True)``, converted by tf2onnx into
 a ``Loop`` whose body reads the outer sequence (Gather at a loop-carried counter) and whose condition compares
 counters with the sequence length. canonicalize/controlflow.py unrolls it; the gradient matches ``tf.GradientTape``
 and every LRP rule set is finite (and conserves on the bias-free twins).
@@ -20,7 +21,7 @@ import xcompile
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAD_TOL = 1e-5
-MODELS = ("gru", "masked_lstm_nobias")  # gru with random biases; the masked LSTM without (conservation)
+MODELS = ("gru", "masked_lstm_nobias", "mask_zero_lstm")  # random biases except the masked LSTM (conservation)
 RULESETS = ["auto", "epsilon", "zero", "attnlrp", "cp-lrp", "epsilon-plus", "epsilon-alpha2-beta1", "epsilon-gamma-box"]
 
 pytestmark = [pytest.mark.skipif(
@@ -50,11 +51,14 @@ def test_gradient_against_gradient_tape(built, name):
     assert not any(n.op_type == "Loop" for n in compiled.graph.node)
     e = xcompile.Explainer(compiled).explain(ref["x"], ref["target"])
     assert rel_err(e.scores, ref["logits"]) < GRAD_TOL
-    err = rel_err(e.relevance, ref["grad"])
+    got = e.extras["embedding_relevance"] if name == "mask_zero_lstm" else e.relevance  # token ids: dF/dE [N, L, D]
+    err = rel_err(got, ref["grad"])
     print(f"{name}: gradient vs tf.GradientTape {err:.2e}")
     assert err < GRAD_TOL
     if name.startswith("masked"):  # the masked (all-zero) steps: the state passes through, no gradient
         assert np.abs(e.relevance[0, 4:]).max() == 0 and np.abs(e.relevance[2, 2:]).max() == 0
+    if name == "mask_zero_lstm":  # padding ids (0): no gradient
+        assert np.abs(got[0, 4:]).max() == 0 and np.abs(got[2, 2:]).max() == 0
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -64,7 +68,7 @@ def test_rulesets_finite_and_conservative(built, name):
         e = xcompile.Explainer(xcompile.compile(str(built / name / "model.onnx"), "lrp", rules=rules)).explain(
             ref["x"], ref["target"])
         assert np.isfinite(e.relevance).all() and np.abs(e.relevance).max() > 0, rules
-        if name.startswith("gru"):  # biases absorb relevance; AttnLRP has no gated-cell rule (GRU's (1 - z) * n
+        if name != "masked_lstm_nobias":  # biases absorb relevance; AttnLRP has no gated-cell rule (GRU's (1 - z) * n
             continue                # is not conservative under it for PyTorch's GRU without Loop either)
         score = e.scores[np.arange(len(ref["x"])), ref["target"]]
         np.testing.assert_allclose(e.relevance.reshape(len(score), -1).sum(1), score, rtol=1e-3, atol=1e-5, err_msg=rules)

@@ -232,3 +232,13 @@ def test_llama_sdpa_legacy(tmp_path):
     _export(Wrap().eval(), (ids, mask), ["ids", "mask"], tmp_path / "llama.onnx")
     _check_rows(tmp_path / "llama.onnx", {"ids": ids.numpy(), "mask": mask.numpy()}, slice(8, None),
                 ["auto", "attnlrp", "cp-lrp", "epsilon"], input_shape=12)
+
+
+def test_run_hint_does_not_suggest_the_rule_set_in_use():
+    from xcompile.lrp.rulesets import run_warning
+    nan = np.array([[np.nan, 1.0]], np.float32)
+    for meta in ({"method": "lrp"}, {"method": "lrp", "params": {"rules": "auto"}}):  # auto: the default
+        msg = run_warning(meta, nan, None)
+        assert "NaN/Inf" in msg and "--rules auto" not in msg and "--rules cp-lrp" in msg
+    assert "try --rules auto" in run_warning({"method": "lrp", "params": {"rules": "epsilon"}}, nan, None)
+    assert "--rules" not in run_warning({"method": "gradient"}, nan, None)

@@ -100,6 +100,8 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
 INT_TYPES = (onnx.TensorProto.INT32, onnx.TensorProto.INT64)
 _ID_ROUTES = ("Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
+# Keras' Embedding indexes with where(ids < 0, ids + vocab, ids), written as Less / Not / Cast / Mul / Add
+_ID_ELEMENTWISE = ("Add", "Sub", "Mul", "Where", "Less", "Greater", "Equal", "Not", "Mod", "Max", "Min")
 
 
 def embedding_gather(model: onnx.ModelProto, name: str):
@@ -108,9 +110,13 @@ def embedding_gather(model: onnx.ModelProto, name: str):
     Returns (gather node, table name, vocab) of the largest such table, else None."""
     tables = {t.name: t for t in model.graph.initializer if t.data_type in FLOAT_TYPES and len(t.dims) == 2}
     ids = {name}
+    consts = {t.name for t in model.graph.initializer}
     for n in model.graph.node:  # topological order: ids reshaped or cast first (GPT-2 views them as [-1, L])
         if n.op_type in _ID_ROUTES and n.input and n.input[0] in ids:
             ids.add(n.output[0])
+        elif (n.op_type in _ID_ELEMENTWISE and any(i in ids for i in n.input)
+              and all(not i or i in ids or i in consts for i in n.input)):
+            ids.update(o for o in n.output if o)  # elementwise arithmetic of the ids alone (Keras' negative-id wrap)
     found = []
     for n in model.graph.node:
         if n.op_type == "Gather" and len(n.input) == 2 and n.input[1] in ids and n.input[0] in tables:
