@@ -254,3 +254,21 @@ def test_torch_cond_dynamo_export(tmp_path):
     assert "If" in ops, ops
     for sign in (1, -1):
         check_gradient(str(path), lambda t: net(t), signed_rows(sign, (2, 4)), target=(0, 2))
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_if_guarded_branch_not_taken_leaves_no_nan(sign):
+    """if min(x) > 0: log(x) W1 else: x W2 — with negative rows the log branch is evaluated (on zeros: the branch
+    not taken reads its outer tensors through Where) but its backward does not reach x: no NaN, autograd's value."""
+    then = _branch("then", [helper.make_node("Log", ["x"], ["lg"]), helper.make_node("MatMul", ["lg", "W1"], ["t"])], "t")
+    other = _branch("else", [helper.make_node("MatMul", ["x", "W2"], ["e"])], "e")
+    nodes = [helper.make_node("ReduceMin", ["x"], ["s"], keepdims=0), helper.make_node("Greater", ["s", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other),
+             helper.make_node("MatMul", ["y", "head"], ["scores"])]
+    model = _model(nodes, (4,), [("zero", np.array(0, np.float32))])
+    w = {k: torch.tensor(v) for k, v in W.items()}
+    x = (np.abs(RNG.standard_normal((2, 4))) + 0.1).astype(np.float32) * sign
+    check_gradient(model, lambda t: (torch.log(t) @ w["W1"] if t.min() > 0 else t @ w["W2"]) @ w["head"], x)
+    for rules in ("auto", "epsilon", "attnlrp"):
+        e = xcompile.Explainer(xcompile.compile(model, "lrp", rules=rules)).explain(x, np.array([1, 3]))
+        assert np.isfinite(e.relevance).all(), rules

@@ -7,7 +7,9 @@
   ``Where(cond, then_k, else_k)`` (cond is a scalar: one branch per call). Its backward is the op table's Where:
   the taken branch's backward receives the relevance, the other exactly zero, so each branch's reads of outer
   tensors get their share — the same as an ``If`` over both branches' backwards (which the engine would have to
-  emit as subgraphs). Both branches are evaluated; outputs of different shapes in the two branches are refused.
+  emit as subgraphs). Both branches are evaluated, the one not taken on zeros (its outer float reads pass through
+  ``Where(cond, t, 0)``, whose backward also cuts a NaN of a guarded log / sqrt there); outputs of different shapes
+  in the two branches are refused.
 - ``Loop`` unrolled when its trip count is known at compile time: ``M`` (and the initial condition) constant, and
   the condition each iteration computes evaluated as a constant from the iteration number and constant loop-carried
   values (the tf2onnx ``while`` pattern: counters compared with the sequence length). Loop-invariant body nodes are
@@ -30,7 +32,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import XCompileError
-from ..graph import defined_names, outer_reads_of, subgraphs
+from ..graph import defined_names, outer_reads, outer_reads_of, subgraphs
 from ..kinds import RANDOM_OPS, SHAPE_SOURCES
 from .rewrite import Decision, replace_nodes
 
@@ -76,9 +78,10 @@ class _Renamer:
 
 
 class _Inliner:
-    def __init__(self, model, static, shapes, decisions):
+    def __init__(self, model, static, shapes, decisions, dtype_of=lambda name: None):
         self.model, self.g = model, model.graph
-        self.static, self.shapes, self.decisions = static, shapes, decisions
+        self.static, self.shapes, self.decisions, self.dtype_of = static, shapes, decisions, dtype_of
+        self.static_names = {t.name for t in model.graph.initializer}
         self.new_inits: list = []
         self.consts: dict = {}       # name -> value of the constants this pass made (counters, conditions)
         self.pairs: list = []        # (If node, then output, else output) to check after the probe
@@ -171,8 +174,20 @@ class _Inliner:
         outs = []
         for branch, name in ((then_b, "then"), (else_b, "else")):
             prefix = f"{tag}/{name}/"
-            nodes += self.inline(branch, prefix, {})
-            ren = _Renamer(prefix, defined_names(branch), {})
+            # each branch reads the outer float tensors through Where(cond, t, 0) (else: Where(cond, 0, t)): the
+            # branch that is not taken computes on zeros and its backward (0 * inf = NaN in a guarded log / sqrt /
+            # division) is cut by that Where's backward, as if the branch had not run; weights stay constant reads
+            gated = {}
+            for t in sorted(outer_reads(branch)):
+                dt = self.dtype_of(t)
+                if t in self.static_names or dt is None or np.dtype(dt).kind != "f":
+                    continue
+                gated[t] = self.fresh(f"{name}_read")
+                zero = self.const(np.zeros((), dt), "zero")
+                nodes.append(helper.make_node("Where", [cond, t, zero] if name == "then" else [cond, zero, t],
+                                              [gated[t]], name=f"{tag}/{name}/read/{t}"))
+            nodes += self.inline(branch, prefix, gated)
+            ren = _Renamer(prefix, defined_names(branch), dict(gated))
             outs.append([ren(o.name) for o in branch.output])
         for t, e, y in zip(outs[0], outs[1], node.output):
             if y:
@@ -350,7 +365,15 @@ def inline_control_flow(model: onnx.ModelProto, at_one: Optional[dict] = None, a
         a, b = np.asarray(at_one[name]), np.asarray(at_two[name])
         return a if a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b) else None
 
-    inl = _Inliner(model, static, shapes or {}, decisions)
+    declared = {i.name: helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in g.input
+                if i.name not in inits and i.type.HasField("tensor_type")}
+
+    def dtype_of(name):
+        if at_one is not None and name in at_one:
+            return np.asarray(at_one[name]).dtype
+        return declared.get(name)
+
+    inl = _Inliner(model, static, shapes or {}, decisions, dtype_of)
     out = []
     for n in g.node:
         if n.op_type in CONTROL_OPS and n.domain in ("", "ai.onnx"):
