@@ -272,3 +272,36 @@ def test_if_guarded_branch_not_taken_leaves_no_nan(sign):
     for rules in ("auto", "epsilon", "attnlrp"):
         e = xcompile.Explainer(xcompile.compile(model, "lrp", rules=rules)).explain(x, np.array([1, 3]))
         assert np.isfinite(e.relevance).all(), rules
+
+
+def test_torch_script_loop_over_the_sequence_length(tmp_path):
+    """`for t in range(1, x.size(1))` scripted and exported (legacy) with a symbolic T: the Loop's trip count is
+    ceil((Shape(x)[1] - 1) / 1), known once --set input_shape fixes T; the body reads outer x and the weights."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wx, self.wh, self.head = torch.nn.Linear(3, 4), torch.nn.Linear(4, 4, bias=False), torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = torch.tanh(self.wx(x[:, 0]))
+            for t in range(1, x.size(1)):
+                h = torch.tanh(self.wx(x[:, t]) + self.wh(h))
+            return self.head(h)
+
+    torch.manual_seed(0)
+    net = torch.jit.script(Net())
+    path = tmp_path / "loop.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(2, 5, 3),), str(path), dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "N", 1: "T"}})
+    assert any(n.op_type == "Loop" for n in onnx.load(str(path)).graph.node)
+    x = RNG.standard_normal((2, 5, 3)).astype(np.float32)
+    ex = xcompile.Explainer(xcompile.compile(str(path), "gradient", input_shape="5x3"))
+    e = ex.explain(x, np.array([0, 1]))
+    xt = torch.tensor(x, requires_grad=True)
+    g, = torch.autograd.grad(net(xt).gather(1, torch.tensor([[0], [1]])).sum(), xt)
+    assert rel_err(e.relevance, g.numpy()) < GRAD_TOL
+    for rules in ("auto", "epsilon", "attnlrp"):
+        z = xcompile.Explainer(xcompile.compile(str(path), "lrp", rules=rules, input_shape="5x3")).explain(x, np.array([0, 1]))
+        assert np.isfinite(z.relevance).all() and np.abs(z.relevance).max() > 0, rules

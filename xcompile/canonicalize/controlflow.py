@@ -218,7 +218,7 @@ class _Inliner:
         b_out = [o.name for o in body.output]
         n_scan = len(b_out) - 1 - n_carried
         inv = self.invariant(body, set(b_in))
-        nodes = self.inline_invariant(body, f"{tag}/inv/", inv)
+        nodes = self.fold(self.inline_invariant(body, f"{tag}/inv/", inv))
         scans: list = [[] for _ in range(n_scan)]
         steps = 0
         while cond and (trip is None or steps < trip):
@@ -280,7 +280,7 @@ class _Inliner:
         b_in = [i.name for i in body.input]
         b_out = [o.name for o in body.output]
         inv = self.invariant(body, set(b_in))
-        nodes = self.inline_invariant(body, f"{tag}/inv/", inv)
+        nodes = self.fold(self.inline_invariant(body, f"{tag}/inv/", inv))
         state = list(node.input[:n])
         scans: list = [[] for _ in range(k_out)]
         for t in range(T):
