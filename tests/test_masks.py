@@ -242,3 +242,13 @@ def test_run_hint_does_not_suggest_the_rule_set_in_use():
         assert "NaN/Inf" in msg and "--rules auto" not in msg and "--rules cp-lrp" in msg
     assert "try --rules auto" in run_warning({"method": "lrp", "params": {"rules": "epsilon"}}, nan, None)
     assert "--rules" not in run_warning({"method": "gradient"}, nan, None)
+
+
+def test_float16_explainer_of_a_masked_model():
+    """--set precision=float16 (the explainer converted to float16): the -inf test of the softmax rule stays valid."""
+    x, mask = rows(np.float32)
+    for rules in ("attnlrp", "auto"):
+        e = xcompile.Explainer(xcompile.compile(attention_model(-np.inf, np.float32, False), "lrp", rules=rules,
+                                                precision="float16")).explain({"x": x, "mask": mask}, np.array([1, 3]))
+        R = e.relevance.sum(-1)
+        assert np.isfinite(e.relevance).all() and np.abs(R[1, :PADDED]).max() <= 1e-6 * np.abs(R[1]).max(), rules

@@ -279,7 +279,7 @@ def proportional(ctx, gy, weights=None, stabilizer: float = STAB):
         if ctx.op_type == "Softmax":
             # masked attention logits are -inf (or overflow to it: finfo.min + a score in float16): their share is
             # x * 0 = NaN; LXT's softmax rule replaces -inf by 0 (AttnLRP, Achtibat et al. 2024): masked keys get 0
-            x = b.where(b.op("IsInf", [x], "masked", detect_positive=0), b.f32(0.0), x, "unmasked")
+            x = b.where(b.op("Equal", [x, b.f32(-np.inf)], "masked"), b.f32(0.0), x, "unmasked")  # IsInf: no float16
         r = b.mul(x, v, "r")
         out.append(r if w == 1.0 else b.mul(r, b.f32(w), "r_share"))
     return out
