@@ -210,8 +210,10 @@ def test_bert_sdpa_legacy_matches_lxt(tokens, tmp_path):
         assert err <= 1e-3
 
 
-@pytest.mark.slow  # ~10 s
+@pytest.mark.slow  # ~15 s
 def test_llama_sdpa_legacy(tmp_path):
+    """Left padding + the causal mask: the padded queries see no key; sdpa's export writes NaN rows and zeroes them
+    (Where(IsNaN(s), 0, s)). Every rule set finite, padding 0; the gradient equals the eager twin's autograd."""
     import transformers as T
     torch.manual_seed(0)
     cfg = T.LlamaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
@@ -228,10 +230,21 @@ def test_llama_sdpa_legacy(tmp_path):
             return self.m(input_ids=ids, attention_mask=mask).logits
     ids = torch.randint(2, 100, (2, 12), generator=torch.Generator().manual_seed(0))
     mask = torch.ones(2, 12, dtype=torch.long)
-    ids[1, 8:], mask[1, 8:] = 0, 0
-    _export(Wrap().eval(), (ids, mask), ["ids", "mask"], tmp_path / "llama.onnx")
-    _check_rows(tmp_path / "llama.onnx", {"ids": ids.numpy(), "mask": mask.numpy()}, slice(8, None),
-                ["auto", "attnlrp", "cp-lrp", "epsilon"], input_shape=12)
+    ids[1, :4], mask[1, :4] = 0, 0  # left padding: with the causal mask the padded queries see no key (NaN rows
+    _export(Wrap().eval(), (ids, mask), ["ids", "mask"], tmp_path / "llama.onnx")  # that sdpa's export zeroes)
+    feeds = {"ids": ids.numpy(), "mask": mask.numpy()}
+    _check_rows(tmp_path / "llama.onnx", feeds, slice(0, 4), ["auto", "attnlrp", "cp-lrp", "epsilon"], input_shape=12)
+    g = xcompile.Explainer(xcompile.compile(str(tmp_path / "llama.onnx"), "gradient", input_shape=12)).explain(
+        feeds, np.array([0, 1]))
+    # oracle: autograd through the eager twin (finfo.min masks, no NaN rows), same weights, at the embedding output
+    twin = T.LlamaForSequenceClassification(T.LlamaConfig(**{**cfg.to_dict(), "attn_implementation": "eager"})).eval()
+    twin.load_state_dict(model.state_dict())
+    E = twin.get_input_embeddings()(ids).detach().requires_grad_(True)
+    out = twin(inputs_embeds=E, attention_mask=mask).logits  # the last position is a real token in both rows
+    ref, = torch.autograd.grad(out.gather(1, torch.tensor([[0], [1]])).sum(), E)
+    err = rel_err(g.extras["embedding_relevance"], ref.numpy())
+    print(f"llama sdpa legacy, left padding: gradient vs eager autograd {err:.1e}")
+    assert err < 1e-5
 
 
 def test_run_hint_does_not_suggest_the_rule_set_in_use():
