@@ -53,6 +53,38 @@ class TokenInput:
     baseline_token: Optional[int] = None
 
 
+def subgraphs(node: onnx.NodeProto) -> list:
+    """The node's subgraph attributes (If branches, Loop / Scan bodies)."""
+    return [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH] + \
+        [s for a in node.attribute if a.type == onnx.AttributeProto.GRAPHS for s in a.graphs]
+
+
+def defined_names(graph: onnx.GraphProto) -> set:
+    """Every name a (sub)graph defines, nested subgraphs included."""
+    names = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {t.name for t in graph.sparse_initializer}
+    for n in graph.node:
+        names.update(o for o in n.output if o)
+        for s in subgraphs(n):
+            names |= defined_names(s)
+    return names
+
+
+def outer_reads(graph: onnx.GraphProto) -> set:
+    """Names a subgraph reads from enclosing scopes (at any depth)."""
+    inner = defined_names(graph)
+    reads = set()
+    for n in graph.node:
+        reads.update(i for i in n.input if i and i not in inner)
+        for s in subgraphs(n):
+            reads |= outer_reads(s) - inner
+    return reads
+
+
+def outer_reads_of(node: onnx.NodeProto) -> set:
+    """What a node's subgraphs read from the scope the node is in."""
+    return set().union(*[outer_reads(s) for s in subgraphs(node)]) if subgraphs(node) else set()
+
+
 @dataclass
 class ForwardGraph:
     model: onnx.ModelProto
@@ -125,6 +157,7 @@ class ForwardGraph:
         carry relevance, or None when the op is unknown (it is then treated as fully connected, so
         that it can be reported as unsupported)."""
         dg = nx.DiGraph()
+        hidden = {}  # a node with subgraphs (If / Loop / Scan left by canonicalization) reads outer tensors inside
         for node in self.nodes:
             slots = differentiable(node)
             ins = range(len(node.input)) if slots is None else slots
@@ -133,11 +166,18 @@ class ForwardGraph:
                     for o in node.output:
                         if o:
                             dg.add_edge(node.input[k], o)
+            if subgraphs(node):  # every read is an edge: such a node on a relevance path is refused, never skipped
+                hidden[id(node)] = outer_reads_of(node)
+                for i in hidden[id(node)]:
+                    for o in node.output:
+                        if o:
+                            dg.add_edge(i, o)
         if self.data_input not in dg or self.explained not in dg:
             return set(), []
         carried = nx.descendants(dg, self.data_input) | {self.data_input}
         needed = nx.ancestors(dg, self.explained) | {self.explained}
         live = carried & needed
         # the producer of the data tensor (a token model's embedding Gather) is not walked: relevance stops at it
-        nodes = [n for n in self.nodes if any(o in live for o in n.output) and any(i in live for i in n.input)]
+        nodes = [n for n in self.nodes if any(o in live for o in n.output)
+                 and any(i in live for i in list(n.input) + sorted(hidden.get(id(n), ())))]
         return live, nodes

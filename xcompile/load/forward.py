@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..canonicalize.controlflow import check_if_shapes, inline_control_flow
 from ..canonicalize.inputs import drop_unread_inputs
 from ..canonicalize.passes import (
     canonicalize,
@@ -121,6 +122,16 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     shapes, dtypes, at_one, fixed, at_two = probe(m, plan, where=where)
     if freeze_shape_arithmetic(m, names, at_one, at_two, decisions):
         remove_unused_initializers(m)
+    for _ in range(4):  # If / Loop / Scan inlined once trip counts and conditions are known (nested ones: again)
+        known = {**shapes, **{n: (None,) + tuple(samples[n]) for n in names}}
+        n_inlined, pairs = inline_control_flow(m, at_one, at_two, known, decisions)
+        if not n_inlined:
+            break
+        canonicalize(m, decisions=decisions)
+        shapes, dtypes, at_one, fixed, at_two = probe(m, plan, where=where)
+        check_if_shapes(pairs, shapes, where)
+        if freeze_shape_arithmetic(m, names, at_one, at_two, decisions):
+            remove_unused_initializers(m)
     for n in names:
         shapes[n] = (None,) + tuple(samples[n])
     _declare_measured_shapes(m, shapes)

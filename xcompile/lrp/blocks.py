@@ -138,7 +138,8 @@ class Structure:
         return p is not None and p.op_type in GATE_OPS - {"Softmax"}
 
     def is_softmax(self, t):
-        if self.source_op(t) == "Softmax":
+        # through Where too: PyTorch's sdpa export guards the probabilities as Where(IsNaN(s), 0, s)
+        if self.source_op(t, ROUTE_OPS | {"Where"}) == "Softmax":
             return True
         top = self.chain(t, ROUTE_OPS)[-1]
         p = self.g.producer.get(top)

@@ -239,6 +239,10 @@ class LRP(Method):
             if p.op_type == "Sub" and self.g.const(p.input[0]) is not None and np.all(self.g.const(p.input[0]) == 1):
                 t, seen = p.input[1], seen + 1  # 1 - gate (GRU's update share) is a gate too
                 continue
+            live = [i for i in p.input[1:] if i in self.live]
+            if p.op_type == "Where" and len(live) == 1:  # sdpa exports guard softmax as Where(IsNaN(s), 0, s)
+                t, seen = live[0], seen + 1
+                continue
             if p.op_type not in ROUTE_OPS:
                 return False
             t, seen = p.input[0], seen + 1
