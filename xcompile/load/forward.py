@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 
 from ..canonicalize.inputs import drop_unread_inputs
+from ..canonicalize.outputs import single_logit_view
 from ..canonicalize.passes import (
     canonicalize,
     find_explained_scores,
@@ -109,12 +110,19 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     if emb is not None:
         gather = next(n for n in m.graph.node if n.output and n.output[0] == emb[0].output[0])
         token = TokenInput(data.name, gather.output[0], emb[1], emb[2], common.get("baseline_token"))
+    view = single_logit_view(m, explained, shapes.get(explained, ()))
+    if view is not None:  # one logit per row: explained through [-z, z] (canonicalize/outputs.py)
+        for t, shape in ((view, (None, 2)), (f"{view}/logit", (None, 1)), (f"{view}/negated", (None, 1))):
+            shapes[t], dtypes[t] = shape, dtypes.get(explained)
+        explained = view
     g = ForwardGraph(m, token.embedding if token else data.name, score, explained, shapes, dtypes, fixed,
                      default_opset(m), token=token)
+    g.single_logit = view is not None
     g.canonicalization = decisions
     float_view(g, where)  # quantized ops: the backward walks their dequantized view (load/quantized.py)
     if len(g.shape(explained)) != 2:
-        raise XCompileError(f"{where}: the explained output {explained!r} has shape {list(g.shape(explained))}; expected [N, classes]")
+        raise XCompileError(f"{where}: the explained output {explained!r} has shape {list(g.shape(explained))}; expected [N, classes], "
+                            "or [N] / [N, 1] for one logit; choose the score output with --set output=NAME")
     return g
 
 
