@@ -15,6 +15,7 @@ from .errors import XCompileError, warn_once
 from .load.forward import COMMON, jsonable, load_forward, reserved_names, split_params
 from .methods import METHODS
 from .methods.tokens import refuse as refuse_tokens
+from .methods.treeshap import refuse_gradients as refuse_trees
 from .methods.tokens import token_outputs
 from .write.writer import assemble
 
@@ -71,6 +72,7 @@ def compile(model, method: str, rules=None, *, where: str | None = None, **param
         return cls.compile_model(model, rules=rules, where=where, **params)
     m, common = make_method(cls, method, rules, params)
     g = load_forward(model, common, where)
+    refuse_trees(g.model, method, where)  # a tree ensemble: treeshap or occlusion (methods/treeshap)
     warn_non_finite_weights(g.model, where)
     refuse_tokens(m, g, where)
     m.prepare(g, where)
