@@ -15,8 +15,8 @@ from .errors import XCompileError, warn_once
 from .load.forward import COMMON, jsonable, load_forward, reserved_names, split_params
 from .methods import METHODS
 from .methods.tokens import refuse as refuse_tokens
-from .methods.treeshap import refuse_gradients as refuse_trees
 from .methods.tokens import token_outputs
+from .methods.treeshap import refuse_gradients as refuse_trees
 from .write.writer import assemble
 
 __all__ = ["compile", "make_method", "method_class", "load_forward", "split_params", "COMMON"]
