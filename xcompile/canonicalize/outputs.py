@@ -10,8 +10,9 @@
 """
 from __future__ import annotations
 
+import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import XCompileError
 
@@ -80,3 +81,41 @@ def single_logit_view(model: onnx.ModelProto, explained: str, shape: tuple) -> s
         helper.make_node("Concat", [neg, col], [SINGLE_LOGIT_VIEW], name=SINGLE_LOGIT_VIEW, axis=1),
     ])
     return SINGLE_LOGIT_VIEW
+
+
+LINEAR_MODELS = ("LinearClassifier", "LinearRegressor")
+_SCORE_ROUTE = ("Identity", "Cast", "Normalizer")
+
+
+def linear_model_view(model: onnx.ModelProto, explained: str) -> str | None:
+    """If the explained scores come from an ai.onnx.ml LinearClassifier / LinearRegressor (through Cast, Normalizer,
+    a bypassed ZipMap), append an ai.onnx Gemm that computes its raw scores (before POST_TRANSFORM) from the same
+    input and return its name: the scores explained, as the logits before a Softmax are (binary classifiers with
+    one coefficient row: [-s, s], as onnxruntime's raw scores). Else None."""
+    producer = _producers(model)
+    t = explained
+    while t in producer and producer[t].op_type in _SCORE_ROUTE:
+        t = producer[t].input[0]
+    node = producer.get(t)
+    if node is None or node.op_type not in LINEAR_MODELS or node.domain != "ai.onnx.ml":
+        return None
+    if node.op_type == "LinearClassifier" and t != node.output[-1]:
+        return None  # the label
+    a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+    coef = np.asarray(a.get("coefficients", []), np.float32)
+    intercepts = np.asarray(a.get("intercepts", []), np.float32)
+    rows = len(intercepts) if len(intercepts) else int(a.get("targets", 1))
+    coef = coef.reshape(rows, -1)
+    intercepts = intercepts if len(intercepts) else np.zeros(rows, np.float32)
+    name = f"xc_{node.op_type.lower()}_raw"
+    w, bias = f"{name}/weight", f"{name}/bias"
+    model.graph.initializer.extend([numpy_helper.from_array(coef, w), numpy_helper.from_array(intercepts, bias)])
+    nodes = [helper.make_node("Gemm", [node.input[0], w, bias], [name], name=name, transB=1)]
+    labels = len(a.get("classlabels_ints", []) or a.get("classlabels_strings", []))
+    if node.op_type == "LinearClassifier" and rows == 1 and labels == 2:
+        nodes += [helper.make_node("Neg", [name], [f"{name}/negated"], name=f"{name}/negated"),
+                  helper.make_node("Concat", [f"{name}/negated", name], [f"{name}/two_class"], name=f"{name}/two_class",
+                                   axis=1)]
+        name = f"{name}/two_class"
+    model.graph.node.extend(nodes)
+    return name

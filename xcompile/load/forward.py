@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 
 from ..canonicalize.inputs import drop_unread_inputs
-from ..canonicalize.outputs import single_logit_view
+from ..canonicalize.outputs import linear_model_view, single_logit_view
 from ..canonicalize.passes import (
     canonicalize,
     find_explained_scores,
@@ -71,6 +71,8 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
         _declare_inputs(m, input_samples(m, find_data_input(m, common["input"], where), tuple(common["input_shape"]), where))
     canonicalize(m, decisions=decisions)
     explained = find_explained_scores(m, score, common["keep_softmax"])
+    if not common["keep_softmax"]:  # an ai.onnx.ml linear model: its raw scores, through an ai.onnx Gemm view
+        explained = linear_model_view(m, explained) or explained
     data = find_data_input(m, common["input"], where)
     dtype = numpy_dtype(data, where)
     emb = None
