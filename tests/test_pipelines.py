@@ -1,0 +1,107 @@
+"""scikit-learn pipelines as skl2onnx writes them with default options (int64 label first, ZipMap, ai.onnx.ml Scaler /
+Imputer / ArrayFeatureExtractor / LinearClassifier): the probabilities output chosen, relevance per input feature
+against analytic gradients of the raw decision function (docs/tabular.md)."""
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from xcompile.compiler import compile as xc
+
+skl2onnx = pytest.importorskip("skl2onnx")
+from sklearn.compose import ColumnTransformer  # noqa: E402
+from sklearn.datasets import load_breast_cancer, load_iris  # noqa: E402
+from sklearn.impute import SimpleImputer  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.neural_network import MLPClassifier  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+
+
+def to_onnx(m, X):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return skl2onnx.to_onnx(m, X[:1])
+
+
+def run(model, method, x, target, **kw):
+    e = xc(model, method, **kw)
+    s = ort.InferenceSession(e.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in s.get_outputs()]
+    return dict(zip(names, s.run(None, {"X": x, "target": np.asarray(target, np.int64)}))), e
+
+
+@pytest.fixture(scope="module")
+def iris():
+    X, y = load_iris(return_X_y=True)
+    return X.astype(np.float32), y
+
+
+def test_logistic_pipeline_multiclass_gradient_family(iris):
+    X, y = iris
+    m = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(X, y)
+    o = to_onnx(m, X)
+    assert o.graph.output[0].name == "output_label"  # label first: never explained
+    sc, lr = m[0], m[1]
+    x = X[::30]
+    W = lr.coef_ / sc.scale_  # d raw_c / d x = coef_c / scale
+    for method in ("gradient", "input_x_gradient", "integrated_gradients", "deeplift", "occlusion"):
+        out, e = run(o, method, x, np.full(len(x), -1), **({"baseline": 0} if method == "integrated_gradients" else {}))
+        assert e.graph.output[0].name == "output_probability"
+        cls = out["explained_class"]
+        np.testing.assert_array_equal(cls, m.predict(x))
+        np.testing.assert_allclose(out["output_probability"], m.predict_proba(x), atol=1e-5)
+        g = W[cls]
+        ref = {"gradient": g, "input_x_gradient": g * x}.get(method, g * x)  # linear in x: IG/DeepLIFT (baseline 0),
+        if method == "occlusion":                                           # occlusion (fill 0) = x * grad
+            ref = g * x
+        err = np.abs(out["relevance"] - ref).max() / np.abs(ref).max()
+        assert err < 1e-4, (method, err)
+
+
+def test_logistic_pipeline_binary_lrp_epsilon():
+    X, y = load_breast_cancer(return_X_y=True)
+    X = X.astype(np.float32)[:, :6]
+    m = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(X, y)
+    x = X[::100]
+    for t, sign in ((1, 1.0), (0, -1.0)):
+        out, _ = run(to_onnx(m, X), "lrp", x, np.full(len(x), t), rules="epsilon")
+        # LRP-epsilon on one linear layer over the standardized features z, seeded with the explained score +-raw:
+        # R_i = +-z_i w_i raw / (raw + eps sign(raw)); the Scaler passes relevance feature by feature
+        z = (x - m[0].mean_) / m[0].scale_
+        raw = z @ m[1].coef_[0] + m[1].intercept_[0]
+        ref = sign * z * m[1].coef_[0] * (raw / (raw + 1e-6 * np.sign(raw)))[:, None]
+        err = np.abs(out["relevance"] - ref).max() / np.abs(ref).max()
+        assert err < 1e-4, (t, err)
+        assert list(out["explained_class"]) == [t] * len(x)
+
+
+def test_mlp_pipeline_against_numpy_gradient(iris):
+    X, y = iris
+    m = make_pipeline(StandardScaler(), MLPClassifier((8,), max_iter=300, random_state=0)).fit(X, y)
+    x = X[::25]
+    out, _ = run(to_onnx(m, X), "gradient", x, np.full(len(x), -1))
+    sc, mlp = m[0], m[1]
+    z = (x - sc.mean_) / sc.scale_
+    h = z @ mlp.coefs_[0] + mlp.intercepts_[0]
+    cls = out["explained_class"]
+    np.testing.assert_array_equal(cls, m.predict(x))
+    # logits' gradient (the trailing Softmax skipped): W2[:, c] through the ReLU and W1, then 1 / scale
+    ref = ((mlp.coefs_[1][:, cls].T * (h > 0)) @ mlp.coefs_[0].T) / sc.scale_
+    assert np.abs(out["relevance"] - ref).max() / np.abs(ref).max() < 1e-4
+
+
+def test_column_transformer_with_imputation(iris):
+    X, y = iris
+    Xn = X.copy()
+    Xn[::7, 1] = np.nan
+    ct = ColumnTransformer([("a", make_pipeline(SimpleImputer(), StandardScaler()), [0, 1]), ("b", StandardScaler(), [2, 3])])
+    m = make_pipeline(ct, LogisticRegression(max_iter=500)).fit(Xn, y)
+    x = Xn[::21]
+    out, _ = run(to_onnx(m, Xn), "gradient", x, np.full(len(x), 2))
+    scale = np.concatenate([ct.named_transformers_["a"][1].scale_, ct.named_transformers_["b"].scale_])
+    ref = np.tile(m[1].coef_[2] / scale, (len(x), 1))
+    ref[np.isnan(x)] = 0.0  # an imputed value does not depend on the input
+    assert np.isnan(x).any()
+    np.testing.assert_allclose(out["relevance"], ref, rtol=1e-4, atol=1e-6)
