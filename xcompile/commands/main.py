@@ -66,6 +66,9 @@ def run_cmd(
     if batch_size < 1 or workers < 1:
         raise XCompileError("--batch-size and --workers must be positive integers")
     ex = Explainer(explainer, device=device)
+    from ..runtime.tabular import is_tabular, run_tabular
+    if is_tabular(ex, input) and engine == "local":  # feature rows: one CSV + a bar chart per row (runtime/tabular.py)
+        return run_tabular(ex, input[0], target, out, batch_size, typer.echo)
     batch = load_batch(input, ex, preprocess, tokenizer)
     if batch.rows == 0:
         raise XCompileError(f"{input[0]}: 0 rows (an empty batch); give at least one input row")
