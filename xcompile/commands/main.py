@@ -123,7 +123,8 @@ def demo_cmd(
     out: Path = typer.Option(Path("xcompile_demo"), "--out", help="folder for the explainers and the heatmaps"),
     n: int = typer.Option(8, "--n", help="held-out digits (or words, with --task text) to show"),
     task: str = typer.Option("image", "--task", help="image: the digits CNN with several methods (a PNG grid); "
-                             "text: the character-level language identifier (token heatmaps)"),
+                             "text: the character-level language identifier (token heatmaps); "
+                             "tabular: a tree model on breast_cancer explained by treeshap"),
 ):
     """Compile a shipped model, explain held-out examples, write heatmaps (image: digits CNN; text: langid)."""
     from .demo import run_demo, run_text_demo
@@ -131,8 +132,11 @@ def demo_cmd(
         run_demo(out, n, typer.echo)
     elif task == "text":
         run_text_demo(out, n, typer.echo)
+    elif task == "tabular":
+        from .demo_tabular import run_tabular_demo
+        run_tabular_demo(out, n, typer.echo)
     else:
-        raise XCompileError(f"--task {task!r}: expected image or text")
+        raise XCompileError(f"--task {task!r}: expected image, text or tabular")
 
 
 # feature commands live beside this module, each with a `register(app)` function
