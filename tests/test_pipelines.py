@@ -49,6 +49,12 @@ def test_logistic_pipeline_multiclass_gradient_family(iris):
     for method in ("gradient", "input_x_gradient", "integrated_gradients", "deeplift", "occlusion"):
         out, e = run(o, method, x, np.full(len(x), -1), **({"baseline": 0} if method == "integrated_gradients" else {}))
         assert e.graph.output[0].name == "output_probability"
+        # ai.onnx.ml only in the forward (and in the forward copies that IG, DeepLIFT, occlusion evaluate)
+        fwd = {n.name for n in o.graph.node if n.domain == "ai.onnx.ml" and n.op_type != "ZipMap"}
+        ml = {n.name for n in e.graph.node if n.domain == "ai.onnx.ml"}
+        assert {m.split("/")[-1] for m in ml} == fwd
+        if method in ("gradient", "input_x_gradient"):
+            assert ml == fwd
         cls = out["explained_class"]
         np.testing.assert_array_equal(cls, m.predict(x))
         np.testing.assert_allclose(out["output_probability"], m.predict_proba(x), atol=1e-5)
@@ -105,3 +111,14 @@ def test_column_transformer_with_imputation(iris):
     ref[np.isnan(x)] = 0.0  # an imputed value does not depend on the input
     assert np.isnan(x).any()
     np.testing.assert_allclose(out["relevance"], ref, rtol=1e-4, atol=1e-6)
+
+
+def test_svc_pipeline_points_to_neuralized():
+    from sklearn.svm import SVC
+    from xcompile.errors import XCompileError
+    X, y = load_breast_cancer(return_X_y=True)
+    X = X.astype(np.float32)[:, :5]
+    o = to_onnx(make_pipeline(StandardScaler(), SVC()).fit(X, y), X)
+    with pytest.raises(XCompileError, match="SVMClassifier.*--method neuralized"):
+        xc(o, "gradient")
+    assert xc(o, "neuralized") is not None

@@ -75,6 +75,7 @@ def test_treeshap_matches_shap(datasets, name, make, data, kind):
         cons = out[3][np.isfinite(out[3])]
         assert np.abs(cons - 1).max() < 1e-5, (name, c)
     meta = {p.key: p.value for p in e.metadata_props}
+    assert {n.domain for n in e.graph.node if n.name.startswith("xc/")} == {""}  # the emitted part: ai.onnx only
     if expected is not None:
         np.testing.assert_allclose(eval(meta["xcompile.expected_value"]), expected, rtol=1e-6, atol=1e-9)
     out = s.run(None, {"X": rows, "target": np.full(len(rows), -1, np.int64)})

@@ -12,7 +12,7 @@ def inspect_model(model_path, method: str, rules, params: dict, echo) -> int:
     where = str(model_path)
     cls = method_class(method)
     if getattr(cls, "compile_model", None):
-        echo(f"{where}: method {method!r} rebuilds the whole graph (neuralized model); no per-node table")
+        echo(f"{where}: method {method!r} builds its own explainer graph (neuralized models, tree ensembles); no per-node table")
         return 0
     m, common = make_method(cls, method, rules, params or {})
     g = load_forward(model_path, common, where)

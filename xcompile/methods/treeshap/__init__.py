@@ -36,7 +36,12 @@ def tree_nodes(model: onnx.ModelProto) -> list:
 
 
 def refuse_gradients(model, method: str, where: str) -> None:
-    """A tree ensemble is piecewise constant: gradient-based and propagation methods have nothing to differentiate."""
+    """A tree ensemble is piecewise constant: gradient-based and propagation methods have nothing to differentiate.
+    An ai.onnx.ml SVM is explained by the neuralized method (its kernel expansion is rebuilt in ai.onnx)."""
+    svm = [n for n in model.graph.node if n.op_type in ("SVMClassifier", "SVMRegressor") and n.domain == "ai.onnx.ml"]
+    if svm and method != "occlusion":
+        raise XCompileError(f"{where}: node {svm[0].name!r} ({svm[0].op_type}): an SVM is explained by --method "
+                            "neuralized (docs/neuralized.md) or --method occlusion")
     trees = tree_nodes(model)
     if trees and method not in ("treeshap", "occlusion"):
         raise XCompileError(f"{where}: node {trees[0].name!r} ({trees[0].op_type}) is a tree ensemble: piecewise "
