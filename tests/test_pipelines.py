@@ -115,6 +115,7 @@ def test_column_transformer_with_imputation(iris):
 
 def test_svc_pipeline_points_to_neuralized():
     from sklearn.svm import SVC
+
     from xcompile.errors import XCompileError
     X, y = load_breast_cancer(return_X_y=True)
     X = X.astype(np.float32)[:, :5]

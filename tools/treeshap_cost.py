@@ -34,7 +34,7 @@ def main() -> None:
 
     from xcompile.compiler import compile as xc
 
-    X, y = make_classification(20000, 30, n_informative=15, random_state=0)
+    X, y = make_classification(6000, 30, n_informative=15, random_state=0)
     X = X.astype(np.float32)
     m = lgb.LGBMClassifier(n_estimators=a.trees, max_depth=a.depth, num_leaves=a.leaves, verbose=-1).fit(X, y)
     with warnings.catch_warnings():
@@ -49,7 +49,7 @@ def main() -> None:
     so = ort.SessionOptions()
     so.intra_op_num_threads = a.threads
     s = ort.InferenceSession(e.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    rows = X[1000:1000 + a.rows]
+    rows = X[-a.rows:]
     feed = {"X": rows[:10], "target": np.ones(10, np.int64)}
     s.run(None, feed)
     t0 = time.perf_counter()
