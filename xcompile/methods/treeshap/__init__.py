@@ -21,10 +21,10 @@ from ...canonicalize.outputs import choose_score_output
 from ...errors import XCompileError
 from ...graph import RELEVANCE, TARGET
 from ...load.loader import default_opset, graph_inputs, prepare, read_model
-from ...options import Param
+from ...options import Param, check_memory
 from ...write.writer import CONSERVATION, EXPLAINED_CLASS, check
 from ..base import Method, register
-from .emit import conservation, emit_treeshap
+from .emit import conservation, emit_treeshap, expected_value
 from .ensemble import TREE_OPS, count_covers, read_ensemble
 from .paths import path_table
 
@@ -49,16 +49,16 @@ def refuse_gradients(model, method: str, where: str) -> None:
                             "(exact SHAP values) or --method occlusion")
 
 
-def _load_rows(data, n_features: int, where: str) -> np.ndarray | None:
+def _load_rows(data, n_features: int, where: str, option: str = "data") -> np.ndarray | None:
     if data is None:
         return None
     if not isinstance(data, np.ndarray):
         try:
             data = np.load(str(data), allow_pickle=False)
         except Exception as e:  # noqa: BLE001
-            raise XCompileError(f"{where}: option data={data!s}: cannot read a .npy array ({type(e).__name__})") from None
+            raise XCompileError(f"{where}: option {option}={data!s}: cannot read a .npy array ({type(e).__name__})") from None
     if data.ndim != 2 or data.shape[1] != n_features or not len(data):
-        raise XCompileError(f"{where}: option data: rows of shape [M, {n_features}] expected, got {list(data.shape)}")
+        raise XCompileError(f"{where}: option {option}: rows of shape [M, {n_features}] expected, got {list(data.shape)}")
     return np.asarray(data, np.float32)
 
 
@@ -79,7 +79,7 @@ def _tree_input(m: onnx.ModelProto, node: onnx.NodeProto, where: str) -> onnx.Va
     return inp
 
 
-def compile_treeshap(model, *, data=None, output=None, where: str = "model") -> onnx.ModelProto:
+def compile_treeshap(model, *, data=None, output=None, background=None, where: str = "model") -> onnx.ModelProto:
     m = prepare(read_model(model), where, copy=isinstance(model, onnx.ModelProto))
     trees = tree_nodes(m)
     if len(trees) != 1:
@@ -90,11 +90,22 @@ def compile_treeshap(model, *, data=None, output=None, where: str = "model") -> 
     F = inp.type.tensor_type.shape.dim[1].dim_value
     score = choose_score_output(m, output, where)
     ens = read_ensemble(node, F, where)
-    count_covers(ens, _load_rows(data, F, where), where)
+    background = _load_rows(background, F, where, "background")
+    if background is None:
+        count_covers(ens, _load_rows(data, F, where), where)
+    else:  # interventional: the background rows replace the covers
+        if data is not None:
+            raise XCompileError(f"{where}: options data= (path-dependent covers) and background= (interventional) "
+                                "exclude each other")
+        for tree in ens.trees:
+            tree["cover"] = np.ones(len(tree["mode"]))
     tab = path_table(ens)
+    if background is not None:
+        check_memory(8.0 * 4 * len(background) * tab.feature.size * max(1, (tab.depth + 1) // 2),
+                     f"{where}: interventional treeshap with {len(background)} background rows")
     taken = {o for n in m.graph.node for o in n.output} | {i.name for i in m.graph.input}
     b = Builder(max(17, default_opset(m)), prefix="xc/treeshap", reserved=taken | {TARGET, RELEVANCE})
-    out = emit_treeshap(b, inp.name, tab)
+    out = emit_treeshap(b, inp.name, tab, background)
     outs = [(out["relevance"], RELEVANCE, TensorProto.FLOAT, ["N", F]),
             (out["explained_class"], EXPLAINED_CLASS, TensorProto.INT64, ["N"]),
             (conservation(b, out), CONSERVATION, TensorProto.FLOAT, ["N"])]
@@ -114,8 +125,9 @@ def compile_treeshap(model, *, data=None, output=None, where: str = "model") -> 
     e = helper.make_model(graph, opset_imports=opsets, ir_version=max(8, m.ir_version), producer_name="xcompile",
                           producer_version=__version__)
     meta = {"method": "treeshap", "xcompile_version": __version__, "data_input": inp.name, "score_output": score,
-            "expected_value": [float(v) for v in tab.expected], "paths": int(tab.n_paths), "path_depth": int(tab.depth),
-            "covers": "data" if data is not None else "file"}
+            "expected_value": [float(v) for v in expected_value(tab, background)],
+            "feature_perturbation": "tree_path_dependent" if background is None else "interventional", "paths": int(tab.n_paths), "path_depth": int(tab.depth),
+            "covers": "background" if background is not None else "data" if data is not None else "file"}
     for k in sorted(meta):
         p = e.metadata_props.add()
         p.key, p.value = f"xcompile.{k}", meta[k] if isinstance(meta[k], str) else json.dumps(meta[k], sort_keys=True)
@@ -129,6 +141,7 @@ class TreeShap(Method):
     seed = "score"
     summary = "exact path-dependent TreeSHAP of an ai.onnx.ml tree ensemble (LightGBM, XGBoost, scikit-learn)"
     params = {"data": Param(None, "rows (.npy, [M, features]) whose routing through the trees counts the node covers"),
+              "background": Param(None, "rows (.npy, [B, features]): interventional TreeSHAP over them instead"),
               "output": Param(None, "name of the score output"),
               "input": Param(None, "name of the data input (the one the trees read)")}
 
@@ -137,4 +150,5 @@ class TreeShap(Method):
         if rules is not None:
             raise XCompileError(f"{where}: --rules is not used by --method treeshap")
         values = cls.parse_params(params)
-        return compile_treeshap(model, data=values["data"], output=values["output"], where=where)
+        return compile_treeshap(model, data=values["data"], output=values["output"], background=values["background"],
+                                where=where)

@@ -100,13 +100,18 @@ def quadrature(depth: int) -> tuple[np.ndarray, np.ndarray]:
     return (t + 1) / 2, w / 2
 
 
-def reference_shap(tab: PathTable, x: np.ndarray, cls: int) -> np.ndarray:
-    """numpy TreeSHAP from the same tables (tests compare it with the emitted graph and with shap)."""
-    t, w = quadrature(tab.depth)
+def one_fractions(tab: PathTable, x: np.ndarray) -> np.ndarray:
+    """[N, P, D] float64: 1 where row x's value of the element's feature follows the path (NaN: where it goes)."""
     xv = x[:, tab.feature].astype(np.float32)
     lower = np.where(tab.lo_closed, xv >= tab.lo, xv > tab.lo)
     upper = np.where(tab.hi_closed, xv <= tab.hi, xv < tab.hi)
-    o = np.where(np.isnan(xv), tab.nan_one, (lower & upper).astype(np.float64))
+    return np.where(np.isnan(xv), tab.nan_one, (lower & upper).astype(np.float64))
+
+
+def reference_shap(tab: PathTable, x: np.ndarray, cls: int) -> np.ndarray:
+    """numpy TreeSHAP from the same tables (tests compare it with the emitted graph and with shap)."""
+    t, w = quadrature(tab.depth)
+    o = one_fractions(tab, x)
     f = o[..., None] * t + tab.zero[..., None] * (1 - t)
     s = (f.prod(axis=2, keepdims=True) / f) @ w
     phi = s * (o - tab.zero) * tab.value[:, cls][None, :, None]
