@@ -123,3 +123,22 @@ def test_svc_pipeline_points_to_neuralized():
     with pytest.raises(XCompileError, match="SVMClassifier.*--method neuralized"):
         xc(o, "gradient")
     assert xc(o, "neuralized") is not None
+
+
+def test_mlp_pipeline_deeplift_and_lrp(iris):
+    """DeepLIFT (rescale, baseline x' = 0 in input units) against a numpy reference of the standardized MLP; LRP-epsilon
+    conserves the logit up to the biases' share."""
+    X, y = iris
+    m = make_pipeline(StandardScaler(), MLPClassifier((8,), max_iter=300, random_state=0)).fit(X, y)
+    sc, mlp = m[0], m[1]
+    x = X[::25]
+    out, _ = run(to_onnx(m, X), "deeplift", x, np.full(len(x), 1))
+    W1, b1, W2 = mlp.coefs_[0], mlp.intercepts_[0], mlp.coefs_[1]
+    z, z0 = (x - sc.mean_) / sc.scale_, (0 - sc.mean_) / sc.scale_
+    h, h0 = z @ W1 + b1, z0 @ W1 + b1
+    dh = h - h0
+    mult = np.where(np.abs(dh) > 1e-9, (np.maximum(h, 0) - np.maximum(h0, 0)) / np.where(dh == 0, 1, dh), h > 0)
+    ref = ((W2[:, 1] * mult) @ W1.T) * (z - z0)
+    assert np.abs(out["relevance"] - ref).max() / np.abs(ref).max() < 1e-4
+    out, _ = run(to_onnx(m, X), "lrp", x, np.full(len(x), -1), rules="epsilon")
+    assert np.isfinite(out["relevance"]).all() and np.isfinite(out["conservation"]).all()
