@@ -24,6 +24,7 @@ def main() -> None:
     ap.add_argument("--leaves", type=int, default=255)
     ap.add_argument("--rows", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cache", default=None, help="pickle of the trained model: reused when it exists")
     a = ap.parse_args()
     import lightgbm as lgb
     import onnxruntime as ort
@@ -36,7 +37,13 @@ def main() -> None:
 
     X, y = make_classification(6000, 30, n_informative=15, random_state=0)
     X = X.astype(np.float32)
-    m = lgb.LGBMClassifier(n_estimators=a.trees, max_depth=a.depth, num_leaves=a.leaves, verbose=-1).fit(X, y)
+    import pickle
+    if a.cache and Path(a.cache).exists():
+        m = pickle.loads(Path(a.cache).read_bytes())
+    else:
+        m = lgb.LGBMClassifier(n_estimators=a.trees, max_depth=a.depth, num_leaves=a.leaves, verbose=-1).fit(X, y)
+        if a.cache:
+            Path(a.cache).write_bytes(pickle.dumps(m))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         o = convert_lightgbm(m, initial_types=[("X", FloatTensorType([None, 30]))])

@@ -100,20 +100,23 @@ def read_ensemble(node: onnx.NodeProto, n_features: int, where: str) -> Ensemble
 
 def _trees(nodes: dict, leaf_tree, leaf_node, leaf_col, leaf_w, n_cols: int) -> list:
     out = []
-    for t in np.unique(nodes["tree"]):
-        sel = np.flatnonzero(nodes["tree"] == t)
-        local = {int(nodes["id"][i]): k for k, i in enumerate(sel)}
+    node_order, leaf_order = np.argsort(nodes["tree"], kind="stable"), np.argsort(leaf_tree, kind="stable")
+    tree_ids = np.unique(nodes["tree"])
+    node_split = np.split(node_order, np.searchsorted(nodes["tree"][node_order], tree_ids[1:]))
+    leaf_split = np.split(leaf_order, np.searchsorted(leaf_tree[leaf_order], tree_ids[1:]))
+    for sel, leaves in zip(node_split, leaf_split):  # one tree each (node ids are local to their tree)
+        local = {int(v): k for k, v in enumerate(nodes["id"][sel])}
         n = len(sel)
         tree = {k: nodes[k][sel] for k in ("feature", "value", "mode", "missing_true")}
         tree["true"] = np.array([local.get(int(v), -1) for v in nodes["true"][sel]])
         tree["false"] = np.array([local.get(int(v), -1) for v in nodes["false"][sel]])
         tree["hitrate"] = None if nodes["hitrate"] is None else nodes["hitrate"][sel]
         values = np.zeros((n, n_cols))
-        for lt, ln, lc, lw in zip(leaf_tree, leaf_node, leaf_col, leaf_w):
-            if lt == t:
-                values[local[int(ln)], lc] += lw
+        rows = np.array([local[int(v)] for v in leaf_node[leaves]], np.int64)
+        np.add.at(values, (rows, leaf_col[leaves]), leaf_w[leaves])
         tree["leaf_value"] = values
-        children = set(tree["true"][tree["mode"] != "LEAF"]) | set(tree["false"][tree["mode"] != "LEAF"])
+        branch = tree["mode"] != "LEAF"
+        children = set(tree["true"][branch]) | set(tree["false"][branch])
         roots = [k for k in range(n) if k not in children]
         tree["root"] = roots[0] if roots else 0
         out.append(tree)
