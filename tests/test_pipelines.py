@@ -142,3 +142,45 @@ def test_mlp_pipeline_deeplift_and_lrp(iris):
     assert np.abs(out["relevance"] - ref).max() / np.abs(ref).max() < 1e-4
     out, _ = run(to_onnx(m, X), "lrp", x, np.full(len(x), -1), rules="epsilon")
     assert np.isfinite(out["relevance"]).all() and np.isfinite(out["conservation"]).all()
+
+
+def _ml_graph(norm):
+    """X [N, 4] -> ArrayFeatureExtractor([2, 0]) and Normalizer(norm) and Binarizer -> FeatureVectorizer -> Scaler ->
+    LinearRegressor: every differentiable ai.onnx.ml preprocessing op on one path, a non-differentiable one beside."""
+    from onnx import TensorProto, helper
+    ml = "ai.onnx.ml"
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("ArrayFeatureExtractor", ["X", "idx"], ["a"], domain=ml),
+        helper.make_node("Normalizer", ["X"], ["n"], domain=ml, norm=norm),
+        helper.make_node("Binarizer", ["X"], ["bin"], domain=ml, threshold=0.5),
+        helper.make_node("FeatureVectorizer", ["a", "n", "bin"], ["f"], domain=ml, inputdimensions=[2, 4, 4]),
+        helper.make_node("Scaler", ["f"], ["s"], domain=ml, offset=rng.normal(size=10).tolist(),
+                         scale=rng.uniform(0.5, 2, 10).tolist()),
+        helper.make_node("LinearRegressor", ["s"], ["y"], domain=ml, coefficients=rng.normal(size=10).tolist(),
+                         intercepts=[0.3]),
+    ]
+    g = helper.make_graph(nodes, "ml", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+                          [helper.make_tensor("idx", TensorProto.INT64, [2], [2, 0])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ml, 1)], ir_version=8)
+
+
+@pytest.mark.parametrize("norm", ["L1", "L2", "MAX"])
+def test_ml_preprocessing_ops_against_finite_differences(norm):
+    m = _ml_graph(norm)
+    x = np.random.default_rng(1).uniform(0.6, 2.0, (3, 4)).astype(np.float32)  # away from the Binarizer's threshold
+    x[1, 3] = 2.5  # a unique MAX per row
+    out, e = run(m, "gradient", x, np.full(3, -1))
+    assert list(out["explained_class"]) == [1, 1, 1]  # one output: the logit view, target -1 = the output itself
+    f = ort.InferenceSession(m.SerializeToString())
+    xd = x.astype(np.float64)
+    fd = np.zeros_like(xd)
+    for i in range(4):
+        h = np.zeros(4)
+        h[i] = 1e-3
+        up = f.run(None, {"X": (xd + h).astype(np.float32)})[0][:, 0].astype(np.float64)
+        down = f.run(None, {"X": (xd - h).astype(np.float32)})[0][:, 0].astype(np.float64)
+        fd[:, i] = (up - down) / 2e-3
+    assert np.abs(out["relevance"] - fd).max() / np.abs(fd).max() < 2e-3
+    assert {n.domain for n in e.graph.node if n.name.startswith("xc/")} == {""}
