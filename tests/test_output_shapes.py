@@ -88,3 +88,18 @@ def test_opset9_file_converted():
     out = ort.InferenceSession(xc(f.getvalue(), "gradient").SerializeToString()).run(
         None, {"x": x.numpy(), "target": np.zeros(4, np.int64)})
     assert out[1].shape == (4, 6)
+
+
+def test_opset_conversion_failure_is_one_line(monkeypatch, tmp_path):
+    from xcompile.load import loader
+
+    def fail(model, version):
+        raise RuntimeError("/project/onnx/version_converter/adapters/x.h:21: adapter failed\nsecond line")
+    monkeypatch.setattr(loader.version_converter, "convert_version", fail)
+    x = torch.randn(2, 6)
+    path = tmp_path / "old.onnx"
+    torch.onnx.export(torch.nn.Linear(6, 3), (x,), str(path), dynamo=False, opset_version=9)
+    with pytest.raises(XCompileError) as e:
+        xc(str(path), "gradient")
+    msg = str(e.value)
+    assert "\n" not in msg and "old.onnx" in msg and "cannot convert opset 9 to 17" in msg and "re-export" in msg
