@@ -246,3 +246,23 @@ def test_interventional_treeshap(datasets, name, make, data, kind):
         assert np.abs(out[1] - ref[c]).max() / np.abs(ref[c]).max() <= TOL, (name, c)
         cons = out[3][np.isfinite(out[3])]
         assert np.abs(cons - 1).max() < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["xgb", "lgb", "skl"])
+def test_treeshap_missing_values(datasets, kind):
+    """Rows with NaN (15% of the cells, in training too): routed as the file says (missing_value_tracks_true), as
+    XGBoost / LightGBM / HistGradientBoosting route them; against shap, which follows each library's default child."""
+    X, y = datasets["binary"]
+    Xn = X.copy()
+    Xn[np.random.default_rng(0).random(X.shape) < 0.15] = np.nan
+    m = {"xgb": lambda: xgb.XGBClassifier(n_estimators=5, max_depth=3),
+         "lgb": lambda: lgb.LGBMClassifier(n_estimators=5, max_depth=3, verbose=-1),
+         "skl": lambda: ensemble.HistGradientBoostingClassifier(max_iter=5, max_depth=3)}[kind]().fit(Xn, y)
+    D = Xn[::6][:100]
+    s = ort.InferenceSession(xc(convert(m, Xn, kind), "treeshap", data=D).SerializeToString())
+    rows = Xn[1::40][:12]
+    assert np.isnan(rows).any()
+    ref, _ = shap_reference(m, D, rows)
+    out = s.run(None, {"X": rows, "target": np.ones(12, np.int64)})
+    assert np.abs(out[1] - ref[1]).max() / np.abs(ref[1]).max() <= TOL
+    np.testing.assert_allclose(out[0], m.predict_proba(rows), atol=1e-5)
