@@ -266,3 +266,22 @@ def test_treeshap_missing_values(datasets, kind):
     out = s.run(None, {"X": rows, "target": np.ones(12, np.int64)})
     assert np.abs(out[1] - ref[1]).max() / np.abs(ref[1]).max() <= TOL
     np.testing.assert_allclose(out[0], m.predict_proba(rows), atol=1e-5)
+
+
+def test_treeshap_behind_per_feature_preprocessing(datasets):
+    """SimpleImputer + StandardScaler + RandomForest (skl2onnx: Imputer, Scaler, TreeEnsembleClassifier): a per-feature
+    map does not change a feature's SHAP value; data= rows go through the file's own preprocessing. Oracle: shap on the
+    forest with the preprocessed rows."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    X, y = datasets["multi"]
+    m = make_pipeline(SimpleImputer(), StandardScaler(),
+                      ensemble.RandomForestClassifier(n_estimators=3, max_depth=3, random_state=0)).fit(X, y)
+    D, rows = X[::2][:60], X[::31]
+    s = ort.InferenceSession(xc(convert(m, X, "skl"), "treeshap", data=D).SerializeToString())
+    pre = (lambda Z: m[1].transform(m[0].transform(Z)).astype(np.float32))
+    ref, _ = shap_reference(m[-1], pre(D), pre(rows))
+    for c in range(3):
+        out = s.run(None, {"X": rows, "target": np.full(len(rows), c, np.int64)})
+        assert np.abs(out[1] - ref[c]).max() / np.abs(ref[c]).max() <= TOL

@@ -62,21 +62,39 @@ def _load_rows(data, n_features: int, where: str, option: str = "data") -> np.nd
     return np.asarray(data, np.float32)
 
 
+# per-feature preprocessing between the input and the trees: SHAP values of a feature do not change when each
+# feature is mapped by its own function, so the trees' features are explained as the input's
+_PER_FEATURE = ("Identity", "Cast", "Scaler", "Imputer")
+
+
 def _tree_input(m: onnx.ModelProto, node: onnx.NodeProto, where: str) -> onnx.ValueInfoProto:
     producer = {o: n for n in m.graph.node for o in n.output}
     t = node.input[0]
-    while t in producer and producer[t].op_type in ("Identity", "Cast"):
+    while t in producer and producer[t].op_type in _PER_FEATURE:
         t = producer[t].input[0]
     inp = next((i for i in graph_inputs(m) if i.name == t), None)
     if inp is None:
         raise XCompileError(f"{where}: node {node.name!r} ({node.op_type}) reads {node.input[0]!r}, computed from the "
-                            "input by other operators: treeshap explains a tree ensemble that reads the model input")
+                            "input by operators that mix features: treeshap explains trees that read the input (through "
+                            f"{', '.join(_PER_FEATURE)} only)")
     if inp.type.tensor_type.elem_type != TensorProto.FLOAT:
         raise XCompileError(f"{where}: input {inp.name!r} is not float32; convert the model with a float32 input")
     dims = inp.type.tensor_type.shape.dim
     if len(dims) != 2 or not dims[1].HasField("dim_value"):
         raise XCompileError(f"{where}: input {inp.name!r} must have shape [N, features] with a fixed feature count")
     return inp
+
+
+def _preprocessed(m: onnx.ModelProto, inp: str, tree_x: str, rows: np.ndarray | None) -> np.ndarray | None:
+    """`rows` as the trees see them (through the per-feature preprocessing), by the model's own forward."""
+    if rows is None or tree_x == inp:
+        return rows
+    from ...sessions import session
+    probe = onnx.ModelProto()
+    probe.CopyFrom(m)
+    del probe.graph.output[:]
+    probe.graph.output.append(onnx.ValueInfoProto(name=tree_x))
+    return np.asarray(session(probe).run([tree_x], {inp: rows})[0], np.float32)
 
 
 def compile_treeshap(model, *, data=None, output=None, background=None, where: str = "model") -> onnx.ModelProto:
@@ -90,9 +108,10 @@ def compile_treeshap(model, *, data=None, output=None, background=None, where: s
     F = inp.type.tensor_type.shape.dim[1].dim_value
     score = choose_score_output(m, output, where)
     ens = read_ensemble(node, F, where)
-    background = _load_rows(background, F, where, "background")
+    tree_x = node.input[0]
+    background = _preprocessed(m, inp.name, tree_x, _load_rows(background, F, where, "background"))
     if background is None:
-        count_covers(ens, _load_rows(data, F, where), where)
+        count_covers(ens, _preprocessed(m, inp.name, tree_x, _load_rows(data, F, where)), where)
     else:  # interventional: the background rows replace the covers
         if data is not None:
             raise XCompileError(f"{where}: options data= (path-dependent covers) and background= (interventional) "
@@ -105,7 +124,7 @@ def compile_treeshap(model, *, data=None, output=None, background=None, where: s
                      f"{where}: interventional treeshap with {len(background)} background rows")
     taken = {o for n in m.graph.node for o in n.output} | {i.name for i in m.graph.input}
     b = Builder(max(17, default_opset(m)), prefix="xc/treeshap", reserved=taken | {TARGET, RELEVANCE})
-    out = emit_treeshap(b, inp.name, tab, background)
+    out = emit_treeshap(b, tree_x, tab, background)
     outs = [(out["relevance"], RELEVANCE, TensorProto.FLOAT, ["N", F]),
             (out["explained_class"], EXPLAINED_CLASS, TensorProto.INT64, ["N"]),
             (conservation(b, out), CONSERVATION, TensorProto.FLOAT, ["N"])]
