@@ -3,6 +3,7 @@ output), on scikit-learn (skl2onnx), LightGBM and XGBoost (onnxmltools) ensemble
 import warnings
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -120,6 +121,10 @@ def test_refusals(datasets, tmp_path):
         with pytest.raises(XCompileError, match="treeshap.*occlusion") as e:
             xc(o, method)
         assert "\n" not in str(e.value)
+    from xcompile.commands.inspect_model import inspect_model
+    onnx.save(o, str(tmp_path / "lgb.onnx"))
+    with pytest.raises(XCompileError, match="treeshap.*occlusion"):  # inspect runs the same check
+        inspect_model(tmp_path / "lgb.onnx", "gradient", None, {}, print)
     with pytest.raises(XCompileError, match="--set data=X.npy"):
         xc(o, "treeshap")  # no covers in the file (onnxmltools writes hit rates 1.0)
     with pytest.raises(XCompileError, match=r"\[M, 30\]"):

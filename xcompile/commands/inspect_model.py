@@ -6,6 +6,7 @@ from ..backward.builder import Builder
 from ..backward.table import NON_DIFFERENTIABLE
 from ..compiler import load_forward, make_method, method_class
 from ..errors import UnsupportedOperatorsError
+from ..methods.treeshap import refuse_gradients as refuse_trees
 
 
 def inspect_model(model_path, method: str, rules, params: dict, echo) -> int:
@@ -16,6 +17,7 @@ def inspect_model(model_path, method: str, rules, params: dict, echo) -> int:
         return 0
     m, common = make_method(cls, method, rules, params or {})
     g = load_forward(model_path, common, where)
+    refuse_trees(g.model, method, where)  # as compile does: a tree ensemble names treeshap / occlusion
     engine = m.engine(g, Builder(g.opset))
     live, nodes = engine.paths()
     m.prepare(g, where)
