@@ -29,10 +29,9 @@ def rel_err(a, b):
 
 
 # ~50-75 s each (TensorFlow start, conversion): slow. Keras 3's GRU reaches ONNX as a Loop (TensorFlow's while loop),
-# not a GRU op: control flow, which this explainer does not differentiate yet (its gradient comes back zero)
+# not a GRU op: unrolled by canonicalize/controlflow.py
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["lstm", pytest.param("gru", marks=pytest.mark.xfail(
-    reason="tf2onnx writes Keras 3's GRU as a Loop: no relevance through it yet")), "bilstm", "conv1d"])
+@pytest.mark.parametrize("model", ["lstm", "gru", "bilstm", "conv1d"])
 def test_keras_text_model_gradient_at_the_embedding(tmp_path, model):
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2", TF_NUM_INTRAOP_THREADS="1",
                TF_NUM_INTEROP_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))

@@ -16,6 +16,7 @@ from .load.forward import COMMON, jsonable, load_forward, reserved_names, split_
 from .methods import METHODS
 from .methods.tokens import refuse as refuse_tokens
 from .methods.tokens import token_outputs
+from .methods.treeshap import refuse_gradients as refuse_trees
 from .write.writer import assemble
 
 __all__ = ["compile", "make_method", "method_class", "load_forward", "split_params", "COMMON"]
@@ -78,6 +79,7 @@ def compile(model, method: str, rules=None, *, where: str | None = None, **param
     scores = g.shape(g.explained) or ()
     if any(d == 0 for d in scores[1:]):  # nothing to explain (TopK over 0 classes would fail the checker)
         raise XCompileError(f"{where}: the score output {g.explained!r} has shape {list(scores)}: 0 classes")
+    refuse_trees(g.model, method, where)  # a tree ensemble: treeshap or occlusion (methods/treeshap)
     warn_non_finite_weights(g.model, where)
     refuse_tokens(m, g, where)
     m.prepare(g, where)

@@ -6,16 +6,18 @@ from ..backward.builder import Builder
 from ..backward.table import NON_DIFFERENTIABLE
 from ..compiler import load_forward, make_method, method_class
 from ..errors import UnsupportedOperatorsError
+from ..methods.treeshap import refuse_gradients as refuse_trees
 
 
 def inspect_model(model_path, method: str, rules, params: dict, echo) -> int:
     where = str(model_path)
     cls = method_class(method)
     if getattr(cls, "compile_model", None):
-        echo(f"{where}: method {method!r} rebuilds the whole graph (neuralized model); no per-node table")
+        echo(f"{where}: method {method!r} builds its own explainer graph (neuralized models, tree ensembles); no per-node table")
         return 0
     m, common = make_method(cls, method, rules, params or {})
     g = load_forward(model_path, common, where)
+    refuse_trees(g.model, method, where)  # as compile does: a tree ensemble names treeshap / occlusion
     engine = m.engine(g, Builder(g.opset))
     live, nodes = engine.paths()
     m.prepare(g, where)

@@ -73,6 +73,9 @@ def run_cmd(
     if batch_size < 1 or workers < 1:
         raise XCompileError("--batch-size and --workers must be positive integers")
     ex = Explainer(explainer, device=device)
+    from ..runtime.tabular import is_tabular, run_tabular
+    if is_tabular(ex, input) and engine == "local":  # feature rows: one CSV + a bar chart per row (runtime/tabular.py)
+        return run_tabular(ex, input[0], target, out, batch_size, typer.echo)
     batch = load_batch(input, ex, preprocess, tokenizer)
     batch.names[:] = unique_names(list(batch.names))  # before any worker draws a titled heatmap
     if batch.rows == 0:
@@ -134,7 +137,8 @@ def demo_cmd(
     out: Path = typer.Option(Path("xcompile_demo"), "--out", help="folder for the explainers and the heatmaps"),
     n: int = typer.Option(8, "--n", help="held-out digits (or words, with --task text) to show"),
     task: str = typer.Option("image", "--task", help="image: the digits CNN with several methods (a PNG grid); "
-                             "text: the character-level language identifier (token heatmaps)"),
+                             "text: the character-level language identifier (token heatmaps); "
+                             "tabular: a tree model on breast_cancer explained by treeshap"),
 ):
     """Compile a shipped model, explain held-out examples, write heatmaps (image: digits CNN; text: langid)."""
     from .demo import run_demo, run_text_demo
@@ -142,8 +146,11 @@ def demo_cmd(
         run_demo(out, n, typer.echo)
     elif task == "text":
         run_text_demo(out, n, typer.echo)
+    elif task == "tabular":
+        from .demo_tabular import run_tabular_demo
+        run_tabular_demo(out, n, typer.echo)
     else:
-        raise XCompileError(f"--task {task!r}: expected image or text")
+        raise XCompileError(f"--task {task!r}: expected image, text or tabular")
 
 
 # feature commands live beside this module, each with a `register(app)` function

@@ -8,6 +8,7 @@ import onnx
 
 from ..canonicalize.controlflow import check_if_shapes, inline_control_flow
 from ..canonicalize.inputs import drop_unread_inputs
+from ..canonicalize.outputs import linear_model_view, single_logit_view
 from ..canonicalize.passes import (
     canonicalize,
     find_explained_scores,
@@ -88,6 +89,8 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
         _declare_inputs(m, input_samples(m, find_data_input(m, common["input"], where), tuple(common["input_shape"]), where))
     canonicalize(m, decisions=decisions)
     explained = find_explained_scores(m, score, common["keep_softmax"])
+    if not common["keep_softmax"]:  # an ai.onnx.ml linear model: its raw scores, through an ai.onnx Gemm view
+        explained = linear_model_view(m, explained) or explained
     data = find_data_input(m, common["input"], where)
     dtype = numpy_dtype(data, where)
     refuse_unknown(m, data.name, where)  # contrib ops without an expansion (load/contrib.py): one line
@@ -138,15 +141,22 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     token = None
     if emb is not None:
         token = TokenInput(data.name, embedding_output(emb[0]), emb[1], emb[2], common.get("baseline_token"))
+    view = single_logit_view(m, explained, shapes.get(explained, ()))
+    if view is not None:  # one logit per row: explained through [-z, z] (canonicalize/outputs.py)
+        for t, shape in ((view, (None, 2)), (f"{view}/logit", (None, 1)), (f"{view}/negated", (None, 1))):
+            shapes[t], dtypes[t] = shape, dtypes.get(explained)
+        explained = view
     g = ForwardGraph(m, token.embedding if token else data.name, score, explained, shapes, dtypes, fixed,
                      default_opset(m), token=token)
+    g.single_logit = view is not None
     g.canonicalization = decisions
     float_view(g, where)  # quantized ops: the backward walks their dequantized view (load/quantized.py)
     unfused_view(g, where)  # onnxruntime's fused contrib ops: the backward walks their expansion (load/contrib.py)
     if token is not None and (g.const(token.table) is None or g.const(token.table).dtype.kind != "f"):
         token.table = dequantized_table(g, emb[0], token.table)  # a quantized word embedding: its float values
     if len(g.shape(explained)) != 2:
-        raise XCompileError(f"{where}: the explained output {explained!r} has shape {list(g.shape(explained))}; expected [N, classes]")
+        raise XCompileError(f"{where}: the explained output {explained!r} has shape {list(g.shape(explained))}; expected [N, classes], "
+                            "or [N] / [N, 1] for one logit; choose the score output with --set output=NAME")
     return g
 
 

@@ -9,12 +9,13 @@ import onnx
 from onnx import helper, version_converter
 
 from ..canonicalize.groupnorm import expand_groupnorm18
+from ..canonicalize.outputs import choose_score_output
 from ..errors import XCompileError
 from ..guards import check_initializers
 from ..protobuf_limit import check_model, infer_shapes, too_large
 from .quantized_ops import refuse_unsupported
 
-MIN_OPSET = 11
+MIN_OPSET = 7  # opsets below WORK_OPSET go through onnx.version_converter
 MAX_OPSET = 23
 WORK_OPSET = 17  # models below this are converted up to it; newer ones keep their own opset
 
@@ -50,6 +51,14 @@ def default_opset(model: onnx.ModelProto) -> int:
     raise XCompileError("model imports no default (ai.onnx) opset")
 
 
+def imply_default_domain(m: onnx.ModelProto) -> None:
+    """A file that imports only ai.onnx.ml (onnxmltools' XGBoost converter) uses no default-domain op: the default
+    domain is implied at the working opset, so that the explainer's ai.onnx part has an opset to live in."""
+    domains = {imp.domain for imp in m.opset_import}
+    if not domains & {"", "ai.onnx"} and "ai.onnx.ml" in domains:
+        m.opset_import.append(helper.make_opsetid("", WORK_OPSET))
+
+
 def prepare(model: onnx.ModelProto, where: str = "model", copy: bool = True) -> onnx.ModelProto:
     """Validate and normalise the opset. Returns a new ModelProto (``copy=False``: ``model`` itself, edited, for a
     model the caller owns, e.g. just read from a file: no second copy of its weights)."""
@@ -62,6 +71,7 @@ def prepare(model: onnx.ModelProto, where: str = "model", copy: bool = True) -> 
         raise XCompileError(f"{where}: the graph has no nodes")
     check_initializers(m, where)  # declared sizes first: a 2^62 x 2^62 tensor is one line, not an overflow
     refuse_unsupported(m, where)  # int4 weight-only / bfloat16: one line (load/quantized.py)
+    imply_default_domain(m)
     expand_groupnorm18(m)  # the deprecated GroupNormalization-18 fails onnx's checker: rewritten into what it computes
     try:
         check_model(m)
@@ -86,7 +96,9 @@ def prepare(model: onnx.ModelProto, where: str = "model", copy: bool = True) -> 
         try:
             m = version_converter.convert_version(m, WORK_OPSET)
         except Exception as e:  # noqa: BLE001
-            raise XCompileError(f"{where}: cannot convert opset {opset} to {WORK_OPSET}: {str(e).splitlines()[0]}") from None
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise XCompileError(f"{where}: cannot convert opset {opset} to {WORK_OPSET} with onnx.version_converter "
+                                f"({first}); re-export the model at opset {WORK_OPSET} or newer") from None
     try:
         m = infer_shapes(m, data_prop=True)
     except Exception:  # noqa: BLE001 - shape info is a convenience; the probe measures shapes anyway
@@ -238,12 +250,9 @@ def id_readers(model: onnx.ModelProto, name: str) -> str:
 
 
 def find_score_output(model: onnx.ModelProto, name: str | None, where: str = "model") -> str:
-    outs = [o.name for o in model.graph.output]
-    if name is not None:
-        if name not in outs:
-            raise XCompileError(f"{where}: option output={name!r}: no such graph output (outputs: {outs})")
-        return name
-    return outs[0]
+    """The score output: `name`, else the first float tensor output; a ZipMap is bypassed, a label never taken
+    (canonicalize/outputs.py)."""
+    return choose_score_output(model, name, where)
 
 
 def input_dims(vi: onnx.ValueInfoProto) -> list:

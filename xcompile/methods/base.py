@@ -89,7 +89,10 @@ class Method:
 def resolve_target(b: Builder, g: ForwardGraph, scores: str) -> str:
     """int64 [N]: the given target, or the predicted class where the target is -1."""
     with b.scope("target"):
-        pred = b.arg_extreme(scores, largest=True, hint="predicted")
+        if getattr(g, "single_logit", False):  # [-z, z] view of one logit: -1 explains the logit (class 1)
+            pred = b.op("Add", [b.op("Mul", [TARGET, b.i64(0)], "zero"), b.i64(1)], "logit_class")
+        else:
+            pred = b.arg_extreme(scores, largest=True, hint="predicted")
         negative = b.op("Less", [TARGET, b.i64(0)], "use_predicted")
         cls = b.where(negative, pred, TARGET, "class")
     if getattr(b, "explained_class", None) is None:

@@ -105,6 +105,8 @@ class Occlusion(Method):
             return occlusion_tokens(self, g, b, where)
         x = g.data_input
         sample = tuple(int(d) for d in g.shape(x)[1:])
+        if len(sample) == 1:  # a feature vector (tabular rows): one feature at a time unless told otherwise
+            self.values.update({k: (1,) for k in ("window", "stride") if k not in self.given})
         spatial = spatial_dims(sample)
         n_win = len(window_positions(spatial, self.values["window"], self.values["stride"])[2])
         chunk = min(self.values["chunk"] or n_win, n_win)

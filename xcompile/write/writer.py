@@ -63,8 +63,8 @@ def assemble(g, b, built, meta: dict, keep_outputs: bool = False, where: str = "
     view_nodes, view_consts = dequantized_view_part(g, emitted)
     initializers = list(src.initializer) + view_consts + b.initializers
     nodes, _ = lower_for_cuda(list(src.node) + view_nodes + emitted, initializers)
-    # the forward's own opset imports (onnxruntime's com.microsoft quantized ops) stay imported; ai.onnx.ml never
-    # reaches an explainer's forward (neuralized models are rebuilt)
+    # the forward's own opset imports (onnxruntime's com.microsoft quantized ops, the ai.onnx.ml ops of scikit-learn
+    # pipelines) stay imported; the emitted part uses ai.onnx only
     used = {n.domain for n in src.node}
     opsets = [o for o in g.model.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
     if too_large(g.model):
