@@ -43,6 +43,9 @@ COMMON = {
                          lambda v: tuple(int(d) for d in (v.split("x") if isinstance(v, str) else [v] if isinstance(v, int) else v))),
     "baseline_token": Param(None, "token id of the baseline / occluding token for token-id inputs (typically the pad id)",
                             non_negative_int),
+    # the self-check before writing (xcompile/verify, docs/selfcheck.md)
+    "verify": Param(True, "check the explainer on probe inputs before writing it (true/false)", as_bool),
+    "probe": Param(None, "a .npy file of rows of the explained input for the self-check (default: drawn)"),
 }
 
 
@@ -112,6 +115,7 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     g = ForwardGraph(m, token.embedding if token else data.name, score, explained, shapes, dtypes, fixed,
                      default_opset(m), token=token)
     g.canonicalization = decisions
+    g.feed_plan = plan  # how every input is fed (load/probe.py): the self-check's probe rows
     float_view(g, where)  # quantized ops: the backward walks their dequantized view (load/quantized.py)
     if len(g.shape(explained)) != 2:
         raise XCompileError(f"{where}: the explained output {explained!r} has shape {list(g.shape(explained))}; expected [N, classes]")
