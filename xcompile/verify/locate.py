@@ -15,7 +15,7 @@ MAX_SESSIONS = 12
 
 
 def locate(g, m, explainer: onnx.ModelProto, feeds: dict, cls: int, metric) -> str:
-    """'first wrong backward: node NAME (Op) ...' or '' when it cannot be located. `metric(grad, point, dirs, fd1, fd2)`
+    """'first wrong backward: node NAME (Op) ...' or '' when it cannot be located. `metric(grad, dirs, differences)`
     -> (error, tolerance), the check's own comparison."""
     grads = getattr(m, "grads", None) or {}
     order = []
@@ -70,7 +70,7 @@ def _wrong_at(g, explainer, feeds, cls, t, grad_t, metric):
         del graph.input[n_in:]
         del graph.node[n_node:]
         producer.output[k] = t
-    from . import DIRECTIONS, STEP
+    from . import DIRECTIONS, STEP, differences
     rng = np.random.default_rng(1)
     base = {n: v[:1] for n, v in feeds.items()}
     try:
@@ -89,8 +89,6 @@ def _wrong_at(g, explainer, feeds, cls, t, grad_t, metric):
         f, gr = sess.run([g.explained, grad_t], run)
     except Exception:  # noqa: BLE001
         return None
-    f = np.asarray(f, np.float64)[1:, cls].reshape(DIRECTIONS, 2, 2)
-    steps = np.array([STEP, STEP / 2])
-    fd = (f[:, :, 0] - f[:, :, 1]) / (2 * steps[None, :])
-    err, tol = metric(np.asarray(gr[0], np.float64), dirs, fd[:, 0], fd[:, 1])
+    f = np.asarray(f, np.float64)[:, cls]
+    err, tol = metric(np.asarray(gr[0], np.float64), dirs, differences(f[1:].reshape(DIRECTIONS, 2, 2), float(f[0])))
     return err > tol
