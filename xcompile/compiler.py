@@ -85,7 +85,7 @@ def compile(model, method: str, rules=None, *, where: str | None = None, **param
             "inputs": g.input_names, "token_input": g.token is not None}
     if g.token is not None:
         meta.update(embedding=g.data_input, vocab=g.token.vocab, baseline_token=g.token.baseline_token,
-                    token_relevance=m.token_relevance)
+                    token_relevance=m.token_relevance, special_tokens=list(g.feed_plan[g.token.input][4]))
     probe = verify.prepare(g, m, common, where)  # before assembling: a model over 2 GiB lends its proto to it
     try:
         model = assemble(g, b, built, meta, keep_outputs=common["keep_outputs"], where=where)

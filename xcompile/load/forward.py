@@ -13,6 +13,7 @@ from ..canonicalize.passes import (
     freeze_shape_arithmetic,
     remove_unused_initializers,
 )
+from ..canonicalize.shared_embedding import share_embedding_uses
 from ..errors import XCompileError
 from ..graph import ForwardGraph, TokenInput
 from ..options import Param, as_bool, non_negative_int
@@ -28,7 +29,7 @@ from .loader import (
     prepare,
     read_model,
 )
-from .probe import feed_plan, numpy_dtype, probe
+from .probe import feed_plan, numpy_dtype, probe, special_ids
 from .quantized import float_view
 
 # options every method accepts (they shape how the model is read, not how it is explained)
@@ -101,7 +102,8 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     make_batch_symbolic(m, names, score)
     gather_fed = {n for n in names if embedding_gather(m, n) is not None}
     plan = feed_plan({n: (samples[n], numpy_dtype(vi, where)) for n, vi in ((v.name, v) for v in graph_inputs(m))},
-                     data.name, emb[2] if emb else None, gather_fed)
+                     data.name, emb[2] if emb else None, gather_fed,
+                     special_ids(m, data.name, emb[2]) if emb else ())
     shapes, dtypes, at_one, fixed, at_two = probe(m, plan, where=where)
     if freeze_shape_arithmetic(m, names, at_one, at_two, decisions):
         remove_unused_initializers(m)
@@ -111,6 +113,9 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     token = None
     if emb is not None:
         gather = next(n for n in m.graph.node if n.output and n.output[0] == emb[0].output[0])
+        if len(samples[data.name]) == 1:  # encoder-decoder: the decoder's look-up of the same ids read from E
+            share_embedding_uses(m, data.name, gather, samples[data.name][0], shapes, dtypes, where)
+            gather = next(n for n in m.graph.node if n.output and n.output[0] == emb[0].output[0])
         token = TokenInput(data.name, gather.output[0], emb[1], emb[2], common.get("baseline_token"))
     g = ForwardGraph(m, token.embedding if token else data.name, score, explained, shapes, dtypes, fixed,
                      default_opset(m), token=token)
