@@ -104,7 +104,8 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     plan = feed_plan({n: (samples[n], numpy_dtype(vi, where)) for n, vi in ((v.name, v) for v in graph_inputs(m))},
                      data.name, emb[2] if emb else None, gather_fed,
                      special_ids(m, data.name, emb[2]) if emb else ())
-    shapes, dtypes, at_one, fixed, at_two = probe(m, plan, where=where)
+    kept: dict = {}
+    shapes, dtypes, at_one, fixed, at_two = probe(m, plan, where=where, keep=kept if common.get("verify", True) else None)
     if freeze_shape_arithmetic(m, names, at_one, at_two, decisions):
         remove_unused_initializers(m)
     for n in names:
@@ -121,6 +122,8 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
                      default_opset(m), token=token)
     g.canonicalization = decisions
     g.feed_plan = plan  # how every input is fed (load/probe.py): the self-check's probe rows
+    if token is None and "session" in kept:  # float input: the probe's session computes the self-check's forward rows
+        g._verify_session = kept["session"]
     float_view(g, where)  # quantized ops: the backward walks their dequantized view (load/quantized.py)
     if len(g.shape(explained)) != 2:
         raise XCompileError(f"{where}: the explained output {explained!r} has shape {list(g.shape(explained))}; expected [N, classes]")

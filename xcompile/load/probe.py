@@ -13,6 +13,8 @@ Every input of the model is fed (`feed_plan`), with values that any sensible mod
   table; other integer inputs (attention masks, flags): ones, i.e. "keep every position"; bool inputs: True."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import onnx
 
@@ -90,7 +92,7 @@ def _session(model: onnx.ModelProto):
     return session(model, optimization="disable")
 
 
-def probe(model: onnx.ModelProto, plan: dict, batches=(1, 2), seed: int = 0, where: str = "model"):
+def probe(model: onnx.ModelProto, plan: dict, batches=(1, 2), seed: int = 0, where: str = "model", keep: Optional[dict] = None):
     """`plan`: `feed_plan`'s {input: (sample shape, dtype, kind, vocab)}. Returns (shapes, dtypes, values at the first batch size, fixed_batch, values at the second batch size or
     None): shapes maps tensor -> tuple with None at the batch dim."""
     known = {o.name for o in model.graph.output}
@@ -110,6 +112,8 @@ def probe(model: onnx.ModelProto, plan: dict, batches=(1, 2), seed: int = 0, whe
         raise XCompileError(f"{where}: onnxruntime cannot load the model: {str(e).splitlines()[0]}") from None
     finally:
         del model.graph.output[n_out:]
+    if keep is not None:  # the session, for the caller's later use (the self-check's forward rows, xcompile/verify)
+        keep["session"] = sess
     outs = [o.name for o in sess.get_outputs()]
     rng = np.random.default_rng(seed)
     runs = []

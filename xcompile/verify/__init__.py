@@ -32,9 +32,9 @@ OPTIONS = ("verify", "probe")  # the common options that belong to the check (no
 
 # finite differences: directions, step sizes (relative to the probe's RMS), relative tolerance (docs/selfcheck.md)
 DIRECTIONS = 2
-STEP = 1e-2
+STEPS = (5e-3,)  # step sizes relative to the probe's RMS; a second, larger one adds its disagreement to the tolerance
 REL_TOL = 0.03
-FD_SAFETY = 3.0  # x the disagreement between the two step sizes: the finite differences' own error estimate
+FD_SAFETY = 3.0  # x the disagreement between two step sizes (when STEPS has two)
 COMPLETENESS_TOL = 1e-2  # DeepLIFT: |gap| / max(|f(x) - f(x')|, 1e-3 sum|R|)
 GRADIENT_METHODS = ("gradient", "input_x_gradient")
 
@@ -45,7 +45,7 @@ class Probe:
     feeds: dict
     rows: int
     target: Optional[np.ndarray] = None
-    fd: Optional[dict] = None  # gradient methods: {"point", "dirs", "fd1", "fd2"}
+    fd: Optional[dict] = None  # gradient methods: {"point", "dirs", "central", "kink", "class"}
     note: str = ""
     result: dict = field(default_factory=dict)
 
@@ -81,7 +81,7 @@ def prepare(g, m, common: dict, where: str) -> Optional[Probe]:
             dirs.append(point * u if m.name == "input_x_gradient" else u * scale)
         deltas = []
         for v in dirs:
-            for h in (STEP, STEP / 2):
+            for h in STEPS:
                 deltas += [h * v, -h * v]
         base1 = {k: v[:1] for k, v in feeds.items()}
         out = forward_rows(g, base1, np.stack([np.zeros_like(point)] + deltas), where)["explained"]
@@ -90,7 +90,7 @@ def prepare(g, m, common: dict, where: str) -> Optional[Probe]:
             out = np.concatenate([forward_rows(g, base1, d[None], where)["explained"] for d in [point * 0] + deltas])
         out = out[1:]
         c = int(np.argmax(scores[0]))
-        f = out[:, c].astype(np.float64).reshape(DIRECTIONS, 2, 2)  # [direction, step, sign]
+        f = out[:, c].astype(np.float64).reshape(DIRECTIONS, len(STEPS), 2)  # [direction, step, sign]
         p.fd = {"point": point, "dirs": dirs, "class": c, **differences(f, float(scores[0, c]))}
         p.target = np.array([c], np.int64)
     return p
@@ -146,26 +146,27 @@ def check(g, m, explainer: onnx.ModelProto, p: Optional[Probe], where: str, comm
 
 
 def differences(f: np.ndarray, f0: float) -> dict:
-    """`f` [direction, step (h, h/2), sign (+, -)] scores, `f0` the score at the point: the central differences at
-    both steps and, at h/2, |forward - backward difference| (large where a kink (ReLU, max) lies within the step,
-    O(h) where the score is smooth)."""
-    h = np.array([STEP, STEP / 2])
-    central = (f[:, :, 0] - f[:, :, 1]) / (2 * h[None, :])
-    kink = np.abs((f[:, 1, 0] - f0) / h[1] - (f0 - f[:, 1, 1]) / h[1])
-    return {"fd1": central[:, 0], "fd2": central[:, 1], "kink": kink}
+    """`f` [direction, step, sign (+, -)] scores at x +- h v for each h of STEPS, `f0` the score at x: the central
+    differences at the smallest step and their own error estimate per direction: |forward - backward difference| at
+    that step (large where a kink, ReLU or max, lies within the step; O(h f'') where the score is smooth; at least the
+    float32 noise of the central difference), plus FD_SAFETY x the change from a larger step where there is one."""
+    h = np.asarray(STEPS)[None, :]
+    central = (f[:, :, 0] - f[:, :, 1]) / (2 * h)
+    kink = np.abs((f[:, -1, 0] - f0) - (f0 - f[:, -1, 1])) / h[0, -1]
+    if len(STEPS) > 1:
+        kink = kink + FD_SAFETY * np.abs(central[:, 0] - central[:, -1])
+    return {"central": central[:, -1], "own": kink}
 
 
 def compare(grad: np.ndarray, dirs, fd: dict) -> tuple[float, float]:
-    """(error, tolerance) of the directional derivatives a = <grad, v> against the central differences at step h/2
-    along the same directions: error = |a - fd2| / max(|fd2|, |a|) (2-norms over the directions); tolerance =
-    REL_TOL + (FD_SAFETY |fd1 - fd2| + |forward - backward difference|) / the same scale: the finite differences'
-    own error (float32 noise, curvature) and the kinks within the step."""
+    """(error, tolerance) of the directional derivatives a = <grad, v> against the central differences c along the
+    same directions: error = |a - c| / max(|c|, |a|) (2-norms over the directions); tolerance = REL_TOL + the finite
+    differences' own error estimate (`differences`) / the same scale."""
     a = np.array([float(np.sum(grad * u)) for u in dirs])
-    scale = max(float(np.linalg.norm(fd["fd2"])), float(np.linalg.norm(a)), 1e-30)
+    scale = max(float(np.linalg.norm(fd["central"])), float(np.linalg.norm(a)), 1e-30)
     if scale < 1e-12:  # a flat score at the probe: nothing to compare
         return 0.0, REL_TOL
-    own = FD_SAFETY * float(np.linalg.norm(fd["fd1"] - fd["fd2"])) + float(np.linalg.norm(fd["kink"]))
-    return float(np.linalg.norm(a - fd["fd2"])) / scale, REL_TOL + own / scale
+    return float(np.linalg.norm(a - fd["central"])) / scale, REL_TOL + float(np.linalg.norm(fd["own"])) / scale
 
 
 def _gradient(p: Probe, grad: np.ndarray, method: str) -> dict:
@@ -175,12 +176,12 @@ def _gradient(p: Probe, grad: np.ndarray, method: str) -> dict:
         else fd["dirs"]
     err, tol = compare(grad, us, fd)
     a = np.array([float(np.sum(grad * u)) for u in us])
-    return {"check": "gradient-fd", "directions": DIRECTIONS, "steps": [STEP, STEP / 2], "class": fd["class"],
+    return {"check": "gradient-fd", "directions": DIRECTIONS, "steps": list(STEPS), "class": fd["class"],
             "error": err, "tolerance": tol, "pass": bool(err <= tol), "explainer": a.tolist(),
-            "finite_differences": fd["fd2"].tolist(),
+            "finite_differences": fd["central"].tolist(),
             "message": (f"its gradient differs from central finite differences of the model by {err:.3g} (relative, "
                         f"tolerance {tol:.3g}) along {DIRECTIONS} random directions: explainer {_fmt(a)}, "
-                        f"finite differences {_fmt(fd['fd2'])}")}
+                        f"finite differences {_fmt(fd['central'])}")}
 
 
 def _completeness(rel, gap) -> dict:

@@ -51,7 +51,8 @@ def probe_feeds(g, path, where: str) -> tuple[dict, int]:
 
 
 def _open(g, where: str):
-    """The forward session (made once per graph): outputs the explained scores and the explained point (x or E)."""
+    """The forward session (made once per graph): outputs the explained scores and the explained point (x or E). For a
+    float input it is the probe's own (load/forward.py keeps it: the same forward, nothing to add)."""
     sess = getattr(g, "_verify_session", None)
     if sess is not None:
         return sess
@@ -98,7 +99,9 @@ def forward_rows(g, base: dict, deltas, where: str) -> dict:
         x = feeds[g.data_input]
         feeds[g.data_input] = (x.astype(np.float64) + move).astype(x.dtype)
     outs = [g.explained] + ([g.data_input] if g.token is not None else [])
-    if g.fixed_batch and k > 1:  # a model whose batch is fixed: one row at a time
+    if (g.fixed_batch or g.token is None) and k > 1:
+        # one row at a time: a model whose batch is fixed, and the probe's session (float inputs, load/probe.py),
+        # which returns every tensor: its memory stays that of one row
         runs = [sess.run(outs, {n: v[i:i + 1] for n, v in feeds.items()}) for i in range(k)]
         vals = [np.concatenate([r[j] for r in runs]) for j in range(len(outs))]
     else:

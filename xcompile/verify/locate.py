@@ -70,7 +70,7 @@ def _wrong_at(g, explainer, feeds, cls, t, grad_t, metric):
         del graph.input[n_in:]
         del graph.node[n_node:]
         producer.output[k] = t
-    from . import DIRECTIONS, STEP, differences
+    from . import DIRECTIONS, STEPS, differences
     rng = np.random.default_rng(1)
     base = {n: v[:1] for n, v in feeds.items()}
     try:
@@ -80,7 +80,7 @@ def _wrong_at(g, explainer, feeds, cls, t, grad_t, metric):
         dirs = [rng.standard_normal(point.shape) * scale for _ in range(DIRECTIONS)]
         deltas = [np.zeros_like(point)]
         for v in dirs:
-            for h in (STEP, STEP / 2):
+            for h in STEPS:
                 deltas += [h * v, -h * v]
         k_rows = len(deltas)
         run = {n: np.repeat(v, k_rows, axis=0) for n, v in base.items()}
@@ -90,5 +90,5 @@ def _wrong_at(g, explainer, feeds, cls, t, grad_t, metric):
     except Exception:  # noqa: BLE001
         return None
     f = np.asarray(f, np.float64)[:, cls]
-    err, tol = metric(np.asarray(gr[0], np.float64), dirs, differences(f[1:].reshape(DIRECTIONS, 2, 2), float(f[0])))
+    err, tol = metric(np.asarray(gr[0], np.float64), dirs, differences(f[1:].reshape(DIRECTIONS, len(STEPS), 2), float(f[0])))
     return err > tol
