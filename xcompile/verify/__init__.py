@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -45,9 +45,8 @@ class Probe:
     feeds: dict
     rows: int
     target: Optional[np.ndarray] = None
-    fd: Optional[dict] = None  # gradient methods: {"point", "dirs", "central", "kink", "class"}
+    fd: Optional[dict] = None  # gradient methods: {"point", "dirs", "class", "central", "own"}
     note: str = ""
-    result: dict = field(default_factory=dict)
 
 
 def wanted(common: dict) -> bool:
@@ -73,28 +72,27 @@ def prepare(g, m, common: dict, where: str) -> Optional[Probe]:
     if not np.isfinite(scores).all():
         p.note = "the model's own scores at the probe are not finite (give real rows with --set probe=FILE.npy)"
         return p
-    if fd_ok:
-        point = base["point"][0].astype(np.float64)
-        rng = np.random.default_rng(0)
-        scale = float(np.sqrt(np.mean(point ** 2))) or 1.0
-        dirs = []
-        for _ in range(DIRECTIONS):
-            u = rng.standard_normal(point.shape)
-            dirs.append(point * u if m.name == "input_x_gradient" else u * scale)
-        deltas = []
-        for v in dirs:
-            for h in STEPS:
-                deltas += [h * v, -h * v]
-        base1 = {k: v[:1] for k, v in feeds.items()}
-        out = forward_rows(g, base1, np.stack([np.zeros_like(point)] + deltas), where)["explained"]
-        if np.abs(out[0] - scores[0]).max() > 1e-5 * (1 + np.abs(scores[0]).max()):
-            # rows that see each other (statistics over the batch axis): each perturbed row alone, as explained
-            out = np.concatenate([forward_rows(g, base1, d[None], where)["explained"] for d in [point * 0] + deltas])
-        out = out[1:]
-        c = int(np.argmax(scores[0]))
-        f = out[:, c].astype(np.float64).reshape(DIRECTIONS, len(STEPS), 2)  # [direction, step, sign]
-        p.fd = {"point": point, "dirs": dirs, "class": c, **differences(f, float(scores[0, c]))}
-        p.target = np.array([c], np.int64)
+    point = base["point"][0].astype(np.float64)
+    rng = np.random.default_rng(0)
+    scale = float(np.sqrt(np.mean(point ** 2))) or 1.0
+    dirs = []
+    for _ in range(DIRECTIONS):
+        u = rng.standard_normal(point.shape)
+        dirs.append(point * u if m.name == "input_x_gradient" else u * scale)
+    deltas = []
+    for v in dirs:
+        for h in STEPS:
+            deltas += [h * v, -h * v]
+    base1 = {k: v[:1] for k, v in feeds.items()}
+    out = forward_rows(g, base1, np.stack([np.zeros_like(point)] + deltas), where)["explained"]
+    if np.abs(out[0] - scores[0]).max() > 1e-5 * (1 + np.abs(scores[0]).max()):
+        # rows that see each other (statistics over the batch axis): each perturbed row alone, as explained
+        out = np.concatenate([forward_rows(g, base1, d[None], where)["explained"] for d in [point * 0] + deltas])
+    out = out[1:]
+    c = int(np.argmax(scores[0]))
+    f = out[:, c].astype(np.float64).reshape(DIRECTIONS, len(STEPS), 2)  # [direction, step, sign]
+    p.fd = {"point": point, "dirs": dirs, "class": c, **differences(f, float(scores[0, c]))}
+    p.target = np.array([c], np.int64)
     return p
 
 
