@@ -21,7 +21,7 @@ _BASES = (1_000_000, 2_000_000)
 
 
 def share_embedding_uses(m: onnx.ModelProto, ids: str, gather: onnx.NodeProto, sample_len: int, shapes: dict,
-                         dtypes: dict, where: str) -> int:
+                         dtypes: dict, where: str, specials: tuple = ()) -> int:
     """Rewrite the other look-ups of `gather`'s table (see the module docstring) in place; `shapes` / `dtypes` (the
     probe's) get the new tensors. Returns how many were rewritten."""
     graph = m.graph
@@ -36,7 +36,7 @@ def share_embedding_uses(m: onnx.ModelProto, ids: str, gather: onnx.NodeProto, s
         if any(a.name == "axis" and a.i != 0 for a in node.attribute) or order[id(node)] < order[id(gather)]:
             continue
         index = node.input[1]
-        mapping = _position_map(m, producer, inits, ids, index, sample_len)
+        mapping = _position_map(m, producer, inits, ids, index, sample_len, int(inits[table].dims[0]), specials)
         if mapping is None:
             warn_once(f"shared:{where}:{node.name}", f"{where}: {node.name or node.output[0]!r} reads the embedding table "
                       f"{table!r} at ids computed from {ids!r} in a way that is not a fixed rearrangement; its use is "
@@ -55,9 +55,11 @@ def _same_table(inits: dict, a: str, b: str) -> bool:
     return bool(np.array_equal(numpy_helper.to_array(inits[a]), numpy_helper.to_array(inits[b])))
 
 
-def _position_map(m, producer, inits, ids, index, sample_len):
+def _position_map(m, producer, inits, ids, index, sample_len, vocab, specials):
     """[L2] source position (>= 0) or -(constant id) - 1 per decoder position, or None where h is not a fixed
-    rearrangement of the ids (it reads another input, or a value is neither a moved id nor a constant)."""
+    rearrangement of the ids (it reads another input, a value is neither a moved id nor a constant, or real ids with
+    the special ids at random places, e.g. padding, are not rearranged that way: mBART's start token, the last
+    non-pad id, moves with the padding)."""
     needed, stack, seen = [], [index], set()
     while stack:
         t = stack.pop()
@@ -75,10 +77,16 @@ def _position_map(m, producer, inits, ids, index, sample_len):
     sub = helper.make_graph(nodes, "h", [helper.make_tensor_value_info(ids, onnx.TensorProto.INT64, ["N", sample_len])],
                             [onnx.ValueInfoProto(name=index)], initializer=[inits[k] for k in used if k in inits])
     model = helper.make_model(sub, opset_imports=list(m.opset_import), ir_version=m.ir_version)
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, vocab, (4, sample_len))
+    for k, sp in enumerate(specials):
+        real[k % 4, rng.integers(0, sample_len, max(1, sample_len // 4))] = sp
+        real[(k + 1) % 4, -max(1, sample_len // 4):] = sp  # a padded tail
     try:
         sess = session(model, optimization="disable")
         outs = [sess.run([index], {ids: np.full((2, sample_len), base, np.int64) + np.arange(sample_len)})[0]
                 for base in _BASES]
+        on_real = np.asarray(sess.run([index], {ids: real})[0], np.int64)
     except Exception:  # noqa: BLE001
         return None
     a, b = (np.asarray(o, np.int64) for o in outs)
@@ -90,7 +98,9 @@ def _position_map(m, producer, inits, ids, index, sample_len):
     const = b[0] == a
     if not (moved | const).all() or (moved & ((src < 0) | (src >= sample_len))).any() or (const & (a < 0)).any():
         return None
-    return np.where(moved, src, -a - 1)
+    mapping = np.where(moved, src, -a - 1)
+    expected = np.where(mapping >= 0, real[:, np.clip(mapping, 0, None)], -mapping - 1)
+    return mapping if on_real.shape == expected.shape and (on_real == expected).all() else None
 
 
 def _rewrite(m, node, emb, table_t, mapping, shapes, dtypes):

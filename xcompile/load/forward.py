@@ -115,7 +115,8 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     if emb is not None:
         gather = next(n for n in m.graph.node if n.output and n.output[0] == emb[0].output[0])
         if len(samples[data.name]) == 1:  # encoder-decoder: the decoder's look-up of the same ids read from E
-            share_embedding_uses(m, data.name, gather, samples[data.name][0], shapes, dtypes, where)
+            share_embedding_uses(m, data.name, gather, samples[data.name][0], shapes, dtypes, where,
+                                 plan[data.name][4])
             gather = next(n for n in m.graph.node if n.output and n.output[0] == emb[0].output[0])
         token = TokenInput(data.name, gather.output[0], emb[1], emb[2], common.get("baseline_token"))
     g = ForwardGraph(m, token.embedding if token else data.name, score, explained, shapes, dtypes, fixed,
