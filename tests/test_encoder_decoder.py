@@ -97,3 +97,19 @@ def test_missing_eos_at_run_time_is_one_line():
     with pytest.raises(xcompile.XCompileError) as e:
         ex.explain({"input_ids": bad, "attention_mask": np.ones((2, L), np.int64)}, np.array([0, 0]))
     assert "\n" not in str(e.value) and f"token id(s) [{eos}]" in str(e.value)
+
+
+def test_mbart_value_dependent_start_token_is_warned_not_rewritten(capfd):
+    """mBART's decoder starts with the last non-pad id: a rearrangement that moves with the padding. The rewrite
+    would be wrong on padded rows, so it is left as it is, with one warning line."""
+    torch.manual_seed(0)
+    cfg = tf.MBartConfig(vocab_size=100, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                         decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32,
+                         num_labels=3, attn_implementation="eager")
+    m = tf.MBartForSequenceClassification(cfg).eval()
+    ids = torch.randint(5, 90, (2, L))
+    ids[:, -1] = cfg.eos_token_id
+    ex = xcompile.compile(_export(m, ids, 2), "gradient")
+    err = capfd.readouterr().err
+    assert "not a fixed rearrangement" in err and "decoder" in err
+    assert not any("xc_shared" in n.name for n in ex.graph.node)
