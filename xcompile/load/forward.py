@@ -17,6 +17,7 @@ from ..canonicalize.shared_embedding import share_embedding_uses
 from ..errors import XCompileError
 from ..graph import ForwardGraph, TokenInput
 from ..options import Param, as_bool, non_negative_int
+from ..protobuf_limit import payload_bytes
 from ..write.precision import parse_precision
 from .loader import (
     default_opset,
@@ -31,6 +32,8 @@ from .loader import (
 )
 from .probe import feed_plan, numpy_dtype, probe, special_ids
 from .quantized import float_view
+
+KEEP_PROBE_BYTES = 256 << 20  # weights up to this size: the probe's session is kept for the self-check
 
 # options every method accepts (they shape how the model is read, not how it is explained)
 COMMON = {
@@ -105,7 +108,10 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
                      data.name, emb[2] if emb else None, gather_fed,
                      special_ids(m, data.name, emb[2]) if emb else ())
     kept: dict = {}
-    shapes, dtypes, at_one, fixed, at_two = probe(m, plan, where=where, keep=kept if common.get("verify", True) else None)
+    # the probe's session serves the self-check's forward rows (float inputs) where holding it costs little: it keeps
+    # a copy of the weights and onnxruntime's arena of the probe's run until the compile ends
+    keep = common.get("verify") is True and emb is None and payload_bytes(m) < KEEP_PROBE_BYTES
+    shapes, dtypes, at_one, fixed, at_two = probe(m, plan, where=where, keep=kept if keep else None)
     if freeze_shape_arithmetic(m, names, at_one, at_two, decisions):
         remove_unused_initializers(m)
     for n in names:
