@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from . import __version__
+from . import __version__, verify
 from .backward.builder import Builder
 from .errors import XCompileError, warn_once
 from .load.forward import COMMON, jsonable, load_forward, reserved_names, split_params
@@ -89,10 +89,15 @@ def compile(model, method: str, rules=None, *, where: str | None = None, **param
     if g.token is not None:
         built = token_outputs(m, g, b, built)
     meta = {"xcompile_version": __version__, "method": method,
-            "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted({**m.values, **{k: v for k, v in common.items() if v is not None}}.items()) if jsonable(v)},
+            "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted({**m.values, **{k: v for k, v in common.items() if v is not None and k not in verify.OPTIONS}}.items()) if jsonable(v)},
             "data_input": g.graph_input, "score_output": g.score_output, "explained": g.explained,
             "inputs": g.input_names, "token_input": g.token is not None}
     if g.token is not None:
         meta.update(embedding=g.data_input, vocab=g.token.vocab, baseline_token=g.token.baseline_token,
-                    token_relevance=m.token_relevance)
-    return assemble(g, b, built, meta, keep_outputs=common["keep_outputs"], where=where)
+                    token_relevance=m.token_relevance, special_tokens=list(g.feed_plan[g.token.input][4]))
+    probe = verify.prepare(g, m, common, where)  # before assembling: a model over 2 GiB lends its proto to it
+    try:
+        model = assemble(g, b, built, meta, keep_outputs=common["keep_outputs"], where=where)
+        return verify.check(g, m, model, probe, where, common)
+    finally:
+        verify.close(g)

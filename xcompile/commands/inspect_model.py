@@ -11,6 +11,9 @@ from ..methods.treeshap import refuse_gradients as refuse_trees
 
 def inspect_model(model_path, method: str, rules, params: dict, echo) -> int:
     where = str(model_path)
+    shown = explainer_summary(model_path, echo)
+    if shown:  # an explainer written by `compile`: what it explains and its self-check (docs/selfcheck.md)
+        return 0
     cls = method_class(method)
     if getattr(cls, "compile_model", None):
         echo(f"{where}: method {method!r} builds its own explainer graph (neuralized models, tree ensembles); no per-node table")
@@ -59,3 +62,31 @@ def inspect_model(model_path, method: str, rules, params: dict, echo) -> int:
             echo(f"unsupported: {node[0]} ({node[1]})" + (f": {node[2]}" if len(node) > 2 and node[2] else ""))
         raise UnsupportedOperatorsError(bad, where)
     return 0
+
+
+def explainer_summary(path, echo) -> bool:
+    """For an explainer (it has xcompile.* metadata): its method, parameters and self-check result; False otherwise."""
+    import json
+    from pathlib import Path
+
+    import onnx
+    p = Path(path)
+    if not p.is_file():
+        return False
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not an ONNX file: the normal path reports it
+        return False
+    meta = {q.key[9:]: q.value for q in model.metadata_props if q.key.startswith("xcompile.")}
+    if "method" not in meta:
+        return False
+    echo(f"{path}: explainer, method {meta['method']}, "
+         f"params {meta.get('params', '{}')}")
+    verify = json.loads(meta["verify"]) if "verify" in meta else None
+    if verify is None:
+        echo("self-check: not recorded (written before the self-check existed)")
+    else:
+        fields = ", ".join(f"{k} {verify[k]}" for k in ("check", "error", "tolerance", "directions", "steps", "band",
+                                                       "rows", "note", "located") if k in verify)
+        echo(f"self-check: {'passed' if verify.get('pass') else 'FAILED'} ({fields})")
+    return True

@@ -15,9 +15,11 @@ from ..canonicalize.passes import (
     freeze_shape_arithmetic,
     remove_unused_initializers,
 )
+from ..canonicalize.shared_embedding import share_embedding_uses
 from ..errors import XCompileError
 from ..graph import ForwardGraph, TokenInput
 from ..options import MEMORY_ENV, Param, as_bool, as_int, memory_cap_bytes, non_negative_int
+from ..protobuf_limit import payload_bytes
 from ..write.precision import parse_precision
 from .contrib import refuse_unknown, unfused_view
 from .loader import (
@@ -33,8 +35,10 @@ from .loader import (
     prepare,
     read_model,
 )
-from .probe import feed_plan, numpy_dtype, probe
+from .probe import feed_plan, numpy_dtype, probe, special_ids
 from .quantized import dequantized_table, float_view
+
+KEEP_PROBE_BYTES = 256 << 20  # weights up to this size: the probe's session is kept for the self-check
 
 # options every method accepts (they shape how the model is read, not how it is explained)
 COMMON = {
@@ -48,6 +52,9 @@ COMMON = {
                          "memory cap)", lambda v: sample_shape(v)),
     "baseline_token": Param(None, "token id of the baseline / occluding token for token-id inputs (typically the pad id)",
                             non_negative_int),
+    # the self-check before writing (xcompile/verify, docs/selfcheck.md)
+    "verify": Param(True, "check the explainer on probe inputs before writing it (true/false)", as_bool),
+    "probe": Param(None, "a .npy file of rows of the explained input for the self-check (default: drawn)"),
 }
 
 
@@ -121,8 +128,13 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     make_batch_symbolic(m, names, score)
     gather_fed = {n for n in names if embedding_gather(m, n) is not None}
     plan = feed_plan({n: (samples[n], numpy_dtype(vi, where)) for n, vi in ((v.name, v) for v in graph_inputs(m))},
-                     data.name, emb[2] if emb else None, gather_fed)
-    shapes, dtypes, at_one, fixed, at_two = probe(m, plan, where=where)
+                     data.name, emb[2] if emb else None, gather_fed,
+                     special_ids(m, data.name, emb[2]) if emb else ())
+    kept: dict = {}
+    # the probe's session serves the self-check's forward rows (float inputs) where holding it costs little: it keeps
+    # a copy of the weights and onnxruntime's arena of the probe's run until the compile ends
+    keep = common.get("verify") is True and emb is None and payload_bytes(m) < KEEP_PROBE_BYTES
+    shapes, dtypes, at_one, fixed, at_two = probe(m, plan, where=where, keep=kept if keep else None)
     if freeze_shape_arithmetic(m, names, at_one, at_two, decisions):
         remove_unused_initializers(m)
     for _ in range(4):  # If / Loop / Scan inlined once trip counts and conditions are known (nested ones: again)
@@ -140,7 +152,14 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     _declare_measured_shapes(m, shapes)
     token = None
     if emb is not None:
-        token = TokenInput(data.name, embedding_output(emb[0]), emb[1], emb[2], common.get("baseline_token"))
+        gather = next(n for n in m.graph.node if n.output and n.output[0] == emb[0].output[0])
+        if len(samples[data.name]) == 1 and gather.op_type == "Gather":  # encoder-decoder: the decoder's look-up of
+            # the same ids read from E (a fused or dequantized look-up is never an encoder-decoder's shared table)
+            share_embedding_uses(m, data.name, gather, samples[data.name][0], shapes, dtypes, where,
+                                 plan[data.name][4])
+            gather = next(n for n in m.graph.node if n.output and n.output[0] == emb[0].output[0])
+            emb = (gather, *emb[1:])
+        token = TokenInput(data.name, embedding_output(gather), emb[1], emb[2], common.get("baseline_token"))
     view = single_logit_view(m, explained, shapes.get(explained, ()))
     if view is not None:  # one logit per row: explained through [-z, z] (canonicalize/outputs.py)
         for t, shape in ((view, (None, 2)), (f"{view}/logit", (None, 1)), (f"{view}/negated", (None, 1))):
@@ -150,6 +169,9 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
                      default_opset(m), token=token)
     g.single_logit = view is not None
     g.canonicalization = decisions
+    g.feed_plan = plan  # how every input is fed (load/probe.py): the self-check's probe rows
+    if token is None and "session" in kept:  # float input: the probe's session computes the self-check's forward rows
+        g._verify_session = kept["session"]
     float_view(g, where)  # quantized ops: the backward walks their dequantized view (load/quantized.py)
     unfused_view(g, where)  # onnxruntime's fused contrib ops: the backward walks their expansion (load/contrib.py)
     if token is not None and (g.const(token.table) is None or g.const(token.table).dtype.kind != "f"):

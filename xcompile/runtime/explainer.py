@@ -275,7 +275,13 @@ class Explainer:
         step = _check_batch_size(batch_size) or max(1, n)
         parts = []
         for i in range(0, n, step):
-            parts.append(self.session.run(None, {**{k: v[i:i + step] for k, v in feeds.items()}, TARGET: t[i:i + step]}))
+            try:
+                parts.append(self.session.run(None, {**{k: v[i:i + step] for k, v in feeds.items()}, TARGET: t[i:i + step]}))
+            except Exception as e:  # noqa: BLE001 - onnxruntime's own errors: one line, not a traceback
+                if not type(e).__module__.startswith("onnxruntime"):
+                    raise
+                raise XCompileError(f"{self.where}: onnxruntime fails on rows {i}..{min(i + step, n) - 1}: "
+                                    f"{str(e).splitlines()[0]}{self._special_hint()}") from None
             if progress is not None:  # progress(rows done so far), e.g. a progress bar
                 progress(min(i + step, n))
         outs = [np.concatenate([p[k] for p in parts]) for k in range(len(self.outputs))]
@@ -284,6 +290,12 @@ class Explainer:
         return Explanation(named[self.score_output], named[RELEVANCE], extras)
 
     __call__ = explain
+
+    def _special_hint(self) -> str:
+        """Where the model compares the ids with special tokens (load/probe.py `special_ids`: BART's / T5's EOS)."""
+        meta = self.session.get_modelmeta().custom_metadata_map.get("xcompile.special_tokens")
+        return (f" (the model reads token id(s) {meta} at run time, e.g. the EOS its classification head reads: "
+                "every row needs them, as its tokenizer writes them)") if meta and meta != "[]" else ""
 
     # ------------------------------------------------------------------ tensors that stay where they are
     def _explain_bound(self, x, target, batch_size) -> Explanation:
