@@ -264,6 +264,27 @@ def _recompute_data_path(g, v: _View) -> None:
                     g.dtypes[new] = g.dtypes[o]
         if _with_indices(c, g):
             v.virtual[c.output[1]] = c
+    _recomputed_scores(g, v)
+
+
+def _recomputed_scores(g, v: _View) -> None:
+    """The explained scores too: the backward (the predicted class's TopK, the seed, conservation) reads a
+    recomputed copy (``g.virtual_alias``, applied by the writer), since a second reader of the last group's
+    DequantizeLinear also stops onnxruntime from fusing DQ -> Gemm -> Q into QGemm."""
+    node = next((n for n in v.nodes if g.explained in n.output), None)
+    if node is None or not any(i in v.virtual for i in node.input):
+        return  # (inputs read from the forward: a copy would be merged back by common-subexpression elimination)
+    c = onnx.NodeProto()
+    c.CopyFrom(node)
+    c.name = f"{PREFIX}/{node.name or g.explained}/scores"
+    c.output[:] = [f"{PREFIX}/{o}/scores" if o else "" for o in node.output]
+    for o, new in zip(node.output, c.output):
+        if o:
+            v.virtual[new] = c
+            g.shapes[new] = g.shapes.get(o)
+            if o in g.dtypes:
+                g.dtypes[new] = g.dtypes[o]
+    g.virtual_alias = {g.explained: c.output[list(node.output).index(g.explained)]}
 
 
 def _with_indices(c, g) -> bool:
@@ -285,7 +306,7 @@ def float_view(g, where: str = "model") -> None:
     """Replace the quantized ops in `g`'s node list (what the backward walks; the forward emitted is `g.model`'s)
     by their float view; record the view's own tensors (`g.virtual`: tensor -> node) and dequantized constants
     (added to `g.initializers`, listed in `g.virtual_consts`)."""
-    g.virtual, g.virtual_consts = {}, {}
+    g.virtual, g.virtual_consts, g.virtual_alias = {}, {}, {}
     ops = {n.op_type for n in g.nodes}
     if not ops & (set(QOPS) | set(INTEGER_OPS) | {"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"}):
         return
