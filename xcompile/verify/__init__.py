@@ -4,8 +4,9 @@ refused (one XCompileError line) when what it computes is not what its method pr
 - gradient / input_x_gradient: the explainer's gradient (at the explained input; at the embedding output E for token
   ids) against central finite differences of the model's own forward along a few random directions, at two step
   sizes whose disagreement measures the finite differences' own error (float32 noise, ReLU kinks);
-- relevance family (LRP, Deep Taylor, PatternAttribution): finite, and sum(relevance) / score inside the rule set's
-  conservation band where the rule set states one;
+- relevance family (LRP, Deep Taylor, PatternAttribution): finite (refused otherwise); sum(relevance) / score against
+  the rule set's conservation band where the rule set states one, reported (one warning line, metadata) but not
+  refused: on probe rows biases and stabilizers legitimately move it (4 of 430 correct compiles left the band);
 - deeplift: finite and complete (sum(relevance) = f(x) - f(x'));
 - every other method (path methods, guided backprop / deconvnet, Grad-CAM, occlusion, PatternNet): finite.
 
@@ -22,7 +23,7 @@ from typing import Optional
 import numpy as np
 import onnx
 
-from ..errors import XCompileError
+from ..errors import XCompileError, warn_once
 from ..graph import TARGET
 from ..sessions import session
 from .forward import close, forward_rows, probe_feeds
@@ -134,6 +135,11 @@ def check(g, m, explainer: onnx.ModelProto, p: Optional[Probe], where: str, comm
         result.update(_completeness(rel, out["completeness_gap"]))
     elif "conservation" in out and getattr(m, "uses_rules", False):
         result.update(_conservation(m, out["conservation"]))
+        if not result["pass"]:  # a band miss on probe rows is reported, never refused: biases and stabilizers
+            # legitimately absorb relevance on rows a model never saw (one-node graphs, GELU with a bias, loops)
+            warn_once(f"verify:{where}", f"{where}: self-check: {result['message']} on the probe rows (reported, "
+                                         "not refused: biases and epsilon absorb relevance; docs/selfcheck.md)")
+            result.update(**{"pass": True, "warning": result.pop("message")})
     else:
         result.update(check="finite", error=0.0, tolerance=0.0, **{"pass": True})
     if p.note:
