@@ -81,6 +81,10 @@ def main(argv=None) -> int:
             "input_shape": ["N", 1, 8, 8],
             "source": "model_zoo/digits.py (scikit-learn load_digits / 16, train_test_split test_size=0.25 "
                       "random_state=0 stratified)",
+            # for the web page (xcompile/web/models.py): a photo of a dark digit on paper is inverted
+            "preprocess": {"invert": True},
+            "preprocess_note": "pictures of dark digits on a light background are inverted (the training digits "
+                               "are light strokes on dark, values in [0, 1]) and stretched to 8x8",
         }
         (DATA / "digits_cnn.json").write_text(json.dumps(meta, indent=2) + "\n")
         print(f"shipped {DATA / 'digits_cnn.onnx'} sha256 {sha256(DATA / 'digits_cnn.onnx')}")

@@ -312,12 +312,18 @@ def test_ir_version_newer_than_onnx_knows_is_a_clear_error(tmp_path):
         xcompile.compile(str(path), "gradient")
 
 
-@pytest.mark.parametrize("opset", [9, 10])
-def test_opset_below_11_is_a_clear_error(tmp_path, opset):
-    model = classifier(opset)
+@pytest.mark.parametrize("opset", [7, 9, 10])
+def test_old_opsets_are_converted(opset):
+    """Opsets 7 to 10 go through onnx.version_converter (docs/tabular.md "Opsets")."""
+    check_gradient(classifier(opset), sample(2), [0, 3])
+
+
+def test_opset_below_7_is_a_clear_error(tmp_path):
+    model = classifier(7)
+    model.opset_import[0].version = 6
     path = tmp_path / "old.onnx"
     onnx.save(model, str(path))
-    with pytest.raises(xcompile.XCompileError, match=rf"old\.onnx.*opset {opset} is not supported"):
+    with pytest.raises(xcompile.XCompileError, match=r"old\.onnx.*opset 6 is not supported"):
         xcompile.compile(str(path), "gradient")
 
 

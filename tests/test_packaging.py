@@ -24,4 +24,5 @@ def test_wheel_ships_rules_and_demo_data(tmp_path):
     for rules in (ROOT / "rules").glob("*.toml"):
         assert f"xcompile/rules/{rules.name}" in names
     assert {"xcompile/rules/README.md", "xcompile/data/digits_cnn.onnx", "xcompile/data/digits_heldout.npz",
-            "xcompile/backward/ops/linear.py", "xcompile/cli.py"} <= names
+            "xcompile/backward/ops/linear.py", "xcompile/cli.py", "xcompile/web/page/index.html",
+            "xcompile/web/page/app.js"} <= names

@@ -147,3 +147,16 @@ def test_cli_run_and_fit_patterns_with_engine_ray(ray_local, digits, tmp_path, c
         main(["run", str(explainer), "-i", str(tmp_path / "x.npy"), "--engine", "spark"])
     assert e.value.code == 2
     assert "--engine 'spark'" in capsys.readouterr().err
+
+
+def test_ray_workers_render_the_heatmaps(ray_local, digits, tmp_path):
+    """With render=(names, images) each worker draws its rows' PNGs; the bytes equal a local rendering."""
+    from xcompile.runtime.render import png_bytes
+    _, explainer, x = digits
+    names = [f"r{i}" for i in range(40)]
+    res = run_with_ray(explainer, x[:40], -1, tmp_path / "out", workers=2, shard_size=16,
+                       render=(names, [None] * 40))
+    ref = xcompile.Explainer(explainer).explain(x[:40])
+    assert len(res.rendered) == 40
+    for i in (0, 17, 39):
+        assert res.rendered[i] == png_bytes(ref.relevance[i], None, f"r{i}: class {int(ref.predicted[i])}")

@@ -191,7 +191,7 @@ def test_run_inputs_for_a_token_explainer(tokenizer_json, tmp_path):
     text = tmp_path / "lines.txt"
     text.write_text("the cats unbelievable < &\n\nthe cat sat\n", encoding="utf-8")
     b = load_batch([str(text)], ex, None, tokenizer_json)
-    assert b.names == ["lines_0", "lines_1"] and b.feeds["input_ids"].dtype == np.int64
+    assert b.names == ["lines_0", "lines_2"] and b.feeds["input_ids"].dtype == np.int64  # named by line (blank skipped)
     assert b.feeds["attention_mask"].sum(1).tolist() == [10, 5] and b.feeds["token_type_ids"].dtype == np.int32
     np.testing.assert_array_equal(b.shown, b.feeds["attention_mask"] != 0)
     assert b.words[1][1] == ["the", "cat", "sat"]

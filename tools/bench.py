@@ -451,6 +451,13 @@ def device_info(device: str, threads: int) -> dict:
 # ============================================================================================ orchestration
 def main(argv=None) -> int:
     global OUT
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--run-throughput"]:  # `xcompile run` rows/s on the shipped digits (tools/bench_run.py)
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("bench_run", Path(__file__).with_name("bench_run.py"))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod.main(args[1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS),
                     help="comma list of " + ", ".join(MODELS) + " or NAME=PATH.onnx (any ONNX classifier)")

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from . import verify
 from .backward.builder import Builder
 from .errors import XCompileError, warn_once
 from .load.forward import COMMON, jsonable, load_forward, reserved_names, split_params
@@ -16,6 +17,7 @@ from .metadata import ExplainerMeta, source_class_names
 from .methods import METHODS
 from .methods.tokens import refuse as refuse_tokens
 from .methods.tokens import token_outputs
+from .methods.treeshap import refuse_gradients as refuse_trees
 from .version import __version__
 from .write.writer import assemble
 
@@ -66,12 +68,20 @@ def warn_non_finite_weights(model: onnx.ModelProto, where: str) -> None:
 
 def compile(model, method: str, rules=None, *, where: str | None = None, **params) -> onnx.ModelProto:  # noqa: A001
     """Compile `model` (path, bytes or ModelProto) into an explainer ModelProto."""
+    if not isinstance(model, (str, os.PathLike, bytes, bytearray, onnx.ModelProto)):
+        raise XCompileError(f"compile({type(model).__name__}): expected a path, bytes or an onnx.ModelProto")
+    if not isinstance(method, str):
+        raise XCompileError(f"method={method!r}: a method name such as 'gradient' or 'lrp'")
     where = where or (str(model) if isinstance(model, (str, os.PathLike)) else "model")
     cls = method_class(method)
     if getattr(cls, "compile_model", None):  # methods that rebuild the whole graph (neuralized models)
         return cls.compile_model(model, rules=rules, where=where, **params)
     m, common = make_method(cls, method, rules, params)
     g = load_forward(model, common, where)
+    scores = g.shape(g.explained) or ()
+    if any(d == 0 for d in scores[1:]):  # nothing to explain (TopK over 0 classes would fail the checker)
+        raise XCompileError(f"{where}: the score output {g.explained!r} has shape {list(scores)}: 0 classes")
+    refuse_trees(g.model, method, where)  # a tree ensemble: treeshap or occlusion (methods/treeshap)
     warn_non_finite_weights(g.model, where)
     refuse_tokens(m, g, where)
     m.prepare(g, where)
@@ -80,7 +90,7 @@ def compile(model, method: str, rules=None, *, where: str | None = None, **param
     built = m.build(g, b, where)
     if g.token is not None:
         built = token_outputs(m, g, b, built)
-    given = {**m.values, **{k: v for k, v in common.items() if v is not None}}
+    given = {**m.values, **{k: v for k, v in common.items() if v is not None and k not in verify.OPTIONS}}
     band = getattr(m, "band", None)
     meta = ExplainerMeta(__version__, method,
                          {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(given.items()) if jsonable(v)},
@@ -89,4 +99,10 @@ def compile(model, method: str, rules=None, *, where: str | None = None, **param
     if g.token is not None:
         meta.embedding, meta.vocab, meta.baseline_token = g.data_input, g.token.vocab, g.token.baseline_token
         meta.token_relevance = m.token_relevance
-    return assemble(g, b, built, meta, keep_outputs=common["keep_outputs"], where=where)
+        meta.special_tokens = list(g.feed_plan[g.token.input][4])
+    probe = verify.prepare(g, m, common, where)  # before assembling: a model over 2 GiB lends its proto to it
+    try:
+        model = assemble(g, b, built, meta, keep_outputs=common["keep_outputs"], where=where)
+        return verify.check(g, m, model, probe, where, common)
+    finally:
+        verify.close(g)

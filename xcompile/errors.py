@@ -4,10 +4,29 @@ Everything a user can get wrong (a file, a node, an operator, an option, an inpu
 `XCompileError` with ONE line that names the thing at fault. The CLI prints that line to stderr and
 exits with code 2; no traceback, no partial output file.
 """
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def clean(text) -> str:
+    """``text`` with every control character written as a visible escape (``\\x1b``, ``\\n``): one line, inert on a
+    terminal (no clear-screen, no title change, no forged output line). THE escape for every message and listing."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+
+
+def one_line(text) -> str:
+    """A message as ONE printable line: whitespace runs collapsed, control characters escaped."""
+    return clean(" ".join(str(text).split()))
 
 
 class XCompileError(Exception):
-    """A problem with the user's input (model, option, data). Exit code 2 in the CLI."""
+    """A problem with the user's input (model, option, data). Exit code 2 in the CLI. The message is ONE line with
+    control characters escaped (`one_line`), for the Python API as for the CLI: names from a model or a file system
+    never reach a terminal raw."""
+
+    def __init__(self, *args):
+        super().__init__(*(one_line(a) if isinstance(a, str) else a for a in args))
 
 
 class UnsupportedOperatorsError(XCompileError):
@@ -38,4 +57,4 @@ def warn_once(key: str, message: str) -> None:
         return
     _WARNED.add(key)
     import sys
-    print(f"xcompile: warning: {' '.join(message.split())}", file=sys.stderr)
+    print(f"xcompile: warning: {one_line(message)}", file=sys.stderr)

@@ -3,7 +3,7 @@ path-safe name check. Nothing here knows about graphs.
 
 * ``atomic_write(path, write)``: ``write(tmp)`` fills a temporary file with a unique name in the target's own
   folder (``.NAME.xc-PID-RANDOM.tmp``), which is fsynced and renamed onto ``path`` (then the folder is fsynced).
-  On any failure the temporary file is removed; one left by a killed process is removed by the next write to the
+  An overwritten file keeps its permission bits. On any failure the temporary file is removed; one left by a killed process is removed by the next write to the
   same target. Concurrent writers to one path each rename a complete file: the last rename wins.
 * ``check_output(path, inputs=...)``: refuses (one line, exit 2) an output that is a folder, lies below a file,
   is not a regular file (``/dev/null``), is in a folder that cannot be written, or is one of the inputs.
@@ -83,9 +83,9 @@ def _mkdir(folder: Path, what: str) -> None:
         raise XCompileError(f"{what} {folder}: cannot create the folder ({e.strerror or type(e).__name__})") from None
 
 
-def _stale_temps(path: Path):
-    """Temporary files of earlier writes to ``path`` whose process is gone."""
-    for t in path.parent.glob(f".{path.name}.xc-*.tmp"):
+def _stale_temps(path: Path, pattern: str | None = None):
+    """Temporary files of earlier writes to ``path`` (``pattern``: to any file of its folder) whose process is gone."""
+    for t in path.parent.glob(pattern or f".{path.name}.xc-*.tmp"):
         m = re.match(r".*\.xc-(\d+)-[0-9a-f]+\.tmp$", t.name)
         if not m:
             continue
@@ -100,7 +100,14 @@ def _stale_temps(path: Path):
             pass
 
 
+# folders being filled by `completed_folder`: their files are flushed to disk once, before `_COMPLETE` is written,
+# not one fsync each (`xcompile run` writes two files per row: the fsyncs were most of its time)
+_DEFERRED: set = set()
+
+
 def _fsync_dir(folder: Path) -> None:
+    if folder in _DEFERRED:
+        return
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
         try:
@@ -120,14 +127,18 @@ def atomic_write(path, write: Callable[[Path], None], what: str = "output") -> P
     """Write ``path`` atomically: ``write(tmp)`` fills a unique temporary file beside it, then fsync + rename."""
     path = Path(os.fspath(path))
     _mkdir(path.parent, what)
-    for stale in _stale_temps(path):
+    for stale in () if path.parent in _DEFERRED else _stale_temps(path):  # (completed_folder swept them once)
         with contextlib.suppress(OSError):
             stale.unlink()
     tmp = path.with_name(f".{path.name}.xc-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    deferred = path.parent in _DEFERRED
     try:
         write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if not deferred:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        with contextlib.suppress(FileNotFoundError):  # an overwritten file keeps its mode (a 0600 stays 0600)
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
         _pause_hook(tmp)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
@@ -135,7 +146,9 @@ def atomic_write(path, write: Callable[[Path], None], what: str = "output") -> P
         raise XCompileError(f"{what} {path}: cannot write it ({e.strerror or type(e).__name__})") from None
     finally:
         with contextlib.suppress(OSError):
-            if tmp.is_dir():
+            if deferred and not os.path.lexists(tmp):  # renamed: nothing to clean (one stat, not a failing unlink)
+                pass
+            elif tmp.is_dir():
                 shutil.rmtree(tmp)
             else:
                 tmp.unlink()
@@ -159,7 +172,15 @@ def completed_folder(folder, what: str = "--out"):
     with contextlib.suppress(FileNotFoundError):
         (folder / COMPLETE).unlink()
     written: list = []
-    yield written
+    for stale in _stale_temps(folder / COMPLETE, ".*.xc-*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    _DEFERRED.add(folder)
+    try:
+        yield written
+    finally:
+        _DEFERRED.discard(folder)
+    os.sync()  # every file of the run on disk before the marker says the folder is complete
     write_text(folder / COMPLETE, "".join(f"{Path(p).name}\n" for p in written), what)
 
 

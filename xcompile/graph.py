@@ -53,6 +53,38 @@ class TokenInput:
     baseline_token: Optional[int] = None
 
 
+def subgraphs(node: onnx.NodeProto) -> list:
+    """The node's subgraph attributes (If branches, Loop / Scan bodies)."""
+    return [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH] + \
+        [s for a in node.attribute if a.type == onnx.AttributeProto.GRAPHS for s in a.graphs]
+
+
+def defined_names(graph: onnx.GraphProto) -> set:
+    """Every name a (sub)graph defines, nested subgraphs included."""
+    names = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {t.name for t in graph.sparse_initializer}
+    for n in graph.node:
+        names.update(o for o in n.output if o)
+        for s in subgraphs(n):
+            names |= defined_names(s)
+    return names
+
+
+def outer_reads(graph: onnx.GraphProto) -> set:
+    """Names a subgraph reads from enclosing scopes (at any depth)."""
+    inner = defined_names(graph)
+    reads = set()
+    for n in graph.node:
+        reads.update(i for i in n.input if i and i not in inner)
+        for s in subgraphs(n):
+            reads |= outer_reads(s) - inner
+    return reads
+
+
+def outer_reads_of(node: onnx.NodeProto) -> set:
+    """What a node's subgraphs read from the scope the node is in."""
+    return set().union(*[outer_reads(s) for s in subgraphs(node)]) if subgraphs(node) else set()
+
+
 @dataclass
 class ForwardGraph:
     model: onnx.ModelProto
@@ -74,6 +106,8 @@ class ForwardGraph:
     consumers: dict = field(init=False)
     virtual: dict = field(default_factory=dict)         # a quantized model's float view: tensor -> its node
     virtual_consts: dict = field(default_factory=dict)  # ... and its dequantized constants
+    single_logit: bool = False  # one logit shown as [-z, z] (load/forward.py)
+    feed_plan: dict = field(default_factory=dict)  # how every input is fed (load/probe.py)
     derived: dict = field(default_factory=dict)         # computed once and kept: "value_ranges" (lrp/ranges.py), ...
 
     def __post_init__(self):
@@ -142,6 +176,7 @@ class ForwardGraph:
         carry relevance, or None when the op is unknown (it is then treated as fully connected, so
         that it can be reported as unsupported)."""
         dg = nx.DiGraph()
+        hidden = {}  # a node with subgraphs (If / Loop / Scan left by canonicalization) reads outer tensors inside
         for node in self.nodes:
             slots = differentiable(node)
             ins = range(len(node.input)) if slots is None else slots
@@ -150,6 +185,12 @@ class ForwardGraph:
                     for o in node.output:
                         if o:
                             dg.add_edge(node.input[k], o)
+            if subgraphs(node):  # every read is an edge: such a node on a relevance path is refused, never skipped
+                hidden[id(node)] = outer_reads_of(node)
+                for i in hidden[id(node)]:
+                    for o in node.output:
+                        if o:
+                            dg.add_edge(i, o)
         source, explained = source or self.data_input, explained or self.explained
         if source not in dg or explained not in dg:
             return set(), []
@@ -157,5 +198,6 @@ class ForwardGraph:
         needed = nx.ancestors(dg, explained) | {explained}
         live = carried & needed
         # the producer of the data tensor (a token model's embedding Gather) is not walked: relevance stops at it
-        nodes = [n for n in self.nodes if any(o in live for o in n.output) and any(i in live for i in n.input)]
+        nodes = [n for n in self.nodes if any(o in live for o in n.output)
+                 and any(i in live for i in list(n.input) + sorted(hidden.get(id(n), ())))]
         return live, nodes

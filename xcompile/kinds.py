@@ -21,6 +21,7 @@ NON_DIFFERENTIABLE = frozenset({
     "Not", "And", "Or", "Xor", "NonZero", "ConstantOfShape", "Range", "EyeLike", "RandomNormal",
     "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Constant", "IsNaN", "IsInf", "Sign",
     "Floor", "Ceil", "Round", "OneHot", "Mod", "BitShift", "Hardmax",
+    "Binarizer", "OneHotEncoder", "LabelEncoder",  # ai.onnx.ml: piecewise constant / categorical
 })
 RANDOM_OPS = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
                         "Bernoulli"})
@@ -38,6 +39,7 @@ PASS_OPS = frozenset({
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
     "Softplus", "Softsign", "Gelu", "Erf", "Mish", "ThresholdedRelu", "Shrink",
     "Identity", "Dropout", "Cast", "Neg", "Abs", "Sqrt", "Exp", "Log", "Reciprocal", "Pow", "Sin", "Cos",
+    "Scaler", "Imputer", "Normalizer",  # ai.onnx.ml per-feature preprocessing: relevance passes feature by feature
 }) | NORMALIZATION_OPS | QUANTIZATION_OPS
 # LRP: relevance in proportion to the inputs' contributions (Zennit `Norm`)
 # (ConvTranspose: a linear layer no weight rule handles yet; proportional is its LRP-0 / z-rule)

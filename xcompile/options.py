@@ -126,6 +126,14 @@ def as_floats(v):
     return out
 
 
+def _short(v) -> str:
+    """A value as shown in a one-line error: arrays by shape and dtype, long text cut."""
+    if isinstance(v, np.ndarray):
+        return f"<array of shape {list(v.shape)}, {v.dtype}>"
+    text = " ".join(repr(v).split())
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def parse_params(params: dict, given: dict, owner: str) -> dict:
     """Defaults of `params` updated with the parsed `given` values; unknown keys and bad values raise one line."""
     out = {k: p.default for k, p in params.items()}
@@ -136,8 +144,8 @@ def parse_params(params: dict, given: dict, owner: str) -> dict:
         try:
             out[k] = params[k].parse(v)
         except (TypeError, ValueError, OverflowError) as e:
-            why = f" ({' '.join(str(e).split())})" if str(e).startswith(repr(v)) else ""
-            raise XCompileError(f"option {k}={v!r}: {params[k].help}{why}") from None
+            why = f" ({' '.join(str(e).split())[:200]})" if str(e).startswith(repr(v)[:40]) and not isinstance(v, np.ndarray) else ""
+            raise XCompileError(f"option {k}={_short(v)}: {params[k].help}{why}") from None
     return out
 
 

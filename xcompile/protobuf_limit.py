@@ -13,6 +13,7 @@ The explainer file itself is written once (``save_external``): the header with e
 each tensor's bytes streamed into ``<name>.data``."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from contextlib import contextmanager
@@ -155,8 +156,50 @@ def inference_session(model, so=None, providers=("CPUExecutionProvider",), in_pl
     return sess
 
 
+# contrib ops onnxruntime registers in the default domain, where onnx's checker knows no such op
+ORT_DEFAULT_DOMAIN_OPS = frozenset({"SimplifiedLayerNormalization"})
+
+
+@contextlib.contextmanager
+def ort_default_domain(model: onnx.ModelProto):
+    """Within: onnxruntime's default-domain contrib ops (ORT_DEFAULT_DOMAIN_OPS, written by its transformer optimizer)
+    are com.microsoft ops, a domain onnx's checker and shape inference pass over; restored after (also in
+    ``restore_default_domain(result)`` for a model inference returned)."""
+    nodes = [n for n in model.graph.node if n.domain in ("", "ai.onnx") and n.op_type in ORT_DEFAULT_DOMAIN_OPS]
+    added = None
+    if nodes and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        added = model.opset_import.add()
+        added.domain, added.version = "com.microsoft", 1
+    for n in nodes:
+        n.domain = "com.microsoft"
+    try:
+        yield bool(nodes)
+    finally:
+        for n in nodes:
+            n.domain = ""
+        if added is not None:
+            model.opset_import.remove(added)
+            # (the removed entry is a copy's reference only; nothing else holds it)
+
+
+def restore_default_domain(model: onnx.ModelProto, opset_added: bool) -> onnx.ModelProto:
+    for n in model.graph.node:
+        if n.domain == "com.microsoft" and n.op_type in ORT_DEFAULT_DOMAIN_OPS:
+            n.domain = ""
+    if opset_added and not any(n.domain == "com.microsoft" for n in model.graph.node):
+        keep = [o for o in model.opset_import if o.domain != "com.microsoft"]
+        del model.opset_import[:]
+        model.opset_import.extend(keep)
+    return model
+
+
 def check_model(model: onnx.ModelProto, full_check: bool = False) -> None:
     """``onnx.checker.check_model`` for a model of any size (raises onnx.checker.ValidationError)."""
+    with ort_default_domain(model):
+        _check_model(model, full_check)
+
+
+def _check_model(model: onnx.ModelProto, full_check: bool) -> None:
     if not too_large(model):
         onnx.checker.check_model(model, full_check=full_check)
         return
@@ -167,6 +210,13 @@ def check_model(model: onnx.ModelProto, full_check: bool = False) -> None:
 def infer_shapes(model: onnx.ModelProto, **kw) -> onnx.ModelProto:
     """``onnx.shape_inference.infer_shapes`` for a model of any size: a large one is inferred on its skeleton and
     gets the inferred value_info (its weights stay the caller's)."""
+    had = any(o.domain == "com.microsoft" for o in model.opset_import)
+    with ort_default_domain(model) as swapped:
+        out = _infer_shapes(model, **kw)
+    return restore_default_domain(out, not had) if swapped else out
+
+
+def _infer_shapes(model: onnx.ModelProto, **kw) -> onnx.ModelProto:
     if not too_large(model):
         return onnx.shape_inference.infer_shapes(model, **kw)
     with skeleton_on_disk(model) as (p, _):

@@ -91,13 +91,30 @@ def parse_classes(single: Optional[int], many: Optional[str]) -> list[int]:
     return out
 
 
+def gaussian_filter(x: np.ndarray, sigma, mode: str = "nearest", truncate: float = 4.0) -> np.ndarray:
+    """scipy.ndimage.gaussian_filter(x, sigma, mode="nearest") in numpy (no scipy dependency): one separable
+    1-D Gaussian per axis with sigma > 0, radius int(truncate * sigma + 0.5), edges repeated."""
+    assert mode == "nearest"
+    out = np.asarray(x, np.float64)
+    for axis, s in enumerate(sigma):
+        if s <= 0:
+            continue
+        r = int(truncate * float(s) + 0.5)
+        k = np.exp(-0.5 * (np.arange(-r, r + 1) / float(s)) ** 2)
+        k /= k.sum()
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (r, r)
+        p = np.pad(out, pad, mode="edge")
+        n = out.shape[axis]
+        out = sum(k[j] * np.take(p, np.arange(j, j + n), axis=axis) for j in range(2 * r + 1))
+    return out.astype(np.asarray(x).dtype, copy=False)
+
+
 def maximize(model, classes: Sequence[int], *, steps=200, lr=0.05, l2=0.01, blur=0.5, blur_every=4, jitter=1,
              seed=0, values: Optional[dict] = None, model_options: Optional[dict] = None, explainer=None,
              where: str = "model", progress=None) -> Result:
     """Gradient ascent on the input for each class in `classes` (one batch). `values`: low/high/mean/std in
     pixel space (model input = (pixel - mean) / std). Returns the inputs in model-input space."""
-    from scipy.ndimage import gaussian_filter
-
     check_options(steps, lr, l2, blur, blur_every, jitter)
     values = dict(values or {})
     unknown = sorted(set(values) - set(VALUE_KEYS))

@@ -81,6 +81,17 @@ class Builder:
     def f32(self, value) -> str:
         return self.const(value, np.float32)
 
+    def one_hot(self, indices: str, depth: int, hint: str = "onehot") -> str:
+        """float32 one-hot rows [N, depth]; depth as a scalar (onnx's reference implementation refuses the [1]
+        tensor the operator's definition also allows; docs/deployment.md)."""
+        arr = np.array(depth, np.int64)  # 0-d (const() keeps at least one dimension: np.ascontiguousarray)
+        key = (arr.dtype.str, arr.shape, hashlib.sha1(arr.tobytes()).hexdigest())
+        if key not in self._consts:
+            self._consts[key] = name = self._const_name(arr)
+            self.initializers.append(numpy_helper.from_array(arr, name))
+            self._values[name] = arr
+        return self.op("OneHot", [indices, self._consts[key], self.f32([0.0, 1.0])], hint, axis=-1)
+
     # ----------------------------------------------------------------- nodes
     def op(self, op_type: str, inputs: Sequence[str], hint: str | None = None, n_out: int = 1,
            **attrs):

@@ -120,8 +120,8 @@ class Engine:
 
     def unsupported(self) -> list[tuple[str, str]]:
         _, nodes = self.paths()
-        return [(n.name or n.output[0], n.op_type) for n in nodes
-                if n.op_type not in NON_DIFFERENTIABLE and self.spec(n) is None]
+        return [(n.name or n.output[0], n.op_type) + ((why,) if (why := _declined(n)) else ())
+                for n in nodes if n.op_type not in NON_DIFFERENTIABLE and self.spec(n) is None]
 
     def run(self, seed: str, where: str = "model") -> dict[str, str]:
         """Propagate `seed` (relevance/gradient at the explained tensor) back to the source.
@@ -149,7 +149,7 @@ class Engine:
             ctx = NodeContext(self, node, live)
             try:
                 if spec is None:
-                    raise UnsupportedNodeError(node.name or node.output[0], node.op_type, "")
+                    raise UnsupportedNodeError(node.name or node.output[0], node.op_type, _declined(node))
                 with self.b.scope(_short(node.name or node.output[0])):
                     gxs = spec.fn(ctx, gys)
             except UnsupportedNodeError as e:
@@ -184,6 +184,11 @@ def float32_view(b: Builder, g: ForwardGraph, name: str, emitted: Optional[str] 
         with b.scope("float32"):
             cache[emitted] = b.cast(emitted, onnx.TensorProto.FLOAT, _short(emitted))
     return cache[emitted]
+
+
+def _declined(node: onnx.NodeProto) -> str:
+    """Why canonicalization left a node as it is (control flow it could not inline: canonicalize/controlflow.py)."""
+    return node.doc_string[len("xcompile: "):] if node.doc_string.startswith("xcompile: ") else ""
 
 
 def _short(name: str) -> str:

@@ -75,9 +75,9 @@ def run_demo(out: Path, n: int, echo) -> dict:
 
 
 def _grid(path: Path, images, labels, rows) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+    from ..guards import plain_text_plots
+    plt = plain_text_plots()  # Agg, and names in titles are never parsed as mathtext
     n = len(images)
     fig, axes = plt.subplots(len(rows) + 1, n, figsize=(1.1 * n + 1.6, 1.1 * (len(rows) + 1)), squeeze=False)
     for j in range(n):

@@ -11,6 +11,7 @@ import typer
 from ..errors import XCompileError
 from ..files import check_output, csv_text, write_text
 from ..graph import TARGET
+from ..guards import regular_file
 
 
 def _progress():
@@ -42,7 +43,7 @@ def load_data(path: Path, sample_shape: tuple, preprocess: Optional[str] = None,
         names, images = [str(i) for i in range(len(x))], [None] * len(x)
     y = None
     if str(path).endswith(".npz"):
-        d = np.load(path)
+        d = np.load(path, allow_pickle=False)
         if "y" in d.files and len(d["y"]) == len(x):
             y = np.asarray(d["y"], np.int64)
     if limit:
@@ -88,6 +89,8 @@ def register(app: typer.Typer) -> None:
         """Pixel-flipping / region-perturbation curves and AUC for several methods on the same inputs."""
         from ..evaluate.run import evaluate, parse_specs
         check_output(out, what="--out", folder=True)
+        if batch_size < 1:
+            raise XCompileError(f"--batch-size {batch_size}: a positive integer")
         metrics = {"pixel-flipping": ["pixel_flipping"], "region-perturbation": ["region_perturbation"],
                    "both": ["pixel_flipping", "region_perturbation"]}.get(metric.replace("_", "-"))
         if metrics is None:
@@ -169,7 +172,8 @@ def register(app: typer.Typer) -> None:
         if box:
             b = np.asarray(parse_box(box))
         elif boxes:
-            b = np.load(boxes)
+            from ..runtime.io import load_array
+            b = load_array(regular_file(boxes, "--boxes"))  # one line for a missing, empty or hostile file
         elif str(data).endswith(".npz") and "boxes" in np.load(data).files:
             b = np.load(data)["boxes"]
         else:
@@ -208,6 +212,9 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("xcompile_spray"), "--out", help="folder for eigengap.png, prototypes.png, spray.json"),
     ):
         """SpRAY: spectral clustering of one class's relevance maps, eigengap plot and cluster prototypes."""
+        import importlib.util
+        if importlib.util.find_spec("sklearn") is None or importlib.util.find_spec("scipy") is None:
+            raise XCompileError("xcompile spray needs scikit-learn and scipy: pip install 'xcompile[analysis]'")
         from ..evaluate.axioms import as_explainer
         from ..evaluate.plots import display_image, plot_eigengap, plot_prototypes
         from ..evaluate.spray import spray

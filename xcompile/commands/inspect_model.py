@@ -6,16 +6,21 @@ from ..backward.builder import Builder
 from ..backward.table import NON_DIFFERENTIABLE
 from ..compiler import load_forward, make_method, method_class
 from ..errors import UnsupportedOperatorsError
+from ..methods.treeshap import refuse_gradients as refuse_trees
 
 
 def inspect_model(model_path, method: str, rules, params: dict, echo) -> int:
     where = str(model_path)
+    shown = explainer_summary(model_path, echo)
+    if shown:  # an explainer written by `compile`: what it explains and its self-check (docs/selfcheck.md)
+        return 0
     cls = method_class(method)
     if getattr(cls, "compile_model", None):
-        echo(f"{where}: method {method!r} rebuilds the whole graph (neuralized model); no per-node table")
+        echo(f"{where}: method {method!r} builds its own explainer graph (neuralized models, tree ensembles); no per-node table")
         return 0
     m, common = make_method(cls, method, rules, params or {})
     g = load_forward(model_path, common, where)
+    refuse_trees(g.model, method, where)  # as compile does: a tree ensemble names treeshap / occlusion
     engine = m.engine(g, Builder(g.opset))
     live, nodes = engine.paths()
     m.prepare(g, where)
@@ -57,3 +62,32 @@ def inspect_model(model_path, method: str, rules, params: dict, echo) -> int:
             echo(f"unsupported: {node[0]} ({node[1]})" + (f": {node[2]}" if len(node) > 2 and node[2] else ""))
         raise UnsupportedOperatorsError(bad, where)
     return 0
+
+
+def explainer_summary(path, echo) -> bool:
+    """For an explainer (it has xcompile.* metadata): its method, parameters and self-check result; False otherwise."""
+    import json
+    from pathlib import Path
+
+    import onnx
+    p = Path(path)
+    if not p.is_file():
+        return False
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not an ONNX file: the normal path reports it
+        return False
+    from ..metadata import ExplainerMeta
+    meta = ExplainerMeta.of_model(model)
+    if not meta.method:
+        return False
+    echo(f"{path}: explainer, method {meta.method}, "
+         f"params {json.dumps(meta.params, sort_keys=True)}")
+    verify = meta.verify
+    if verify is None:
+        echo("self-check: not recorded (written before the self-check existed)")
+    else:
+        fields = ", ".join(f"{k} {verify[k]}" for k in ("check", "error", "tolerance", "directions", "steps", "band",
+                                                       "rows", "note", "located") if k in verify)
+        echo(f"self-check: {'passed' if verify.get('pass') else 'FAILED'} ({fields})")
+    return True

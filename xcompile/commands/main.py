@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import XCompileError
+from ..guards import clean, one_line
 from ..options import parse_sets
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -31,11 +32,12 @@ def compile_cmd(
     from ..write.writer import save
     t0 = time.perf_counter()
     sets = parse_sets(set_)
-    inputs = [model] + ([Path(rules)] if rules else []) + [Path(v) for v in sets.values() if v and Path(v).exists()]
+    from ..guards import set_paths
+    inputs = [model] + ([Path(rules)] if rules else []) + set_paths(sets)  # FIFOs refused; long values are not paths
     check_output(out, inputs)  # before the work: -o at a folder, below a file, unwritable or onto any input file
     explainer = compiler.compile(model, method, rules=rules, where=str(model), **sets)
     save(explainer, out, inputs)
-    typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {len(explainer.graph.node)} nodes) in {time.perf_counter() - t0:.2f} s")
+    typer.echo(f"wrote {clean(out)} ({out.stat().st_size / 1e6:.2f} MB, {len(explainer.graph.node)} nodes) in {time.perf_counter() - t0:.2f} s")
 
 
 @app.command("run")
@@ -52,38 +54,53 @@ def run_cmd(
     address: Optional[str] = typer.Option(None, "--address", help="with --engine ray: the cluster address (default: a local Ray)"),
     workers: int = typer.Option(2, "--workers", help="with --engine ray: actors, one onnxruntime session each"),
     shard_size: int = typer.Option(256, "--shard-size", help="with --engine ray: rows per shard file"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace files in --out that an earlier run did not write"),
+    outputs: str = typer.Option("all", "--outputs", help="all: relevance .npy + heatmaps; relevance: the arrays only"),
 ):
     """Explain inputs with a compiled explainer; write relevance arrays and heatmaps."""
     from ..files import check_output
     from ..runtime.explainer import Explainer
     from ..runtime.feeds import load_batch
     from ..runtime.io import write_results
+    from ..runtime.outputs import class_label, row_scores, score_of, unique_names
     check_output(out, what="--out", folder=True)  # before the work: a file, /dev/null, an unwritable folder
     if engine not in ("local", "ray"):
         raise XCompileError(f"--engine {engine!r}: expected local or ray")
+    if outputs not in ("all", "relevance"):
+        raise XCompileError(f"--outputs {outputs!r}: expected all or relevance")
     if batch_size < 1 or workers < 1:
         raise XCompileError("--batch-size and --workers must be positive integers")
     ex = Explainer(explainer, device=device)
+    from ..runtime.tabular import is_tabular, run_tabular
+    if is_tabular(ex, input) and engine == "local":  # feature rows: one CSV + a bar chart per row (runtime/tabular.py)
+        return run_tabular(ex, input[0], target, out, batch_size, typer.echo)
     batch = load_batch(input, ex, preprocess, tokenizer)
+    batch.names[:] = unique_names(list(batch.names))  # before any worker draws a titled heatmap
     if batch.rows == 0:
         raise XCompileError(f"{input[0]}: 0 rows (an empty batch); give at least one input row")
+    if batch.x is not None and batch.x.size and not np.isfinite(batch.x).any():  # the input is the cause
+        raise XCompileError(f"--input {clean(input[0])}: every value is NaN or infinite; nothing to explain")
     if engine == "ray":
         if batch.feeds is not None:
             raise XCompileError("--engine ray: explainers with one float input only; use --engine local for "
                                 "token ids or several inputs")
         from ..serving.ray_batch import run_with_ray
         res = run_with_ray(explainer, batch.x, target, out, address=address, workers=workers, shard_size=shard_size,
-                           batch_size=batch_size, device=device)
+                           batch_size=batch_size, device=device,
+                           render=(batch.names, batch.images) if outputs == "all" else None)
     else:
         res = _explain_with_progress(ex, batch.model_input, batch.rows, target, batch_size)
-    paths = write_results(out, batch.names, batch.x, batch.images, res, batch)
+    from ..runtime.outputs import guarded_results
+    with guarded_results(out, input, overwrite, batch):  # never over an input or a file no xcompile run wrote
+        paths = write_results(out, batch.names, batch.x, batch.images, res, batch, heatmaps=outputs == "all",
+                              rendered=getattr(res, "rendered", None))
     from ..lrp.rulesets import warn_run
     warn_run(ex, res)  # one line: non-finite relevance, or conservation outside the rule set's band
     what = "predicted" if target < 0 else "explained class"
     classes = np.asarray(res.predicted) if target < 0 else np.full(batch.rows, target)  # the class each row explains
-    for name, score, cls in zip(batch.names, res.scores, classes):
-        typer.echo(f"{name}: {what} {int(cls)} (score {float(score[int(cls)]):.4g})")
-    typer.echo(f"wrote {len(paths)} files to {out}")
+    for name, score, cls in zip(batch.names, row_scores(res), classes):
+        typer.echo(f"{clean(name)}: {what} {class_label(ex, cls)} (score {score_of(score, cls):.4g})")
+    typer.echo(f"wrote {len(paths)} files to {clean(out)}")
 
 
 def _explain_with_progress(ex, x, rows, target, batch_size):
@@ -108,7 +125,7 @@ def inspect_cmd(
 ):
     """Print, per forward node, how the method treats it, and every unsupported node."""
     from .inspect_model import inspect_model
-    code = inspect_model(model, method, rules, parse_sets(set_), typer.echo)
+    code = inspect_model(model, method, rules, parse_sets(set_), lambda line: typer.echo(clean(line)))  # node names
     if code:
         raise typer.Exit(code)
 
@@ -118,7 +135,8 @@ def demo_cmd(
     out: Path = typer.Option(Path("xcompile_demo"), "--out", help="folder for the explainers and the heatmaps"),
     n: int = typer.Option(8, "--n", help="held-out digits (or words, with --task text) to show"),
     task: str = typer.Option("image", "--task", help="image: the digits CNN with several methods (a PNG grid); "
-                             "text: the character-level language identifier (token heatmaps)"),
+                             "text: the character-level language identifier (token heatmaps); "
+                             "tabular: a tree model on breast_cancer explained by treeshap"),
 ):
     """Compile a shipped model, explain held-out examples, write heatmaps (image: digits CNN; text: langid)."""
     from .demo import run_demo, run_text_demo
@@ -126,14 +144,17 @@ def demo_cmd(
         run_demo(out, n, typer.echo)
     elif task == "text":
         run_text_demo(out, n, typer.echo)
+    elif task == "tabular":
+        from .demo_tabular import run_tabular_demo
+        run_tabular_demo(out, n, typer.echo)
     else:
-        raise XCompileError(f"--task {task!r}: expected image or text")
+        raise XCompileError(f"--task {task!r}: expected image, text or tabular")
 
 
 # feature commands live beside this module, each with a `register(app)` function
-from . import evaluate, patterns, serving, visualize  # noqa: E402
+from . import evaluate, patterns, serving, visualize, web  # noqa: E402
 
-for _plugin in (patterns, evaluate, serving, visualize):
+for _plugin in (patterns, evaluate, serving, visualize, web):
     _plugin.register(app)
 
 import numpy as np  # noqa: E402  (after the command definitions to keep --help fast)
@@ -175,9 +196,11 @@ def main(argv=None):
     if argv is None:  # the console script (tests call main(argv) in their own process)
         _terminate_cleanly()
     try:
-        app(args=argv, prog_name="xcompile", standalone_mode=False)
+        code = app(args=argv, prog_name="xcompile", standalone_mode=False)
+        if isinstance(code, int) and code:  # a command's typer.Exit(code) comes back as the return value here
+            sys.exit(code)
     except XCompileError as e:
-        typer.echo(f"xcompile: error: {' '.join(str(e).split())}", err=True)
+        typer.echo(f"xcompile: error: {one_line(e)}", err=True)
         sys.exit(2)
     except SystemExit:
         raise
@@ -195,7 +218,7 @@ def main(argv=None):
             typer.echo(e.ctx.get_help())
             sys.exit(2)
         if "ClickException" in names or ("UsageError" in names and hasattr(e, "format_message")):
-            typer.echo(f"xcompile: error: {_usage_line(e)}", err=True)
+            typer.echo(f"xcompile: error: {one_line(_usage_line(e))}", err=True)
             sys.exit(2)
         raise
     sys.exit(0)

@@ -40,23 +40,48 @@ def register(app: typer.Typer) -> None:
         folder: Optional[Path] = typer.Option(None, "--dir", help="where to write the MLServer settings (default: a temp folder)"),
         max_request_mb: float = typer.Option(16.0, "--max-request-mb", help="largest request body in MB (HTTP 413 over it)"),
         max_rows: int = typer.Option(1024, "--max-rows", help="largest batch in rows per request (HTTP 413 over it)"),
+        request_timeout: float = typer.Option(30.0, "--request-timeout", help="seconds a client has to send a request's head, and again its body"),
+        max_connections: int = typer.Option(1000, "--max-connections", help="open HTTP connections at most (more are closed)"),
+        api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="a file whose first line is the key every request must carry (X-API-Key or Authorization: Bearer; gRPC metadata x-api-key)"),
+        enable_repository: bool = typer.Option(False, "--enable-repository", help="turn on the model repository endpoints (load / unload; off by default)"),
     ):
         """Serve EXPLAINER with MLServer (KServe V2 / Open Inference Protocol) until Ctrl-C."""
-        from ..errors import XCompileError
-        from ..serving.server import start_mlserver, stop, write_mlserver_dir
+        import importlib.util
+
+        from ..errors import XCompileError, clean
+        from ..serving.server import check_host, check_port_free, start_mlserver, stop, wait_ready, write_mlserver_dir
         if not explainer.is_file():
-            raise XCompileError(f"{explainer}: no such explainer file")
+            raise XCompileError(f"{clean(explainer)}: no such explainer file")
         if device not in ("cpu", "cuda"):
-            raise XCompileError(f"--device {device!r}: cpu or cuda")
+            raise XCompileError(f"--device {clean(device)!r}: cpu or cuda")
+        if device == "cuda":
+            from ..runtime.explainer import providers_for
+            providers_for("cuda")  # one line when this onnxruntime has no CUDA
+        try:
+            have_mlserver = importlib.util.find_spec("mlserver") is not None
+        except (ImportError, ValueError):  # a broken or blocked install
+            have_mlserver = False
+        if not have_mlserver:
+            raise XCompileError("xcompile serve needs MLServer: pip install 'xcompile[serve]'")
+        check_host(host)
+        for flag, p in (("--port", port), ("--grpc-port", grpc_port)):
+            if not 1 <= p <= 65535:
+                raise XCompileError(f"{flag} {p}: a TCP port in 1..65535")
+            check_port_free(host, p, flag)
         name = name or explainer.stem
         tmp = None
         if folder is None:
             tmp = tempfile.TemporaryDirectory(prefix="xcompile-serve-")
-            folder = Path(tmp.name)
-        write_mlserver_dir(explainer, folder, name, host, port, grpc_port, workers, threads, device,
-                           max_batch, max_batch_time, max_request_mb=max_request_mb, max_rows=max_rows)
-        typer.echo(f"serving {explainer} as model {name!r}: http://{host}:{port}/v2/models/{name}/infer "
-                   f"(gRPC {host}:{grpc_port}); Ctrl-C to stop")
+            folder = Path(tmp.name) / "settings"
+        try:
+            write_mlserver_dir(explainer, folder, name, host, port, grpc_port, workers, threads, device,
+                               max_batch, max_batch_time, max_request_mb=max_request_mb, max_rows=max_rows,
+                               request_timeout=request_timeout, max_connections=max_connections,
+                               api_key_file=api_key_file, repository=enable_repository)
+        except BaseException:
+            if tmp is not None:
+                tmp.cleanup()
+            raise
         import signal
 
         def _to_interrupt(signum, frame):  # SIGTERM/SIGHUP: stop the server too (it has its own process group)
@@ -64,15 +89,22 @@ def register(app: typer.Typer) -> None:
 
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, _to_interrupt)
-        proc = start_mlserver(folder, inherit=True)
+        proc = start_mlserver(folder, inherit=True, tmp_folder=tmp.name if tmp is not None else None)
+        code = 0
         try:
+            try:
+                wait_ready(f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}", name, 600.0, proc,
+                           api_key_file=api_key_file)
+            except (RuntimeError, TimeoutError) as e:
+                raise XCompileError(f"the server did not start: {e} (its log is above)") from None
+            typer.echo(f"serving {clean(explainer)} as model {name!r}: http://{host}:{port}/v2/models/{name}/infer "
+                       f"(gRPC {host}:{grpc_port}); Ctrl-C to stop")
             code = proc.wait()
         except KeyboardInterrupt:
-            stop(proc)
             code = 0
         finally:
             stop(proc)
             if tmp is not None:
                 tmp.cleanup()
         if code:
-            raise typer.Exit(1)
+            raise XCompileError(f"the server exited with code {code} (its log is above)")

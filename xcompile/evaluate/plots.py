@@ -9,9 +9,9 @@ from ..files import save_figure
 
 
 def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+    from ..guards import plain_text_plots
+    plt = plain_text_plots()  # Agg, and names in titles are never parsed as mathtext
     return plt
 
 

@@ -6,30 +6,39 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..canonicalize.controlflow import check_if_shapes, inline_control_flow
 from ..canonicalize.inputs import drop_unread_inputs
+from ..canonicalize.outputs import linear_model_view, single_logit_view
 from ..canonicalize.passes import (
     canonicalize,
     find_explained_scores,
     freeze_shape_arithmetic,
     remove_unused_initializers,
 )
+from ..canonicalize.shared_embedding import share_embedding_uses
 from ..errors import XCompileError
 from ..graph import ForwardGraph, TokenInput
-from ..options import Param, as_bool, non_negative_int
+from ..options import MEMORY_ENV, Param, as_bool, as_int, memory_cap_bytes, non_negative_int
+from ..protobuf_limit import payload_bytes
 from ..write.precision import parse_precision
+from .contrib import refuse_unknown, unfused_view
 from .loader import (
     default_opset,
     embedding_gather,
+    embedding_output,
     find_data_input,
     find_score_output,
     graph_inputs,
+    id_readers,
     input_dims,
     make_batch_symbolic,
     prepare,
     read_model,
 )
-from .probe import feed_plan, numpy_dtype, probe
-from .quantized import float_view
+from .probe import feed_plan, numpy_dtype, probe, special_ids
+from .quantized import dequantized_table, float_view
+
+KEEP_PROBE_BYTES = 256 << 20  # weights up to this size: the probe's session is kept for the self-check
 
 # options every method accepts (they shape how the model is read, not how it is explained)
 COMMON = {
@@ -39,11 +48,28 @@ COMMON = {
     "keep_outputs": Param(False, "keep every original output, in place, and add relevance after them (true/false)", as_bool),
     "precision": Param(None, "float32 (default) or float16: a float16 explainer of a float32 model (for GPUs; "
                        "relevance stays float32)", parse_precision),
-    "input_shape": Param(None, "sample shape without the batch, e.g. 3x224x224",
-                         lambda v: tuple(int(d) for d in (v.split("x") if isinstance(v, str) else [v] if isinstance(v, int) else v))),
+    "input_shape": Param(None, "sample shape without the batch, e.g. 3x224x224 (positive sizes, one row within the "
+                         "memory cap)", lambda v: sample_shape(v)),
     "baseline_token": Param(None, "token id of the baseline / occluding token for token-id inputs (typically the pad id)",
                             non_negative_int),
+    # the self-check before writing (xcompile/verify, docs/selfcheck.md)
+    "verify": Param(True, "check the explainer on probe inputs before writing it (true/false)", as_bool),
+    "probe": Param(None, "a .npy file of rows of the explained input for the self-check (default: drawn)"),
 }
+
+
+def sample_shape(v) -> tuple:
+    """``3x224x224`` (or a list) -> (3, 224, 224); each size positive and one float64 row within the memory cap
+    (the probe allocates it): 1x100000x100000 is refused here, not by a 74.5 GiB allocation."""
+    dims = tuple(as_int(d) for d in (v.split("x") if isinstance(v, str) else [v] if isinstance(v, int) else v))
+    if not dims or any(d < 1 for d in dims):
+        raise ValueError(f"{v!r}: sizes must be positive integers")
+    n = 1
+    for d in dims:
+        n *= d
+    if n * 8 * 4 > memory_cap_bytes():  # the probe's rows (batch 1 and 2) and their float64 copy
+        raise ValueError(f"{v!r}: {n} values per row is over the memory cap (${MEMORY_ENV})")
+    return dims
 
 
 def split_params(params: dict) -> tuple[dict, dict]:
@@ -70,14 +96,18 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
         _declare_inputs(m, input_samples(m, find_data_input(m, common["input"], where), tuple(common["input_shape"]), where))
     canonicalize(m, decisions=decisions)
     explained = find_explained_scores(m, score, common["keep_softmax"])
+    if not common["keep_softmax"]:  # an ai.onnx.ml linear model: its raw scores, through an ai.onnx Gemm view
+        explained = linear_model_view(m, explained) or explained
     data = find_data_input(m, common["input"], where)
     dtype = numpy_dtype(data, where)
+    refuse_unknown(m, data.name, where)  # contrib ops without an expansion (load/contrib.py): one line
     emb = None
     if np.dtype(dtype).kind in "iu":
         emb = embedding_gather(m, data.name)
         if emb is None:
-            raise XCompileError(f"{where}: input {data.name!r} is {np.dtype(dtype).name} but no Gather reads it from a float "
-                                "embedding table [vocab, D]: an integer input is explained only as token ids")
+            raise XCompileError(f"{where}: input {data.name!r} is {np.dtype(dtype).name} but no Gather reads it from an "
+                                f"embedding table [vocab, D] ({id_readers(m, data.name)}): an integer input is explained "
+                                "only as token ids; choose another with --set input=NAME")
     elif np.dtype(dtype).kind != "f":
         raise XCompileError(f"{where}: input {data.name!r} is {np.dtype(dtype).name}: the explained input must be float "
                             "or integer token ids; choose another with --set input=NAME")
@@ -98,23 +128,57 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     make_batch_symbolic(m, names, score)
     gather_fed = {n for n in names if embedding_gather(m, n) is not None}
     plan = feed_plan({n: (samples[n], numpy_dtype(vi, where)) for n, vi in ((v.name, v) for v in graph_inputs(m))},
-                     data.name, emb[2] if emb else None, gather_fed)
-    shapes, dtypes, at_one, fixed, at_two = probe(m, plan, where=where)
+                     data.name, emb[2] if emb else None, gather_fed,
+                     special_ids(m, data.name, emb[2]) if emb else ())
+    kept: dict = {}
+    # the probe's session serves the self-check's forward rows (float inputs) where holding it costs little: it keeps
+    # a copy of the weights and onnxruntime's arena of the probe's run until the compile ends
+    keep = common.get("verify") is True and emb is None and payload_bytes(m) < KEEP_PROBE_BYTES
+    shapes, dtypes, at_one, fixed, at_two = probe(m, plan, where=where, keep=kept if keep else None)
     if freeze_shape_arithmetic(m, names, at_one, at_two, decisions):
         remove_unused_initializers(m)
+    for _ in range(4):  # If / Loop / Scan inlined once trip counts and conditions are known (nested ones: again)
+        known = {**shapes, **{n: (None,) + tuple(samples[n]) for n in names}}
+        n_inlined, pairs = inline_control_flow(m, at_one, at_two, known, decisions)
+        if not n_inlined:
+            break
+        canonicalize(m, decisions=decisions)
+        shapes, dtypes, at_one, fixed, at_two = probe(m, plan, where=where)
+        check_if_shapes(pairs, shapes, where)
+        if freeze_shape_arithmetic(m, names, at_one, at_two, decisions):
+            remove_unused_initializers(m)
     for n in names:
         shapes[n] = (None,) + tuple(samples[n])
     _declare_measured_shapes(m, shapes)
     token = None
     if emb is not None:
         gather = next(n for n in m.graph.node if n.output and n.output[0] == emb[0].output[0])
-        token = TokenInput(data.name, gather.output[0], emb[1], emb[2], common.get("baseline_token"))
+        if len(samples[data.name]) == 1 and gather.op_type == "Gather":  # encoder-decoder: the decoder's look-up of
+            # the same ids read from E (a fused or dequantized look-up is never an encoder-decoder's shared table)
+            share_embedding_uses(m, data.name, gather, samples[data.name][0], shapes, dtypes, where,
+                                 plan[data.name][4])
+            gather = next(n for n in m.graph.node if n.output and n.output[0] == emb[0].output[0])
+            emb = (gather, *emb[1:])
+        token = TokenInput(data.name, embedding_output(gather), emb[1], emb[2], common.get("baseline_token"))
+    view = single_logit_view(m, explained, shapes.get(explained, ()))
+    if view is not None:  # one logit per row: explained through [-z, z] (canonicalize/outputs.py)
+        for t, shape in ((view, (None, 2)), (f"{view}/logit", (None, 1)), (f"{view}/negated", (None, 1))):
+            shapes[t], dtypes[t] = shape, dtypes.get(explained)
+        explained = view
     g = ForwardGraph(m, token.embedding if token else data.name, score, explained, shapes, dtypes, fixed,
                      default_opset(m), token=token)
+    g.single_logit = view is not None
     g.canonicalization = decisions
+    g.feed_plan = plan  # how every input is fed (load/probe.py): the self-check's probe rows
+    if token is None and "session" in kept:  # float input: the probe's session computes the self-check's forward rows
+        g.derived["verify_session"] = kept["session"]
     float_view(g, where)  # quantized ops: the backward walks their dequantized view (load/quantized.py)
+    unfused_view(g, where)  # onnxruntime's fused contrib ops: the backward walks their expansion (load/contrib.py)
+    if token is not None and (g.const(token.table) is None or g.const(token.table).dtype.kind != "f"):
+        token.table = dequantized_table(g, emb[0], token.table)  # a quantized word embedding: its float values
     if len(g.shape(explained)) != 2:
-        raise XCompileError(f"{where}: the explained output {explained!r} has shape {list(g.shape(explained))}; expected [N, classes]")
+        raise XCompileError(f"{where}: the explained output {explained!r} has shape {list(g.shape(explained))}; expected [N, classes], "
+                            "or [N] / [N, 1] for one logit; choose the score output with --set output=NAME")
     return g
 
 

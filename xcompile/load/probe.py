@@ -4,11 +4,16 @@ Robust where static shape inference gives up (run-time shape arithmetic, custom 
 dimension that changes with the batch size is the batch dimension (None in the result).
 
 Every input of the model is fed (`feed_plan`), with values that any sensible model accepts:
-- the explained input: standard normal (float), or token ids uniform in [0, vocab) of its embedding table;
+- the explained input: standard normal (float), or token ids uniform in [0, vocab) of its embedding table; where the
+  graph compares the ids with constants (`special_ids`: the EOS id whose position BART / T5 classifiers read, a pad
+  id), those ids are drawn nowhere else and the first of them ends every row (one EOS per row, as a tokenizer
+  writes it: the rows of a batch then agree in shape);
 - other float inputs: ones where the name contains "mask" (nothing masked), else standard normal;
 - other integer inputs read by an embedding Gather (token types, segments, positions): zeros, a valid row of any
   table; other integer inputs (attention masks, flags): ones, i.e. "keep every position"; bool inputs: True."""
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 import onnx
@@ -29,9 +34,28 @@ def numpy_dtype(vi: onnx.ValueInfoProto, where: str = "model"):
     return _NP[t]
 
 
-def feed_plan(inputs: dict, data_input: str, vocab: int | None, gather_fed: set) -> dict:
-    """{name: (sample shape, dtype)} -> {name: (sample shape, dtype, kind, vocab)}, kind one of normal/ids/zeros/ones
-    (the rule in this module's docstring)."""
+def special_ids(model: onnx.ModelProto, ids: str, vocab: int) -> tuple:
+    """The token ids in [0, vocab) that the graph compares the integer input `ids` with (Equal with a constant
+    scalar, the input read through Cast / Reshape / Squeeze / Unsqueeze / Flatten / Identity), in graph order."""
+    from onnx import numpy_helper
+    routes, names = {"Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"}, {ids}
+    consts = {t.name: t for t in model.graph.initializer}
+    found = []
+    for n in model.graph.node:
+        if n.op_type in routes and n.input and n.input[0] in names:
+            names.add(n.output[0])
+        elif n.op_type == "Equal" and len(n.input) == 2 and (n.input[0] in names) != (n.input[1] in names):
+            other = n.input[1] if n.input[0] in names else n.input[0]
+            if other in consts:
+                v = numpy_helper.to_array(consts[other])
+                if v.size == 1 and v.dtype.kind in "iu" and 0 <= int(v.ravel()[0]) < vocab:
+                    found.append(int(v.ravel()[0]))
+    return tuple(dict.fromkeys(found))
+
+
+def feed_plan(inputs: dict, data_input: str, vocab: int | None, gather_fed: set, specials: tuple = ()) -> dict:
+    """{name: (sample shape, dtype)} -> {name: (sample shape, dtype, kind, vocab, specials)}, kind one of
+    normal/ids/zeros/ones (the rule in this module's docstring)."""
     plan = {}
     for name, (shape, dtype) in inputs.items():
         kind = np.dtype(dtype).kind
@@ -43,18 +67,22 @@ def feed_plan(inputs: dict, data_input: str, vocab: int | None, gather_fed: set)
             how = "zeros"
         else:
             how = "ones"
-        plan[name] = (tuple(shape), dtype, how, vocab)
+        plan[name] = (tuple(shape), dtype, how, vocab, tuple(specials) if how == "ids" else ())
     return plan
 
 
 def feed_values(plan: dict, n: int, rng) -> dict:
     out = {}
-    for name, (shape, dtype, how, vocab) in plan.items():
+    for name, (shape, dtype, how, vocab, specials) in plan.items():
         full = (n, *shape)
         if how == "normal":
             out[name] = rng.standard_normal(full).astype(dtype)
         elif how == "ids":
-            out[name] = rng.integers(0, vocab, full).astype(dtype)
+            pool = np.setdiff1d(np.arange(vocab), specials) if specials and vocab > len(specials) else np.arange(vocab)
+            ids = pool[rng.integers(0, len(pool), full)]
+            if specials and full[-1] > 1:
+                ids[..., -1] = specials[0]  # one EOS, last (module docstring)
+            out[name] = ids.astype(dtype)
         else:
             out[name] = (np.zeros if how == "zeros" else np.ones)(full, dtype)
     return out
@@ -64,7 +92,7 @@ def _session(model: onnx.ModelProto):
     return session(model, optimization="disable")
 
 
-def probe(model: onnx.ModelProto, plan: dict, batches=(1, 2), seed: int = 0, where: str = "model"):
+def probe(model: onnx.ModelProto, plan: dict, batches=(1, 2), seed: int = 0, where: str = "model", keep: Optional[dict] = None):
     """`plan`: `feed_plan`'s {input: (sample shape, dtype, kind, vocab)}. Returns (shapes, dtypes, values at the first batch size, fixed_batch, values at the second batch size or
     None): shapes maps tensor -> tuple with None at the batch dim."""
     known = {o.name for o in model.graph.output}
@@ -84,6 +112,8 @@ def probe(model: onnx.ModelProto, plan: dict, batches=(1, 2), seed: int = 0, whe
         raise XCompileError(f"{where}: onnxruntime cannot load the model: {str(e).splitlines()[0]}") from None
     finally:
         del model.graph.output[n_out:]
+    if keep is not None:  # the session, for the caller's later use (the self-check's forward rows, xcompile/verify)
+        keep["session"] = sess
     outs = [o.name for o in sess.get_outputs()]
     rng = np.random.default_rng(seed)
     runs = []

@@ -222,7 +222,10 @@ def _recompute_data_path(g, v: _View) -> None:
     The copy computes what the unfused graph computes (onnxruntime at ORT_DISABLE_ALL)."""
     keep = {o.name for o in g.model.graph.output} | {g.explained, g.data_input}
     qdq = any(n.op_type == "QuantizeLinear" and n.input[0] not in g.initializers for n in v.nodes)
-    if not qdq:
+    # a quantized word embedding (Gather -> DequantizeLinear: quantize_dynamic's default) too: onnxruntime fuses
+    # the float ops after it (Add + LayerNormalization, GELU) only where no backward reads their inner tensors
+    producer = g.producer.get(g.data_input)
+    if not qdq and not (producer is not None and producer.op_type == "DequantizeLinear"):
         return
     island: set = {g.data_input}
     rename: dict = {}
@@ -260,6 +263,27 @@ def _recompute_data_path(g, v: _View) -> None:
                     g.dtypes[new] = g.dtypes[o]
         if _with_indices(c, g):
             v.virtual[c.output[1]] = c
+    _recomputed_scores(g, v)
+
+
+def _recomputed_scores(g, v: _View) -> None:
+    """The explained scores too: the backward (the predicted class's TopK, the seed, conservation) reads a
+    recomputed copy (``g.virtual_alias``, applied by the writer), since a second reader of the last group's
+    DequantizeLinear also stops onnxruntime from fusing DQ -> Gemm -> Q into QGemm."""
+    node = next((n for n in v.nodes if g.explained in n.output), None)
+    if node is None or not any(i in v.virtual for i in node.input):
+        return  # (inputs read from the forward: a copy would be merged back by common-subexpression elimination)
+    c = onnx.NodeProto()
+    c.CopyFrom(node)
+    c.name = f"{PREFIX}/{node.name or g.explained}/scores"
+    c.output[:] = [f"{PREFIX}/{o}/scores" if o else "" for o in node.output]
+    for o, new in zip(node.output, c.output):
+        if o:
+            v.virtual[new] = c
+            g.shapes[new] = g.shapes.get(o)
+            if o in g.dtypes:
+                g.dtypes[new] = g.dtypes[o]
+    g.virtual_alias = {g.explained: c.output[list(node.output).index(g.explained)]}
 
 
 def _with_indices(c, g) -> bool:
@@ -281,6 +305,7 @@ def float_view(g, where: str = "model") -> None:
     """Replace the quantized ops in `g`'s node list (what the backward walks; the forward emitted is `g.model`'s)
     by their float view; record the view's own tensors (`g.virtual`: tensor -> node) and dequantized constants
     (added to `g.initializers`, listed in `g.virtual_consts`)."""
+    g.virtual, g.virtual_consts, g.virtual_alias = {}, {}, {}
     ops = {n.op_type for n in g.nodes}
     if not ops & (set(QOPS) | set(INTEGER_OPS) | {"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"}):
         return
@@ -339,3 +364,15 @@ def float_view(g, where: str = "model") -> None:
     g.virtual.update(v.virtual)
     g.virtual.update(v.dq_nodes)
     g.virtual_consts.update(v.consts)
+
+def dequantized_table(g, node, table: str) -> str:
+    """The float values of a quantized word embedding (token models: the baseline token's embedding): the integer
+    table dequantized by `node` (the DequantizeLinear of the Gather's output; a per-axis scale runs along the
+    embedding width, the table's axis 1), or the view's constant of a DequantizeLinear that makes the table."""
+    name = f"{PREFIX}/{table}"
+    if name in g.initializers:
+        return name
+    ins = list(node.input) + [""]
+    arr = dequantize(g.const(table), g.const(ins[1]), g.const(ins[2]) if ins[2] else None, 1)
+    g.initializers[name] = numpy_helper.from_array(arr, name)  # read in numpy only, never written
+    return name

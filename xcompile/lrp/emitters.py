@@ -273,7 +273,13 @@ def proportional(ctx, gy, weights=None, stabilizer: float = STAB):
         if v is None or not ctx.needs(k) or w == 0.0:
             out.append(None)
             continue
-        r = b.mul(ctx.x(k), v, "r")
+        x = ctx.x(k)
+        r = b.mul(x, v, "r")
+        if ctx.op_type == "Softmax":
+            # masked attention logits are -inf (or overflow to it: finfo.min + a score in float16): their share is
+            # x * 0 = NaN (x * NaN in a fully masked row, whose softmax is NaN: sdpa exports zero it afterwards);
+            # LXT's softmax rule reads -inf as 0 (AttnLRP, Achtibat et al. 2024): masked keys get exactly 0
+            r = b.where(b.op("Equal", [x, b.f32(-np.inf)], "masked"), b.f32(0.0), r, "unmasked")  # IsInf: no float16
         out.append(r if w == 1.0 else b.mul(r, b.f32(w), "r_share"))
     return out
 

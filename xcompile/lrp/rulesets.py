@@ -170,8 +170,10 @@ def run_warning(meta, relevance, conservation) -> Optional[str]:
     rows = rel.reshape(len(rel), -1)
     bad = ~np.isfinite(rows).all(1)
     if bad.any():
+        used = (meta.get("params") or {}).get("rules") or DEFAULT_RULESET
+        hint = ("; try --rules auto" if used != "auto" else "; try --rules cp-lrp or --method gradient")
         return (f"relevance has NaN/Inf values in {int(bad.sum())} of {len(rows)} rows: not meaningful"
-                + ("; try --rules auto" if meta.get("method") == "lrp" else ""))
+                + (hint if meta.get("method") == "lrp" else ""))
     band = band_of(meta)
     if band is None or conservation is None:
         return None

@@ -4,11 +4,11 @@
 (`lrp/policy.py` makes them). Adding a selector = one class + `@selector("key")`."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..errors import XCompileError
+from ..guards import compile_regex
 from .blocks import LABELS
 
 SELECTORS: dict[str, type] = {}
@@ -90,18 +90,20 @@ class Name(_Strings):
 
 @selector("name_regex")
 class NameRegex(Selector):
+    """re.search on the node name, compiled once by RE2 (guards.compile_regex: time linear in the name)."""
+
+    def __init__(self, value=None, compiled=None):
+        super().__init__(value)
+        self.compiled = compiled
+
     @classmethod
     def parse(cls, value, label):
         if not isinstance(value, str):
             raise XCompileError(f"{label}: name_regex must be a string (a regular expression), got {value!r}")
-        try:
-            re.compile(value)
-        except re.error as e:
-            raise XCompileError(f"{label}: name_regex: {e}") from None
-        return cls(value)
+        return cls(value, compile_regex(value, f"{label}: name_regex"))
 
     def match(self, site):
-        return re.search(self.value, site.name) is not None
+        return self.compiled.search(site.name) is not None
 
 
 @selector("block")

@@ -52,6 +52,10 @@ class Structure:
                 return None
             if p.op_type in GATE_OPS:
                 return p.op_type
+            live = [i for i in p.input[1:] if i in self.live]
+            if p.op_type == "Where" and len(live) == 1:  # sdpa exports guard softmax as Where(IsNaN(s), 0, s)
+                t = live[0]
+                continue
             one = self.g.const(p.input[0]) if p.op_type == "Sub" and len(p.input) == 2 else None
             if one is None or not np.all(one == 1):
                 return None
@@ -63,7 +67,8 @@ class Structure:
         return op is not None and (softmax or op != "Softmax")
 
     def is_softmax(self, t):
-        if self.source_op(t) == "Softmax":
+        # through Where too: PyTorch's sdpa export guards the probabilities as Where(IsNaN(s), 0, s)
+        if self.source_op(t, ROUTE_OPS | {"Where"}) == "Softmax":
             return True
         top = self.chain(t, ROUTE_OPS)[-1]
         p = self.g.producer.get(top)
@@ -190,6 +195,8 @@ class Structure:
             lo, hi = lo - m, hi - m
         if std is not None:
             s = self._shape_bounds(std, rank, "std")
+            if not np.all(s > 0):
+                raise XCompileError("option std: every std must be > 0 (it divides the z^B bounds)")
             lo, hi = lo / s, hi / s
         lo, hi = ranges.push_box(g, self.live, n, lo, hi)
         return {"low": lo.astype(np.float32), "high": hi.astype(np.float32)}

@@ -73,6 +73,7 @@ class Method:
         target = resolve_target(b, g, g.explained)
         seed = make_seed(b, g.shape(g.explained)[1], float32_view(b, g, g.explained), target, self.seed)
         grads = self.engine(g, b).run(seed, where)
+        self.grads = grads  # every tensor's emitted gradient: the self-check locates a wrong backward with them
         r = grads.get(g.data_input)
         if r is None:
             r = b.zeros_like(g.data_input)
@@ -89,7 +90,10 @@ class Method:
 def resolve_target(b: Builder, g: ForwardGraph, scores: str) -> str:
     """int64 [N]: the given target, or the predicted class where the target is -1."""
     with b.scope("target"):
-        pred = b.arg_extreme(scores, largest=True, hint="predicted")
+        if getattr(g, "single_logit", False):  # [-z, z] view of one logit: -1 explains the logit (class 1)
+            pred = b.op("Add", [b.op("Mul", [TARGET, b.i64(0)], "zero"), b.i64(1)], "logit_class")
+        else:
+            pred = b.arg_extreme(scores, largest=True, hint="predicted")
         negative = b.op("Less", [TARGET, b.i64(0)], "use_predicted")
         cls = b.where(negative, pred, TARGET, "class")
     if getattr(b, "explained_class", None) is None:
@@ -100,7 +104,7 @@ def resolve_target(b: Builder, g: ForwardGraph, scores: str) -> str:
 def make_seed(b: Builder, n_classes: int, scores: str, target: str, kind: str) -> str:
     """One-hot of the target class (gradient family), times the score itself (relevance family)."""
     with b.scope("seed"):
-        onehot = b.op("OneHot", [target, b.i64([n_classes]), b.f32([0.0, 1.0])], "onehot", axis=-1)
+        onehot = b.one_hot(target, n_classes, "onehot")
         if kind == "score":
             return b.mul(onehot, scores, "target_score")
         return onehot

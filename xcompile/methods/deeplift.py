@@ -21,9 +21,10 @@ multipliers exactly as gradients), except:
   stride-2 pool); we add them (the adjoint of the pool, as the gradient does), which keeps completeness.
 
 Relevance = (x - x') * multipliers; it sums to F_c(x) - F_c(x') up to float32 rounding (the
-``completeness_gap`` output reports sum(relevance) - (F_c(x) - F_c(x')) per row). Other non-elementwise
-nonlinearities (Softmax inside the network, LayerNorm, ReduceMax, ...) pass their gradient at x, so the gap
-is not 0 for models that have them.
+``completeness_gap`` output reports sum(relevance) - (F_c(x) - F_c(x')) per row). Transformer blocks (products of
+two data-dependent tensors, Softmax, LayerNormalization) get the exact splits of methods/deeplift_blocks.py; other
+non-elementwise nonlinearities (ReduceMax, ...) pass their gradient at x, so the gap is not 0 for models that have
+them (the compile-time self-check refuses a gap over 1% of F_c(x) - F_c(x'), docs/selfcheck.md).
 
 ``baseline``: a number, one number per channel (``0.1,0.2,0.3``), or a ``.npy`` file holding one reference
 (the sample shape, with or without a leading 1) or B references ``[B, ...]``; with B references the
@@ -44,6 +45,7 @@ from ..graph import ForwardGraph
 from ..options import non_negative_int
 from .base import Built, Method, Param, make_seed, register, resolve_target
 from .clone import clone_forward
+from .deeplift_blocks import bilinear, layernorm, ref, softmax
 from .paths import _repeat_rows
 from .tokens import baseline_embedding, no_float_baseline
 
@@ -105,9 +107,7 @@ def baseline_array(value, sample: list[int], where: str = "option baseline") -> 
 
 
 # ---------------------------------------------------------------------------------------- emitters
-def _ref(ctx, name: str) -> str:
-    """The tensor `name` in the reference forward pass (constants are shared)."""
-    return float32_view(ctx.b, ctx.g, name, name if ctx.g.is_const(name) else ctx.method.reference(name))
+_ref = ref  # the tensor in the reference forward pass (methods/deeplift_blocks.py)
 
 
 def _safe_ratio(ctx, dy, dx, gy, grad, hint="multiplier"):
@@ -238,6 +238,11 @@ def _overrides() -> dict:
     out["Mul"] = Backward(product, TABLE["Mul"].inputs)
     out["Div"] = Backward(quotient, TABLE["Div"].inputs)
     out["MaxPool"] = Backward(maxpool, TABLE["MaxPool"].inputs)
+    # transformer blocks (methods/deeplift_blocks.py): exact splits, so that completeness holds there too
+    for op in ("MatMul", "Gemm", "Einsum"):
+        out[op] = Backward(bilinear, TABLE[op].inputs)
+    out["Softmax"] = Backward(softmax, TABLE["Softmax"].inputs)
+    out["LayerNormalization"] = Backward(layernorm, TABLE["LayerNormalization"].inputs)
     return out
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from ..backward.builder import Builder
 from ..errors import XCompileError
 from ..graph import ForwardGraph
-from ..options import check_memory, non_negative_int
+from ..options import check_memory, in_range, non_negative_int
 from .base import Built, Method, Param, as_float, register, resolve_target
 from .clone import clone_forward
 from .paths import NODE_BYTES, row_activations
@@ -90,7 +90,8 @@ class Occlusion(Method):
     params = {
         "window": Param((8,), "window size: an integer or HxW (e.g. 8 or 8x8)", as_window),
         "stride": Param((8,), "window stride: an integer or HxW", as_window),
-        "fill": Param(0.0, "value written into the occluded window (a number)", as_float),
+        "fill": Param(0.0, "value written into the occluded window (a number within float32's range, |fill| <= 1e30)",
+                      in_range(as_float, -1e30, 1e30)),
         "chunk": Param(0, "windows scored per forward copy (0: all at once) -- bounds memory", non_negative_int),
     }
 
@@ -104,6 +105,8 @@ class Occlusion(Method):
             return occlusion_tokens(self, g, b, where)
         x = g.data_input
         sample = tuple(int(d) for d in g.shape(x)[1:])
+        if len(sample) == 1:  # a feature vector (tabular rows): one feature at a time unless told otherwise
+            self.values.update({k: (1,) for k in ("window", "stride") if k not in self.given})
         spatial = spatial_dims(sample)
         n_win = len(window_positions(spatial, self.values["window"], self.values["stride"])[2])
         chunk = min(self.values["chunk"] or n_win, n_win)
@@ -122,7 +125,7 @@ class Occlusion(Method):
         n_classes = g.shape(g.explained)[1]
         target = resolve_target(b, g, g.explained)
         with b.scope("occlusion"):
-            onehot = b.op("OneHot", [target, b.i64([n_classes]), b.f32([0.0, 1.0])], "target_onehot", axis=-1)
+            onehot = b.one_hot(target, n_classes, "target_onehot")
             base = b.reduce("ReduceSum", b.mul(g.explained, onehot), [1], keepdims=1, hint="score")  # [N, 1]
             onehot3 = b.unsqueeze(onehot, [1], "target_onehot_rows")  # [N, 1, K]
             xe = b.unsqueeze(x, [1], "x_rows")  # [N, 1, C, ...]
@@ -168,7 +171,7 @@ def occlusion_tokens(method, g: ForwardGraph, b: Builder, where: str) -> Built:
     n_classes = g.shape(g.explained)[1]
     target = resolve_target(b, g, g.explained)
     with b.scope("occlusion"):
-        onehot = b.op("OneHot", [target, b.i64([n_classes]), b.f32([0.0, 1.0])], "target_onehot", axis=-1)
+        onehot = b.one_hot(target, n_classes, "target_onehot")
         base = b.reduce("ReduceSum", b.mul(g.explained, onehot), [1], keepdims=1, hint="score")  # [N, 1]
         onehot3 = b.unsqueeze(onehot, [1], "target_onehot_rows")
         ids = b.unsqueeze(tok.input, [1], "ids_rows")  # [N, 1, L]

@@ -124,8 +124,9 @@ class SmoothGrad(_PathMethod):
     summary = "mean gradient at x + N(0, sigma^2), sigma = noise_level * (max x - min x) per sample"
     params = {
         "samples": Param(20, "number of noisy samples (a positive integer)", positive_int),
-        "noise_level": Param(0.1, "noise level relative to the input range (a number >= 0)", in_range(as_float, 0)),
-        "seed": Param(0, "random seed of the in-graph sampler (an integer)", as_int),
+        "noise_level": Param(0.1, "noise level relative to the input range (a number in [0, 1e6])",
+                             in_range(as_float, 0, 1e6)),  # larger ones overflow float32: NaN relevance
+        "seed": Param(0, "random seed of the in-graph sampler (an integer in [0, 2^31))", in_range(as_int, 0, 2**31 - 1)),
         "chunk": Param(0, "samples evaluated at once (0: all) -- bounds memory", non_negative_int),
     }
 

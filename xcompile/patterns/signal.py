@@ -191,9 +191,9 @@ def short_name(key: str) -> str:
 
 
 def plot_rho(res: SignalQuality, path, title: str = "") -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+    from ..guards import plain_text_plots
+    plt = plain_text_plots()  # Agg, and names in titles are never parsed as mathtext
     ests = list(ESTIMATORS)
     colors = {"S_x": "#bbbbbb", "S_w": "#4c72b0", "S_a": "#dd8452", "S_a+-": "#c44e52", "S_rand": "#8c8c8c"}
     n = len(res.layers)

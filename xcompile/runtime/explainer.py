@@ -9,8 +9,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..errors import XCompileError, warn_once
+from ..errors import XCompileError, clean, warn_once
 from ..graph import RELEVANCE, TARGET
+from ..guards import threads as guard_threads
 from ..metadata import ExplainerMeta
 from ..protobuf_limit import inference_session
 
@@ -25,10 +26,13 @@ class Explanation:
     def predicted(self):
         """The class each row's relevance explains: the explainer's ``explained_class`` output (the target, or the
         argmax of the explained scores, e.g. the logits before a Softmax), else the argmax of ``scores``."""
-        cls = self.extras.get("explained_class")
-        if cls is not None:
-            return cls
-        return np.asarray(self.scores).argmax(axis=1)
+        for name in ("explained_class", "explained_target"):  # neuralized explainers: the explained cluster
+            if self.extras.get(name) is not None:
+                return self.extras[name]
+        scores = np.asarray(self.scores)
+        if scores.ndim < 2:  # a one-output model whose first output is its label (neuralized OC-SVM / SVC)
+            return scores.astype(np.int64) if scores.dtype.kind in "iub" else np.zeros(len(scores), np.int64)
+        return scores.argmax(axis=1)
 
 
 # onnxruntime graph-optimization levels by name. Kernels differ between levels (fused Conv+Add, other GEMM
@@ -71,6 +75,18 @@ _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(do
           "tensor(uint8)": np.uint8}
 
 
+def _check_providers(providers):
+    """None, or a list of onnxruntime execution provider names this onnxruntime has."""
+    if providers is None:
+        return None
+    names = [p[0] if isinstance(p, tuple) and p else p for p in (providers if isinstance(providers, (list, tuple)) else [providers])]
+    have = ort.get_available_providers()
+    bad = [p for p in names if not isinstance(p, str) or p not in have]
+    if bad or not names:
+        raise XCompileError(f"providers={clean(providers)!r}: this onnxruntime has {', '.join(have)}")
+    return list(providers)
+
+
 def _check_rows(n: int) -> None:
     if n == 0:
         raise XCompileError("input has 0 rows (an empty batch); give at least one row")
@@ -97,15 +113,23 @@ class Explainer:
 
     def __init__(self, model, providers=None, device: str = "cpu", threads: int | None = None,
                  optimization: str = "all"):
+        if isinstance(model, (bytes, bytearray, memoryview)):  # serialized, as compile() accepts
+            try:
+                model = onnx.load_from_string(bytes(model))
+            except Exception as e:  # noqa: BLE001 - protobuf DecodeError
+                raise XCompileError(f"explainer bytes: not a serialized ONNX model ({type(e).__name__})") from None
         if isinstance(model, onnx.ModelProto):
             data, self.where = model, "explainer"
+        elif not isinstance(model, (str, os.PathLike)):
+            raise XCompileError(f"Explainer({type(model).__name__}): expected a path, bytes or an onnx.ModelProto")
         else:
             path = Path(os.fspath(model))
             if not path.is_file():
                 raise XCompileError(f"{path}: no such explainer file")
             data, self.where = str(path), str(path)
+        threads = None if threads is None or (type(threads) is int and threads == 0) else guard_threads(threads)  # 0: default
         cuda_only = providers is None and device == "cuda"
-        providers = providers or providers_for(device)
+        providers = _check_providers(providers) or providers_for(device)
         so = session_options(threads, cuda_only, optimization)
         try:
             self.session = inference_session(data, so, providers)
@@ -251,7 +275,13 @@ class Explainer:
         step = _check_batch_size(batch_size) or max(1, n)
         parts = []
         for i in range(0, n, step):
-            parts.append(self.session.run(None, {**{k: v[i:i + step] for k, v in feeds.items()}, TARGET: t[i:i + step]}))
+            try:
+                parts.append(self.session.run(None, {**{k: v[i:i + step] for k, v in feeds.items()}, TARGET: t[i:i + step]}))
+            except Exception as e:  # noqa: BLE001 - onnxruntime's own errors: one line, not a traceback
+                if not type(e).__module__.startswith("onnxruntime"):
+                    raise
+                raise XCompileError(f"{self.where}: onnxruntime fails on rows {i}..{min(i + step, n) - 1}: "
+                                    f"{str(e).splitlines()[0]}{self._special_hint()}") from None
             if progress is not None:  # progress(rows done so far), e.g. a progress bar
                 progress(min(i + step, n))
         outs = [np.concatenate([p[k] for p in parts]) for k in range(len(self.outputs))]
@@ -260,6 +290,12 @@ class Explainer:
         return Explanation(named[self.score_output], named[RELEVANCE], extras)
 
     __call__ = explain
+
+    def _special_hint(self) -> str:
+        """Where the model compares the ids with special tokens (load/probe.py `special_ids`: BART's / T5's EOS)."""
+        ids = self.meta.special_tokens
+        return (f" (the model reads token id(s) {ids} at run time, e.g. the EOS its classification head reads: "
+                "every row needs them, as its tokenizer writes them)") if ids else ""
 
     # ------------------------------------------------------------------ tensors that stay where they are
     def _explain_bound(self, x, target, batch_size) -> Explanation:

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import XCompileError
+from ..errors import XCompileError, clean
 from ..graph import TARGET
+from ..guards import regular_file
+from ..options import check_memory
 from .io import Batch, load_array, load_inputs
 
 DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
@@ -82,7 +84,7 @@ def load_batch(specs: list[str], ex, preprocess: str | None = None, tokenizer=No
     if path.suffix.lower() == ".txt":
         if vocab is None:
             raise XCompileError(f"--input {path}: a text file needs --tokenizer (a tokenizer.json or a vocabulary)")
-        lines = _read_lines(path)
+        lines, line_no = _read_lines(path)
         enc = vocab.encode(lines, int(length), str(path))
         ids = enc.ids
         built = {"mask": enc.mask, "token_type": enc.type_ids}
@@ -93,6 +95,8 @@ def load_batch(specs: list[str], ex, preprocess: str | None = None, tokenizer=No
             vocab.check_ids(ids, str(path))
             word_info = [words_of(vocab, row) for row in ids]
     names = ([f"{path.stem}_{i}" for i in range(len(ids))] if len(ids) > 1 else [path.stem])
+    if path.suffix.lower() == ".txt" and len(ids) > 1:  # NAME_k is line k + 1 (0-based), blank lines skipped
+        names = [f"{path.stem}_{k}" for k in line_no]
     feeds = {ex.data_input.name: ids.astype(DTYPES.get(ex.data_input.type, np.int64))}
     feeds.update(_other_inputs(others, named, len(ids), built, ex))
     mask_name = next((n for n in feeds if "mask" in n.lower() and n != ex.data_input.name), None)
@@ -105,15 +109,18 @@ def load_batch(specs: list[str], ex, preprocess: str | None = None, tokenizer=No
     return Batch(None, names, [None] * len(ids), feeds=feeds, ids=ids, shown=shown, vocab=vocab, words=word_info)
 
 
-def _read_lines(path: Path) -> list[str]:
+def _read_lines(path: Path) -> tuple[list[str], list[int]]:
+    """The non-blank lines and their 0-based line numbers (row names follow the file's lines, never shift)."""
+    regular_file(path, "--input")
+    check_memory(path.stat().st_size * 8, f"--input {clean(path)}")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise XCompileError(f"--input {path}: not a readable UTF-8 text file ({type(e).__name__})") from None
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise XCompileError(f"--input {path}: no text lines; give at least one line")
-    return lines
+        raise XCompileError(f"--input {clean(path)}: not a readable UTF-8 text file ({type(e).__name__})") from None
+    kept = [(k, line) for k, line in enumerate(text.split("\n")) if line.strip()]
+    if not kept:
+        raise XCompileError(f"--input {clean(path)}: no text lines; give at least one line")
+    return [line.rstrip("\r") for _, line in kept], [k for k, _ in kept]
 
 
 def _token_ids(path: Path, length: int) -> np.ndarray:

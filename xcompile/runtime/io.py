@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import XCompileError
+from ..errors import XCompileError, clean
 from ..files import atomic_write, completed_folder
+from ..guards import check_array_file, check_image_file
 from ..options import as_float, positive_int
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -45,6 +46,7 @@ def load_image(path: Path, sample_shape, prep: dict) -> tuple[np.ndarray, np.nda
     if len(sample_shape) != 3:
         raise XCompileError(f"{path}: an image input needs a model input [N,C,H,W]; this one takes {list(sample_shape)}")
     c, h, w = sample_shape
+    check_image_file(path)  # FIFOs refused; declared pixels checked before decoding (decompression bombs)
     try:
         img = Image.open(path)
         img = img.convert("L" if c == 1 else "RGB")
@@ -71,6 +73,7 @@ def load_image(path: Path, sample_shape, prep: dict) -> tuple[np.ndarray, np.nda
 
 
 def load_array(path: Path) -> np.ndarray:
+    check_array_file(path)  # FIFOs refused; declared shapes checked against the memory cap before reading
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001
@@ -127,28 +130,8 @@ def heatmap_rgba(r: np.ndarray):
 
 
 def save_heatmap(path: Path, relevance: np.ndarray, image=None, title: str | None = None) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    r = relevance.sum(axis=0) if relevance.ndim == 3 else relevance
-    if r.ndim == 1:
-        side = int(np.ceil(np.sqrt(r.size)))
-        r = np.pad(r, (0, side * side - r.size)).reshape(side, side)
-    fig, ax = plt.subplots(figsize=(3, 3), dpi=100)
-    if image is not None:
-        ax.imshow(image.mean(axis=2), cmap="gray", interpolation="nearest")
-        rgba = heatmap_rgba(r)
-        rgba[..., 3] = np.clip(np.abs(r) / (np.abs(r).max() or 1.0), 0, 1) * 0.85
-        ax.imshow(rgba, interpolation="nearest")
-    else:
-        m = np.abs(r).max() or 1.0
-        ax.imshow(r, cmap="bwr", vmin=-m, vmax=m, interpolation="nearest")
-    ax.set_axis_off()
-    if title:
-        ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, format="png")  # callers write through files.atomic_write
-    plt.close(fig)
+    from .render import save_heatmap_png  # colour-map lookup + PIL: dataset speed (runtime/render.py)
+    save_heatmap_png(path, relevance, image, title)
 
 
 def _npy(path: Path, a) -> Path:
@@ -183,11 +166,22 @@ class Batch:
         return self.feeds if self.feeds is not None else self.x
 
 
-def write_results(out, names, x, images, res, batch: Batch | None = None) -> list[Path]:
+def image_heatmap(x_row, rel_row) -> bool:
+    """Whether a row's heatmap is an image map (not a time series, not a single value): what a Ray worker renders."""
+    from .sequences import time_axis
+    if x_row is not None and rel_row.shape == x_row.shape and time_axis(x_row.shape) is not None:
+        return False
+    return rel_row.ndim >= 2 or rel_row.size > 1
+
+
+def write_results(out, names, x, images, res, batch: Batch | None = None, heatmaps: bool = True,
+                  rendered: list | None = None) -> list[Path]:
     """Each file written atomically; ``OUT/_COMPLETE`` (listing the files of this run) is removed first and
     written last, so a folder without it holds an interrupted run (old and new files may be mixed).
     Per row: NAME_relevance.npy; NAME_heatmap.png (image heatmap, time-series plot or token boxes); for token
-    inputs NAME_heatmap.html and, with a tokenizer, NAME_words.html (relevance summed over each word's pieces)."""
+    inputs NAME_heatmap.html and, with a tokenizer, NAME_words.html (relevance summed over each word's pieces).
+    ``heatmaps=False`` (`run --outputs relevance`): the arrays only; ``rendered``: PNG bytes per row drawn elsewhere
+    (Ray workers), None where this function draws."""
     from .sequences import time_axis
     with completed_folder(out) as written:
         out = Path(out)
@@ -195,11 +189,16 @@ def write_results(out, names, x, images, res, batch: Batch | None = None) -> lis
         predicted = np.asarray(res.predicted)
         for i, name in enumerate(names):
             written.append(_npy(out / f"{name}_relevance.npy", rel[i]))
+            if not heatmaps:
+                continue
             k = int(predicted[i])
             label = batch.classes[k] if batch is not None and batch.classes and 0 <= k < len(batch.classes) else k
-            title = f"{name}: class {label}"
+            title = f"{clean(name)}: class {label}"  # a name's control characters never reach a plot
             if batch is not None and batch.ids is not None:
                 written += _write_tokens(out, name, title, batch, i, rel[i])
+            elif rendered is not None and rendered[i] is not None:
+                written.append(atomic_write(out / f"{name}_heatmap.png", lambda t: Path(t).write_bytes(rendered[i]),
+                                            "--out"))
             elif x is not None and rel[i].shape == x[i].shape and time_axis(x[i].shape) is not None:
                 from .sequences import save_timeseries_png
                 written.append(atomic_write(out / f"{name}_heatmap.png", lambda t: save_timeseries_png(

@@ -103,9 +103,9 @@ def _layout(tokens, renderer, prop, width_px: float, pad_px: float):
 
 def save_token_png(path: Path, tokens, relevance, shown=None, title: str | None = None) -> None:
     """Tokens laid out as text on boxes coloured like the HTML, wrapped to a fixed width of 8 inches."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+    from ..guards import plain_text_plots
+    plt = plain_text_plots()  # Agg, and names in titles are never parsed as mathtext
     from matplotlib.backends.backend_agg import RendererAgg
     from matplotlib.font_manager import FontProperties
 
@@ -153,9 +153,9 @@ def time_axis(sample_shape) -> int | None:
 def save_timeseries_png(path: Path, signal, relevance, title: str | None = None, max_channels: int = 8) -> None:
     """One panel per channel: the signal as a black line over its relevance as a coloured band (bwr, centred on
     zero, one scale for all channels of the row)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+    from ..guards import plain_text_plots
+    plt = plain_text_plots()  # Agg, and names in titles are never parsed as mathtext
 
     x, r = np.asarray(signal, np.float64), np.asarray(relevance, np.float64)
     if x.ndim == 1:

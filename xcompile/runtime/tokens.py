@@ -156,9 +156,10 @@ class TokenizerVocabulary(Vocabulary):
 
 def load_vocabulary(path) -> Vocabulary:
     """A tokenizer.json (has a "model" entry) or a plain vocabulary JSON (see the module docstring)."""
-    path = Path(path)
-    if not path.is_file():
-        raise XCompileError(f"--tokenizer {path}: no such file")
+    from ..guards import regular_file
+    from ..options import check_memory
+    path = regular_file(path, "--tokenizer")
+    check_memory(path.stat().st_size * 20, f"--tokenizer {path}")  # parsed JSON takes ~10-20x its text
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -168,12 +169,19 @@ def load_vocabulary(path) -> Vocabulary:
     return plain_vocabulary(data, where=str(path))
 
 
+MAX_VOCAB = 10_000_000  # token ids; the largest real vocabularies have ~10^6 entries
+
+
 def plain_vocabulary(data, where: str = "vocabulary") -> PlainVocabulary:
     """From a list of strings, {"vocab": [...], "pad_id", "unk_id", "level", "lowercase"}, or {token: id}."""
     if isinstance(data, dict) and "vocab" in data:
         return PlainVocabulary(data["vocab"], data.get("pad_id"), data.get("unk_id"), data.get("level") == "char",
                                bool(data.get("lowercase")), where)
     if isinstance(data, dict) and data and all(isinstance(v, int) and v >= 0 for v in data.values()):
+        top = max(data.values())
+        if top >= MAX_VOCAB or top >= 100 * len(data) + 1000:  # ids far beyond the entries: a table of placeholders
+            raise XCompileError(f"{where}: token id {top} for {len(data)} tokens; ids must be below "
+                                f"{min(MAX_VOCAB, 100 * len(data) + 1000)} (a vocabulary maps tokens to 0..size-1)")
         strings = [f"<{i}>" for i in range(max(data.values()) + 1)]
         for s, i in data.items():
             strings[i] = s

@@ -81,8 +81,11 @@ class XCompileRuntime(MLModel):
         arrays: dict = {}
         target = None
         seen: set = set()
+        _check_id(payload.id)
         for inp in payload.inputs:
             self._check_declared(inp, seen)
+            if inp.name == TARGET:
+                _check_integral(inp)
         for inp in payload.inputs:
             try:
                 arr = NumpyCodec.decode_input(inp)
@@ -122,4 +125,36 @@ class XCompileRuntime(MLModel):
             raise InferenceError(f"unknown output {unknown[0]!r}; this explainer gives {', '.join(self.explainer.outputs)}")
         return InferenceResponse(
             model_name=self.name, model_version=self.version, id=payload.id,
-            outputs=[NumpyCodec.encode_output(n, np.ascontiguousarray(named[n])) for n in wanted])
+            outputs=[_encode(n, named[n]) for n in wanted])
+
+
+def _encode(name: str, value) -> object:
+    """An output with its own shape ([N] stays [N]: NumpyCodec would declare a 1-D array as [N, 1])."""
+    arr = np.ascontiguousarray(value)
+    out = NumpyCodec.encode_output(name, arr)
+    out.shape = list(arr.shape)
+    return out
+
+
+MAX_ID = 128
+_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/+=@")
+
+
+def _check_id(rid) -> None:
+    """The request ``id`` is echoed in the response and its ``Ce-Id`` header: short, printable ASCII only."""
+    if rid is None:
+        return
+    if not isinstance(rid, str) or len(rid) > MAX_ID or not set(rid) <= _ID_OK:
+        raise InferenceError(f"request id: at most {MAX_ID} characters of letters, digits and -_.:/+=@")
+
+
+def _check_integral(inp) -> None:
+    """An INT64 / INT32 target given as JSON numbers must be whole numbers ([1.5, 0] is refused, not truncated)."""
+    data = inp.data.root if hasattr(inp.data, "root") else inp.data
+    stack = [data]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, (list, tuple)):
+            stack.extend(v)
+        elif isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()) or isinstance(v, (str, bytes)):
+            raise InferenceError(f"input {TARGET!r}: {v!r} is not a class index (whole numbers only)")

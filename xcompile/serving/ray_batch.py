@@ -133,8 +133,16 @@ def _make_explainer(model_bytes: bytes, threads: Optional[int], device: str):
 
 
 def _explain_shard(explainer, shard, batch_size=None):
-    lo, hi, x, t = shard
+    lo, hi, x, t, *render = shard
     res = explainer.explain(x, t, batch_size=batch_size)
+    if render and render[0] is not None:  # the worker draws its rows' heatmaps; the driver only writes the bytes
+        from ..errors import clean
+        from ..runtime.io import image_heatmap
+        from ..runtime.render import png_bytes
+        names, images = render[0]
+        rel, pred = np.asarray(res.relevance), np.asarray(res.predicted)
+        res.rendered = [png_bytes(rel[i], images[i], f"{clean(names[i])}: class {int(pred[i])}")
+                        if image_heatmap(x[i], rel[i]) else None for i in range(len(x))]
     return lo, hi, res
 
 
@@ -166,8 +174,10 @@ def _targets(target, n: int) -> np.ndarray:
 
 def run_ray(explainer_path, inputs, out_dir, target=None, address: Optional[str] = None, num_workers: int = 2,
             shard_size: int = 256, batch_size: Optional[int] = None, threads: Optional[int] = 1,
-            device: str = "cpu") -> dict:
+            device: str = "cpu", render=None, rendered: list | None = None) -> dict:
     """Explain ``inputs`` (array or .npy/.npz path) on Ray; write ``out_dir/shard_NNNNN.npz`` per shard.
+    ``render`` = (a name per row, a display image or None per row): the workers also draw each row's heatmap PNG,
+    put into ``rendered`` (a list, one entry per row) on the driver.
 
     Each shard file holds ``rows`` ([lo, hi)), ``scores``, ``relevance`` and any extra outputs.
     Returns the manifest (also written to ``out_dir/manifest.json``). ``threads`` = onnxruntime
@@ -191,12 +201,19 @@ def run_ray(explainer_path, inputs, out_dir, target=None, address: Optional[str]
     t = _targets(target, len(x))
     out_dir = Path(os.fspath(out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
-    shards = [(lo, min(lo + shard_size, len(x)), x[lo:lo + shard_size], t[lo:lo + shard_size])
+    def part(lo):
+        hi = min(lo + shard_size, len(x))
+        return None if render is None else (list(render[0][lo:hi]), list(render[1][lo:hi]))
+    shards = [(lo, min(lo + shard_size, len(x)), x[lo:lo + shard_size], t[lo:lo + shard_size], part(lo))
               for lo in range(0, len(x), shard_size)]
+    if rendered is not None:
+        rendered[:] = [None] * len(x)
     files = [None] * len(shards)
 
     def write(i, res):
         lo, hi, ex = res
+        if rendered is not None and getattr(ex, "rendered", None) is not None:
+            rendered[lo:hi] = ex.rendered
         f = out_dir / f"shard_{i:05d}.npz"
 
         def save(tmp):
@@ -234,17 +251,22 @@ def load_shards(out_dir) -> Explanation:
 
 
 def run_with_ray(explainer, x, target, out, address: Optional[str] = None, workers: int = 2,
-                 shard_size: int = 256, batch_size: Optional[int] = None, device: str = "cpu") -> Explanation:
+                 shard_size: int = 256, batch_size: Optional[int] = None, device: str = "cpu",
+                 render=None) -> Explanation:
     """``xcompile run --engine ray``: shards go to ``out/shards``; returns the merged Explanation
-    (same rows, same order as the input) for the usual ``write_results``."""
+    (same rows, same order as the input) for the usual ``write_results``; with ``render`` (names, images) the
+    workers draw the heatmaps, returned as ``.rendered`` (PNG bytes per row)."""
     shards = Path(os.fspath(out)) / "shards"
     if len(x) == 0:
         raise XCompileError("input has 0 rows (an empty batch); give at least one row")
     created = [p for p in (shards.parent, shards) if not p.exists()]
     try:
+        rendered = [] if render is not None else None
         run_ray(explainer, x, shards, target=target, address=address, num_workers=workers,
-                shard_size=shard_size, batch_size=batch_size, device=device)
-        return load_shards(shards)
+                shard_size=shard_size, batch_size=batch_size, device=device, render=render, rendered=rendered)
+        res = load_shards(shards)
+        res.rendered = rendered
+        return res
     except BaseException:  # an error or an interrupt leaves no half-written shards/ folder behind
         shutil.rmtree(shards, ignore_errors=True)
         for p in created[:1]:  # the --out folder too, if this run created it and left it empty

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,9 +22,18 @@ import onnx
 
 from ..errors import XCompileError
 from ..files import check_output, safe_name, write_text
+from ..guards import threads as guard_threads
 from ..options import as_float, in_range, positive_int
-from .limits import DEFAULT_MAX_REQUEST_MB, DEFAULT_MAX_ROWS, write_limits
+from .limits import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_REQUEST_MB,
+    DEFAULT_MAX_ROWS,
+    DEFAULT_REQUEST_TIMEOUT,
+    MAX_REQUEST_MB,
+    write_limits,
+)
 
+MARKER = ".xcompile-serve"  # an --dir written by serve (rewritable)
 RUNTIME = "xcompile.serving.mlserver_runtime.XCompileRuntime"
 V2_DTYPES = {onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.DOUBLE: "FP64", onnx.TensorProto.FLOAT16: "FP16",
              onnx.TensorProto.INT64: "INT64", onnx.TensorProto.INT32: "INT32", onnx.TensorProto.BOOL: "BOOL",
@@ -37,7 +47,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _metadata(explainer: Path):
-    m = onnx.load(str(explainer), load_external_data=False)
+    from ..errors import clean
+    try:
+        m = onnx.load(str(explainer), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - truncated or not an ONNX file (protobuf DecodeError)
+        raise XCompileError(f"{clean(explainer)}: not a readable ONNX file ({type(e).__name__})") from None
+    if "target" not in {i.name for i in m.graph.input} or "relevance" not in {o.name for o in m.graph.output}:
+        raise XCompileError(f"{clean(explainer)}: not an xcompile explainer (no 'target' input and 'relevance' "
+                            "output); compile it first: xcompile compile MODEL -m METHOD -o explainer.onnx")
     inits = {t.name for t in m.graph.initializer}
 
     def meta(vi):
@@ -45,20 +62,27 @@ def _metadata(explainer: Path):
         shape = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
         return {"name": vi.name, "datatype": V2_DTYPES.get(t.elem_type, "FP32"), "shape": shape}
 
+
     return [meta(i) for i in m.graph.input if i.name not in inits], [meta(o) for o in m.graph.output]
 
 
 def write_mlserver_dir(explainer, folder, name: str = "explainer", host: str = "127.0.0.1", http_port: int = 8080,
                        grpc_port: int = 8081, workers: int = 0, threads: int | None = None, device: str = "cpu",
                        max_batch: int = 0, max_batch_time: float = 0.0, runtime: str = RUNTIME,
-                       max_request_mb: float = DEFAULT_MAX_REQUEST_MB, max_rows: int = DEFAULT_MAX_ROWS) -> Path:
+                       max_request_mb: float = DEFAULT_MAX_REQUEST_MB, max_rows: int = DEFAULT_MAX_ROWS,
+                       request_timeout: float = DEFAULT_REQUEST_TIMEOUT, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                       api_key_file=None, repository: bool = False) -> Path:
     """Write an MLServer settings folder serving ``explainer`` as model ``name``; return the folder.
 
     ``workers`` = MLServer ``parallel_workers`` (0: inference in the server process, requests overlap
     on onnxruntime's thread-safe ``run``); ``max_batch``/``max_batch_time`` = MLServer adaptive batching
     (0 = off). ``runtime``: the MLModel class path (a subclass of XCompileRuntime, e.g. with custom
     pre-processing). Metrics are disabled (one port less to pick). ``max_request_mb`` / ``max_rows``: the request
-    limits (HTTP 413 over them; gRPC RESOURCE_EXHAUSTED over the message size), see ``limits.py``.
+    limits (HTTP 413 over them; gRPC RESOURCE_EXHAUSTED over the message size), see ``limits.py``;
+    ``request_timeout`` / ``max_connections`` / ``api_key_file`` / ``repository``: see ``guard.py``.
+    The folder is written whole or not at all (a temporary folder beside it, then renamed); an existing folder
+    is replaced only if it is empty or an earlier ``serve`` wrote it (MLServer would load, and import the code
+    named by, any model-settings.json under it).
     """
     explainer = Path(os.fspath(explainer)).resolve()
     if not explainer.is_file():
@@ -66,21 +90,29 @@ def write_mlserver_dir(explainer, folder, name: str = "explainer", host: str = "
     safe_name(name)
     if workers < 0 or max_batch < 0 or not max_batch_time >= 0 or max_batch_time == float("inf"):
         raise XCompileError("--workers, --max-batch and --max-batch-time must be >= 0 (and finite)")
-    if threads is not None and threads < 1:
-        raise XCompileError(f"--threads {threads}: must be >= 1")
+    threads = guard_threads(threads, "--threads")
+    check_host(host)
     for flag, port in (("--port", http_port), ("--grpc-port", grpc_port)):
         if not 1 <= int(port) <= 65535:
             raise XCompileError(f"{flag} {port}: a TCP port in 1..65535")
     try:
-        max_request_mb = in_range(as_float, 0, 4096, lo_open=True)(max_request_mb)
-        max_rows = positive_int(max_rows)
+        max_request_mb = in_range(as_float, 0, MAX_REQUEST_MB, lo_open=True)(max_request_mb)
+        max_rows = in_range(positive_int, 1, 1_000_000)(max_rows)
+        request_timeout = in_range(as_float, 0, 3600, lo_open=True)(request_timeout)
+        max_connections = in_range(positive_int, 1, 100_000)(max_connections)
     except (TypeError, ValueError) as e:
-        raise XCompileError(f"--max-request-mb / --max-rows: {e}") from None
-    folder = check_output(folder, what="--dir", folder=True)
+        raise XCompileError(f"--max-request-mb / --max-rows / --request-timeout / --max-connections: {e}") from None
+    if api_key_file is not None:
+        from .guard import read_api_key
+        read_api_key(api_key_file)
+        api_key_file = str(Path(os.fspath(api_key_file)).resolve())
+    folder = check_output(folder, what="--dir", folder=True).absolute()
+    _check_reusable(folder)
+    final, folder = folder, _staging(folder)
     model_dir = folder / name
     settings = {"host": host, "http_port": http_port, "grpc_port": grpc_port, "parallel_workers": workers,
                 "metrics_endpoint": None, "debug": False, "load_models_at_startup": True,
-                "model_repository_root": str(folder.resolve()),
+                "model_repository_root": str(final),
                 "grpc_max_message_length": int(max_request_mb * 1e6)}
     inputs, outputs = _metadata(explainer)
     extra = {"device": device, "max_rows": max_rows}
@@ -90,10 +122,66 @@ def write_mlserver_dir(explainer, folder, name: str = "explainer", host: str = "
              "parameters": {"uri": str(explainer), "extra": extra}}
     if max_batch > 0:
         model.update(max_batch_size=int(max_batch), max_batch_time=float(max_batch_time))
-    write_text(folder / "settings.json", json.dumps(settings, indent=2), "--dir")
-    write_limits(folder, max_request_mb, max_rows)
-    write_text(model_dir / "model-settings.json", json.dumps(model, indent=2), "--dir")
-    return folder
+    try:
+        write_text(folder / MARKER, "written by xcompile serve\n", "--dir")
+        write_text(folder / "settings.json", json.dumps(settings, indent=2), "--dir")
+        write_limits(folder, max_request_mb, max_rows, request_timeout=request_timeout,
+                     max_connections=max_connections, api_key_file=api_key_file, repository=bool(repository))
+        write_text(model_dir / "model-settings.json", json.dumps(model, indent=2), "--dir")
+        replace_folder(folder, final, "--dir")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return final
+
+
+def _check_reusable(folder: Path) -> None:
+    """An existing --dir is rewritten only when it is empty or written by an earlier serve (its marker)."""
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).is_file():
+        from ..errors import clean
+        raise XCompileError(f"--dir {clean(folder)}: exists and holds files xcompile serve did not write (MLServer "
+                            "would load every model-settings.json below it); give an empty or new folder")
+
+
+def _staging(folder: Path) -> Path:
+    import secrets
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.xc-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    tmp.mkdir()
+    return tmp
+
+
+def replace_folder(tmp: Path, final: Path, what: str) -> None:
+    """Rename the finished ``tmp`` folder onto ``final`` (an old ``final`` moved aside first, then removed)."""
+    old = None
+    try:
+        if final.exists():
+            old = final.with_name(f".{final.name}.xc-old-{os.getpid()}")
+            os.replace(final, old)
+        os.replace(tmp, final)
+    except OSError as e:
+        if old is not None and not final.exists():
+            os.replace(old, final)
+        raise XCompileError(f"{what} {final}: cannot write it ({e.strerror or type(e).__name__})") from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_host(host: str) -> None:
+    """A host name or address this machine can resolve (``999.1.1.1`` is refused)."""
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError, ValueError):
+        from ..errors import clean
+        raise XCompileError(f"--host {clean(host)!r}: not an address or host name of this machine") from None
+
+
+def check_port_free(host: str, port: int, flag: str) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, int(port)))
+        except OSError as e:
+            raise XCompileError(f"{flag} {port}: cannot listen on {host}:{port} ({e.strerror or e}); "
+                                "is another server using it?") from None
 
 
 def mlserver_command(folder) -> list:
@@ -101,26 +189,33 @@ def mlserver_command(folder) -> list:
     return [sys.executable, "-c", "from xcompile.serving.limits import launch; launch()", "start", str(folder)]
 
 
-def start_mlserver(folder, log=None, inherit: bool = False) -> subprocess.Popen:
+def start_mlserver(folder, log=None, inherit: bool = False, tmp_folder=None, cwd=None) -> subprocess.Popen:
     """Start ``mlserver start FOLDER`` in its own process group; stdout/stderr go to ``log`` (a path) if
-    given, to this process's stdout/stderr if ``inherit``, else nowhere."""
+    given, to this process's stdout/stderr if ``inherit``, else nowhere. The server's process group dies with
+    this process (``guard.watch_parent``), removing ``tmp_folder`` then."""
     out = open(log, "wb") if log else (None if inherit else subprocess.DEVNULL)  # noqa: SIM115
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", XCOMPILE_SERVE_PARENT=str(os.getpid()))
+    if tmp_folder is not None:  # removed by the server's watchdog if this process is killed
+        env["XCOMPILE_SERVE_TMP"] = str(tmp_folder)
     # the server imports the same xcompile as this process (not another copy installed elsewhere)
     home = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([home] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     try:
         return subprocess.Popen(mlserver_command(folder), stdout=out, stderr=subprocess.STDOUT, env=env,
-                                cwd=str(folder), start_new_session=True)
+                                cwd=str(cwd or folder), start_new_session=True)
     finally:
         if log:
             out.close()
 
 
-def wait_ready(url: str, model: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> float:
+def wait_ready(url: str, model: str, timeout: float = 60.0, proc: subprocess.Popen | None = None,
+               api_key_file=None) -> float:
     """Poll ``url/v2/models/MODEL/ready`` until 200; return the seconds waited. Raise on timeout/exit."""
     t0 = time.monotonic()
-    probe = f"{url.rstrip('/')}/v2/models/{model}/ready"
+    probe = urllib.request.Request(f"{url.rstrip('/')}/v2/models/{model}/ready")
+    if api_key_file is not None:
+        from .guard import read_api_key
+        probe.add_header("X-API-Key", read_api_key(api_key_file))
     while time.monotonic() - t0 < timeout:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"MLServer exited with code {proc.returncode} before becoming ready")
@@ -131,7 +226,7 @@ def wait_ready(url: str, model: str, timeout: float = 60.0, proc: subprocess.Pop
         except (urllib.error.URLError, ConnectionError, OSError):
             pass
         time.sleep(0.2)
-    raise TimeoutError(f"MLServer not ready at {probe} after {timeout:.0f} s")
+    raise TimeoutError(f"MLServer not ready at {probe.full_url} after {timeout:.0f} s")
 
 
 def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
@@ -161,8 +256,12 @@ class MLServerProcess:
         self.name, self.host = name, host
         self.http_port = settings.pop("http_port", None) or free_port(host)
         grpc_port = settings.pop("grpc_port", None) or free_port(host)
-        self.folder = write_mlserver_dir(explainer, folder, name, host, self.http_port, grpc_port, **settings)
+        # a settings folder of its own inside ``folder`` (which may hold other files: serve refuses those)
+        self.folder = write_mlserver_dir(explainer, Path(os.fspath(folder)) / "mlserver-settings", name, host,
+                                         self.http_port, grpc_port, **settings)
+        self.api_key_file = settings.get("api_key_file")
         self.log = Path(os.fspath(folder)) / "mlserver.log"
+        self.cwd = Path(os.fspath(folder))  # a custom runtime module beside the settings is importable
         self.ready_timeout = ready_timeout
         self.proc = None
 
@@ -171,9 +270,10 @@ class MLServerProcess:
         return f"{self.host}:{self.http_port}"
 
     def __enter__(self):
-        self.proc = start_mlserver(self.folder, self.log)
+        self.proc = start_mlserver(self.folder, self.log, cwd=self.cwd)
         try:
-            self.startup_s = wait_ready(f"http://{self.url}", self.name, self.ready_timeout, self.proc)
+            self.startup_s = wait_ready(f"http://{self.url}", self.name, self.ready_timeout, self.proc,
+                                        self.api_key_file)
         except BaseException:
             self.__exit__(None, None, None)
             tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""

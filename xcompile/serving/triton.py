@@ -24,6 +24,9 @@ import onnx
 
 from ..errors import XCompileError
 from ..files import atomic_write, check_output, safe_name, write_text
+
+MAX_BATCH = 2**31 - 1
+MAX_INSTANCES = 1024
 from ..graph import RELEVANCE, TARGET
 
 # ONNX TensorProto element type -> Triton DataType enum name (model_config.proto)
@@ -114,12 +117,13 @@ def export_triton(explainer_path, repo, name: str | None = None, max_batch: int 
     if not src.is_file():
         raise XCompileError(f"{src}: no such explainer file")
     name = safe_name(name or src.stem)
-    if max_batch < 0:
-        raise XCompileError(f"--max-batch {max_batch}: must be >= 0 (0 disables batching)")
-    if instances < 1:
-        raise XCompileError(f"--instances {instances}: must be >= 1")
-    if queue_delay_us < 0:
-        raise XCompileError(f"queue_delay_us {queue_delay_us}: must be >= 0")
+    # Triton parses max_batch_size and count as int32 and the queue delay as uint64 microseconds
+    if not 0 <= max_batch <= MAX_BATCH:
+        raise XCompileError(f"--max-batch {max_batch}: must be in 0..{MAX_BATCH} (0 disables batching)")
+    if not 1 <= instances <= MAX_INSTANCES:
+        raise XCompileError(f"--instances {instances}: must be in 1..{MAX_INSTANCES}")
+    if not 0 <= queue_delay_us <= 60_000_000:
+        raise XCompileError(f"queue_delay_us {queue_delay_us}: must be in 0..60000000 (one minute)")
     try:
         header = onnx.load(str(src), load_external_data=False)
     except Exception as e:  # noqa: BLE001
@@ -131,13 +135,30 @@ def export_triton(explainer_path, repo, name: str | None = None, max_batch: int 
     text = config_pbtxt(header, name, max_batch, gpu, instances, queue_delay_us, where=str(src))
 
     check_output(repo, what="--repo", folder=True)
-    folder = Path(os.fspath(repo)) / name
-    version = folder / "1"
-    dst = check_output(version / "model.onnx", inputs=[src], what="--repo")
-    if _has_external_data(header):  # re-save with the sidecar next to model.onnx
-        from ..write.writer import save
-        save(onnx.load(str(src)), dst, inputs=[src])
-    else:
-        atomic_write(dst, lambda t: shutil.copyfile(src, t), "--repo")
-    write_text(folder / "config.pbtxt", text, "--repo")
-    return folder
+    final = Path(os.fspath(repo)).absolute() / name
+    if final.exists() and (not final.is_dir() or _same_tree(src, final)):
+        raise XCompileError(f"--repo {repo}: {final} is not a model folder this command can replace (or holds the input)")
+    # the whole model folder is written beside its place, then renamed: a full disk or a kill leaves the old
+    # folder or the new one, never a model folder without its config or version
+    from .server import _staging, replace_folder
+    folder = _staging(final)
+    try:
+        dst = folder / "1" / "model.onnx"
+        if _has_external_data(header):  # re-save with the sidecar next to model.onnx
+            from ..write.writer import save
+            save(onnx.load(str(src)), dst, inputs=[src])
+        else:
+            atomic_write(dst, lambda t: shutil.copyfile(src, t), "--repo")
+        write_text(folder / "config.pbtxt", text, "--repo")
+        replace_folder(folder, final, "--repo")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return final
+
+
+def _same_tree(src: Path, folder: Path) -> bool:
+    """``src`` lies inside ``folder`` (replacing the folder would delete the input)."""
+    try:
+        return folder.resolve() in src.resolve().parents
+    except OSError:
+        return True

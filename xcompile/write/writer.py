@@ -15,7 +15,7 @@ from ..graph import RELEVANCE, TARGET
 
 EXPLAINED_CLASS = "explained_class"
 CONSERVATION = "conservation"
-from ..protobuf_limit import check_model, save_external, too_large
+from ..protobuf_limit import check_model, infer_shapes, save_external, too_large
 from .lower import lower_for_cuda
 from .precision import to_float16
 
@@ -33,7 +33,7 @@ def _with_batch(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
 def assemble(g, b, built, meta, keep_outputs: bool = False, where: str = "model") -> onnx.ModelProto:
     src = g.model.graph
     taken = {o for n in src.node for o in n.output} | {i.name for i in src.input}
-    for name in (TARGET, RELEVANCE):
+    for name in (TARGET, RELEVANCE, EXPLAINED_CLASS, CONSERVATION):  # xcompile's own outputs: never shadowed
         if name in taken:
             raise XCompileError(f"{where}: the model already has a tensor named {name!r}; rename it before compiling")
     data_vi = next(i for i in src.input if i.name == g.graph_input)
@@ -62,8 +62,8 @@ def assemble(g, b, built, meta, keep_outputs: bool = False, where: str = "model"
     view_nodes, view_consts = dequantized_view_part(g, emitted)
     initializers = list(src.initializer) + view_consts + b.initializers
     nodes, _ = lower_for_cuda(list(src.node) + view_nodes + emitted, initializers)
-    # the forward's own opset imports (onnxruntime's com.microsoft quantized ops) stay imported; ai.onnx.ml never
-    # reaches an explainer's forward (neuralized models are rebuilt)
+    # the forward's own opset imports (onnxruntime's com.microsoft quantized ops, the ai.onnx.ml ops of scikit-learn
+    # pipelines) stay imported; the emitted part uses ai.onnx only
     used = {n.domain for n in src.node}
     opsets = [o for o in g.model.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
     if too_large(g.model):
@@ -125,6 +125,9 @@ def dequantized_view_part(g, emitted: list) -> tuple[list, list]:
     virtual, consts = g.virtual, g.virtual_consts
     if not virtual and not consts:
         return [], []
+    alias = getattr(g, "virtual_alias", {})
+    for n in emitted if alias else ():
+        n.input[:] = [alias.get(i, i) for i in n.input]
     nodes, seen, used_consts = [], set(), {}
 
     def need(name):
@@ -169,8 +172,8 @@ def check(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     its inferred value_info (a convenience for viewers such as Netron)."""
     try:
         if not too_large(model):
-            model = shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-            onnx.checker.check_model(model)
+            model = infer_shapes(model, check_type=True, strict_mode=True)  # (onnxruntime's default-domain
+            check_model(model)                                              # contrib ops checked as contrib ops)
         else:  # on the weightless skeleton (protobuf_limit.py): no copy of the weights
             check_model(model, full_check=True)
     except (onnx.checker.ValidationError, shape_inference.InferenceError) as e:

@@ -1,3 +1,14 @@
 """Vector-Jacobian products of every supported operator, one small emitter each, grouped by kind.
 Importing this package fills ``xcompile.backward.table.TABLE``."""
-from . import activations, elementwise, indexing, linear, normalization, pooling, quantized, reduce, shape  # noqa: F401
+from . import (  # noqa: F401
+    activations,
+    elementwise,
+    indexing,
+    linear,
+    ml,  # noqa: F401
+    normalization,
+    pooling,
+    quantized,
+    reduce,
+    shape,
+)

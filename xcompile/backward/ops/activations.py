@@ -133,6 +133,10 @@ def _axis(ctx):
 def softmax(ctx, gy):
     b = ctx.b
     y, g = ctx.y(), gy[0]
+    if any(c.op_type == "IsNaN" for c in ctx.g.consumers.get(ctx.node.output[0], [])):
+        # PyTorch's sdpa export zeroes the NaN rows of a fully masked softmax (Where(IsNaN(s), 0, s)): those rows
+        # are constants of the model, so their backward is 0 (NaN * 0 would spread NaN over every key)
+        y = b.where(b.op("IsNaN", [y]), b.f32(0.0), y)
     s = b.reduce("ReduceSum", b.mul(g, y), [_axis(ctx)], keepdims=1)
     return [b.mul(y, b.sub(g, s))]
 

@@ -61,6 +61,8 @@ def slice_(ctx, gy):
     cur = list(ctx.out_shape(0))
     for axis, start, end, step in _slice_params(ctx):
         dim = in_shape[axis]
+        if dim is None and step == 1 and start == 0 and end >= 2 ** 31 - 1:
+            continue  # the whole batch axis (tf2onnx writes [0:INT_MAX] on every axis of a strided_slice)
         require(dim is not None, ctx, "Slice along the batch axis")
         idx = np.arange(dim)[slice(start, end, step)]
         if len(idx) == dim and step == 1:
