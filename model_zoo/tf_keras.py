@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 MODELS = ("cnn", "mobilenetv2", "resnet50", "efficientnetb0", "tie")
 # "tie": (x + 1) - 1 (two 1x1 convolutions) -> ReLU -> MaxPool 2x2 -> Dense on one [2, 4, 1] image built to sit
-# at float32 kinks (the construction of tests/test_tie_oracle.py, channels-last): exact in float64, but in float32
+# at float32 kinks (the construction of tests/models/test_tie_oracle.py, channels-last): exact in float64, but in float32
 # 2**-25 rounds to 0 (a ReLU off in float32, on in float64) and 0.25 + 2**-25 to 0.25 (a MaxPool tie in float32, a
 # winner in float64). -1e-4: a unit clearly off, 2e-4 of the row max from its kink = 3x the near-tie bound, for the
 # test that a wrong branch is not excused.

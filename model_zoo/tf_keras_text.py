@@ -3,7 +3,7 @@ converted to ONNX, with their TensorFlow reference gradients at the embedding ou
 
     python model_zoo/tf_keras_text.py --model lstm|gru|bilstm|conv1d --out DIR [--converters tf2onnx,export]
 
-Keras fixes its backend once per process, so the tests run this script in a subprocess (tests/test_contrib_keras.py)
+Keras fixes its backend once per process, so the tests run this script in a subprocess (tests/load/test_contrib_keras.py)
 and read its .npz files back. Keras 3 wraps the token ids in index arithmetic before the look-up (negative ids
 wrapped: Less / Add / Where; Cast), which the converters keep.
 

@@ -14,7 +14,7 @@ Biases are drawn N(0, 0.05²) (Keras' zero default would hide them); ``*_nobias`
 
 Writes DIR/MODEL/model.onnx (``tf2onnx.convert.from_keras``, opset 17) and DIR/MODEL/reference.npz: ``x`` (the input rows),
 ``logits``, ``target`` and ``grad`` (d logits[target] / d input by ``tf.GradientTape``). Keras fixes its backend once per
-process, so the tests run this script in a subprocess (tests/test_controlflow_tf.py)."""
+process, so the tests run this script in a subprocess (tests/load/test_controlflow_tf.py)."""
 from __future__ import annotations
 
 import argparse

@@ -7,6 +7,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))          # model_zoo is importable from the tests
 sys.path.insert(0, str(Path(__file__).parent))
+# the stage folders (load/, lrp/, ...): tests import each other by module name (test_tokens, test_cuda_ops)
+sys.path[1:1] = [str(d) for d in sorted(Path(__file__).parent.iterdir()) if d.is_dir() and not d.name.startswith(("_", "."))]
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 

@@ -16,7 +16,7 @@ one at a time, one thread) and, per method family:
 - ``lrp``: ``xcompile.compile(path, "lrp", rules="epsilon")``; same targets. Where a Zennit oracle is practical
   (plain CNNs whose residual sums / tails are modules or can be canonized like tests/lrp_helpers.py does) the
   relevance is compared with Zennit's LRP-epsilon composite on the same float32 weights: match if
-  max|ours - zennit| / max|zennit| <= 1e-3 and Pearson r >= 0.9999 (the thresholds of tests/test_lrp_zennit.py).
+  max|ours - zennit| / max|zennit| <= 1e-3 and Pearson r >= 0.9999 (the thresholds of tests/lrp/test_lrp_zennit.py).
   Elsewhere the status is "runs (no oracle)" with the conservation ratio sum(relevance) / target score.
 
 ``--source timm``: the timm sweep of tools/coverage_timm.py (model_zoo/timm_zoo.py's selection, exported on demand,
@@ -810,7 +810,7 @@ NOTES = """
 - **Models over 2 GiB** (vit_h_14 2.5 GB, regnet_y_128gf 2.6 GB of float32 weights): protobuf cannot serialize them,
   so every place that handed a ModelProto to onnxruntime or the checker now gets a weightless skeleton (the weights
   given to onnxruntime as arrays; no temporary copy on disk) and the writer streams the weights once into the data
-  file (`xcompile/protobuf_limit.py`; tests/test_large_models.py lowers the limit to exercise that path on the
+  file (`xcompile/protobuf_limit.py`; tests/load/test_large_models.py lowers the limit to exercise that path on the
   digits CNN; compile time and peak RSS in docs/benchmarks.md "Huge models"). vit_h_14 (dynamo) gradient: compiles, runs, 1.3e-6 of autograd. Memory: a worker measuring one of
   them takes 12-20 GB RSS (LRP on vit_h_14 was OOM-killed at 20.5 GB); on this 24 GB machine they must run alone.
 - **lrp (attnlrp)**: the AttnLRP rule set (rules/attnlrp.toml; docs/lrp_parity.md) on every model with LayerNorm;
@@ -880,8 +880,8 @@ NOTES = """
 
 ## Recurrent and 1-D models
 
-Measured 2026-12-02 (CPU) by `tests/test_recurrent.py` and `tests/test_signals_1d.py`
-(`python -m pytest -m "slow or not slow" -s tests/test_recurrent.py tests/test_signals_1d.py` prints every figure).
+Measured 2026-12-02 (CPU) by `tests/load/test_recurrent.py` and `tests/methods/test_signals_1d.py`
+(`python -m pytest -m "slow or not slow" -s tests/load/test_recurrent.py tests/methods/test_signals_1d.py` prints every figure).
 `LSTM` / `GRU` / `RNN` nodes are unrolled at compile time over the sequence length of the model's input shape
 (`xcompile/canonicalize/recurrent.py`); an input of another length is refused at run time with the usual one-line
 shape error. Models: `[N, T=7, F=4]` → `nn.LSTM` / `nn.GRU` / `nn.RNN` (hidden 5) → last step, or (bidirectional)
@@ -930,7 +930,7 @@ autograd / Captum, tolerance 1e-4; integrated gradients, 8 steps, vs Captum, tol
 ## Keras / TensorFlow (tf2onnx)
 
 Measured 2026-12-03 (CPU, tensorflow-cpu 2.21.0, keras 3.15.1, tf2onnx 1.17.0, onnxruntime 1.32.0) by
-`tests/test_tf_keras.py` (`python -m pytest -m "slow or not slow" -s tests/test_tf_keras.py` prints every figure).
+`tests/load/test_tf_keras.py` (`python -m pytest -m "slow or not slow" -s tests/load/test_tf_keras.py` prints every figure).
 Keras 3 models on the TensorFlow backend, random weights (`weights=None`, 10 classes), every BatchNormalization
 calibrated on 32 seeded N(0, 1) images (the explained rows among them) with a random scale/shift
 (`model_zoo/tf_keras.py`), converted by `tf2onnx.convert.from_keras(..., opset=17)` and by Keras'
@@ -957,7 +957,7 @@ tolerance 1e-4 for both. Identical numbers for the two converters and both heads
   layer's mean and variance as graph inputs `[1, 1, 1, 3]` after tf2onnx's constant folding replaced every use of
   them: onnxruntime requires feeds for them and xcompile refused the model ("several float inputs"). Graph inputs
   that no node reads are now dropped when loading (`xcompile/canonicalize/inputs.py`, a Decision that
-  `xcompile inspect` prints; `tests/test_load.py::test_an_input_that_no_node_reads_is_dropped`). Nothing else
+  `xcompile inspect` prints; `tests/load/test_load.py::test_an_input_that_no_node_reads_is_dropped`). Nothing else
   needed changing: channels-last inputs with tf2onnx's Transposes (Reshapes where C = 1), BatchNorm fused into
   Conv by tf2onnx, Clip for ReLU6, Pad before MaxPool, Softmax heads and opset 15 all compiled as they were.
 - **float32 conditioning**: MobileNetV2 at 64 px has one ReLU6 unit 1.1e-07 of its row's max from 0: float64 puts
@@ -975,14 +975,14 @@ tolerance 1e-4 for both. Identical numbers for the two converters and both heads
   constructed tie 17 s; most of it TensorFlow's import, model building and conversion in the subprocess); the slow
   ones 58 s (MobileNetV2 64 px), 90 s (EfficientNetB0), 138 s (ResNet50). tf2onnx's conversion of ResNet50 peaks at
   8.5 to 10.7 GB of memory: run that test alone on a 24 GB machine.
-- Keras picks its backend once per process (tests/test_keras.py runs Keras on torch): every TensorFlow step runs
+- Keras picks its backend once per process (tests/load/test_keras.py runs Keras on torch): every TensorFlow step runs
   in a subprocess (`python model_zoo/tf_keras.py`, `KERAS_BACKEND=tensorflow`) that hands arrays back as .npz.
 
 ## Text classifiers (token ids)
 
 Measured 2026-12-03 (CPU, torch 2.14.1, transformers 5.24.0, captum 0.9.0, LXT 2.1, onnxruntime 1.32.0) by
-`tests/test_tokens.py` and `tests/test_recurrent.py`
-(`python -m pytest -m "slow or not slow" -s tests/test_tokens.py tests/test_recurrent.py -k "text or every_method or lxt or gradient_matches"`
+`tests/methods/test_tokens.py` and `tests/load/test_recurrent.py`
+(`python -m pytest -m "slow or not slow" -s tests/methods/test_tokens.py tests/load/test_recurrent.py -k "text or every_method or lxt or gradient_matches"`
 prints every figure). Models built from small `transformers` configs (random weights, no download: 2 layers,
 hidden 32, vocabulary 100, 3 classes; GPT-2 with its causal mask and last-token pooling; ALBERT with shared layers;
 `+erf` = the exact-GELU variant, the plain GPT-2/ALBERT use tanh-GELU `gelu_new`), a text CNN (Embedding 16 →
@@ -1024,7 +1024,7 @@ tokens (mask 0) get relevance ≤ 1e-6 of the row's max (exactly 0 in every run 
   element-wise nonlinearities and the linear rule elsewhere, so the gap is the attention / LayerNorm share.
   On the text CNN (ReLU and max-over-time only) it equals Captum's `LayerDeepLift` element by element.
 - **RoBERTa**'s classification head calls `torch.tanh` as a function, which LXT's module patches do not reach:
-  the oracle applies LXT's identity rule to that function as well (tests/test_tokens.py `lxt_rules`); without it
+  the oracle applies LXT's identity rule to that function as well (tests/methods/test_tokens.py `lxt_rules`); without it
   the oracle itself differs by 0.2 from AttnLRP's identity rule on every activation.
 - **Sequence length**: L is fixed at compile time, from the model's input shape or `--set input_shape=L` when the
   export leaves it symbolic (recurrent cells are unrolled over it; attention models would run with any L but the

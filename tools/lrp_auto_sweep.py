@@ -13,7 +13,7 @@ scales, biases -- are redrawn at random, else every score is 0 and conservation 
 sum(relevance) / explained score per row (the explainer's `conservation` output; median and worst = farthest from
 1 over rows and exporters), and exporter agreement max|R_legacy - R_dynamo| / max|R_legacy| (<= 1e-3 counts as
 agreeing). Parity with an independent oracle is in docs/lrp_parity.md (LXT for the torchvision ViT: auto equals
-attnlrp there, tests/test_lrp_auto.py).
+attnlrp there, tests/lrp/test_lrp_auto.py).
 
 --faithfulness adds pixel flipping (Bach et al. 2015; Samek et al. 2017; the evaluator of docs/evaluation.md,
 xcompile/evaluate/faithfulness.py): per model, LRP under each rule set, the gradient, input x gradient and integrated
@@ -57,7 +57,7 @@ MODELS = {  # name -> (timm kwargs, input size)
 }
 RULESETS = "auto,attnlrp,epsilon-plus-flat"
 MECHANISMS = """
-## Mechanisms found (each has a minimal hand-made graph test in tests/test_lrp_auto.py)
+## Mechanisms found (each has a minimal hand-made graph test in tests/lrp/test_lrp_auto.py)
 
 1. **A bias written as a separate Add** (how PyTorch exports a Linear on 3-D input: MatMul + Add) passed all
    relevance to the MatMul, whose epsilon rule then divided it by the bias-free x W, which cancels where the bias

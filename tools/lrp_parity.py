@@ -171,7 +171,7 @@ NOTES = """## What we do where Zennit has no canonizer
   exact (measured 2026-12-02 on an AMD EPYC CPU: ours vs that float64 reference 3.0e-3 at onnxruntime ENABLE_ALL and
   1.1e-3 at BASIC, where the earlier machine gave 3.0e-4; taking our float32 value of the sum in the reference made it
   worse, 1.4e-2, because a fused Conv+Add computes the sum the backward divides by with other rounding). The CI test
-  (`tests/test_lrp_zennit.py`) therefore explains ResNet-50 on a seeded input whose residual sums all keep a margin,
+  (`tests/lrp/test_lrp_zennit.py`) therefore explains ResNet-50 on a seeded input whose residual sums all keep a margin,
   min |a + b| / (|a| + |b|) >= 1e-5 in float64 (seed 10: 7.0e-5 / 4.7e-5 per row; seed 0: 2.3e-5 / 3.5e-6), asserted
   by the test, and compares with stock float32 Zennit, tie-aware, at 1e-3 / 0.9999 for every rule set.
 - **LRP-0 / LRP-epsilon on DenseNet-121** (`zero`, `epsilon`; EfficientNet-Lite0 showed the same before its exact BN merge, now <= 5e-5): 1.9e-1 to 3.1e-1 relative

@@ -1,5 +1,5 @@
 """xcompile's `cp-lrp` rule set vs the real LXT package (AttnLRP's reference implementation) on the small
-torchvision ViT of tests/test_lrp_transformers.py, both PyTorch exporters:
+torchvision ViT of tests/lrp/test_lrp_transformers.py, both PyTorch exporters:
 
     pip install --no-deps lxt==2.1 && python tools/lxt_parity.py
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "lrp"))  # test_lrp_transformers
 sys.path.insert(0, str(ROOT))
 root = Path(importlib.util.find_spec("lxt").submodule_search_locations[0])
 for pkg in ("lxt", "lxt.efficient"):

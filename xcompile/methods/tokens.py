@@ -10,7 +10,7 @@ tokens, moved by `stride`, both 1 by default) and reports the score drop, withou
 
 Padding: with an attention mask applied additively before the softmax (BERT, DistilBERT, RoBERTa, ALBERT, ELECTRA,
 GPT-2 in transformers), a masked position's attention weight is exactly 0, so its relevance is exactly 0 for every
-method here (measured in tests/test_tokens.py: <= 1e-6 of max, in fact 0); nothing is multiplied by the mask. A
+method here (measured in tests/methods/test_tokens.py: <= 1e-6 of max, in fact 0); nothing is multiplied by the mask. A
 window of several tokens that covers a real token and padding gives the padding that window's drop."""
 from __future__ import annotations
 

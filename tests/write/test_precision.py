@@ -15,7 +15,7 @@ import pytest
 from xcompile.compiler import compile as xcompile
 from xcompile.errors import XCompileError
 
-DIGITS = Path(__file__).resolve().parent.parent / "xcompile" / "data" / "digits_cnn.onnx"
+DIGITS = Path(__file__).resolve().parents[2] / "xcompile" / "data" / "digits_cnn.onnx"
 
 
 def _run(m, x, target):

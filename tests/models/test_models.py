@@ -68,7 +68,7 @@ def measured(value: float, what: str = "") -> float:
 @pytest.fixture(scope="module", autouse=True)
 def _write_measured():
     yield
-    out = Path(__file__).resolve().parent.parent / "model_zoo" / "build" / "test_models_errors.json"
+    out = Path(__file__).resolve().parents[2] / "model_zoo" / "build" / "test_models_errors.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(out.read_text()) if out.is_file() else {}
     old.update({k: max(v) for k, v in MEASURED.items()})
@@ -109,7 +109,7 @@ def run(explainer, x, t):
 
 
 # One model per family in CI for the gradient (ResNet, VGG, DenseNet, MobileNetV3, EfficientNet, ConvNeXt, ViT;
-# EfficientNet-Lite0 and Keras in tests/test_pretrained.py, tests/test_keras.py). vgg11_bn at 224 px has float32
+# EfficientNet-Lite0 and Keras in tests/models/test_pretrained.py, tests/load/test_keras.py). vgg11_bn at 224 px has float32
 # near-ties in both exports (3 to 5 forced units; plain float64 autograd is 3.3e-3 off there).
 GRADIENT_CASES = [(m, e) for m in ["resnet18", "densenet121", "mobilenet_v3_small", "efficientnet_b0", "vit_b_16",
                                    "convnext_tiny", "vgg11_bn"] for e in EXPORTERS]

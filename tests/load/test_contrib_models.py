@@ -3,7 +3,7 @@ onnxruntime's transformer optimizer (``optimize_model``: default fusions, with t
 float32 and float16) and through ``quantize_dynamic`` / ``quantize_static`` with their defaults.
 
 Oracles: PyTorch autograd at the word-embedding output (test_tokens.grad_at_embedding), and the UNOPTIMIZED file's
-own explainer (itself checked against autograd and LXT's AttnLRP in tests/test_tokens.py): an optimized file's
+own explainer (itself checked against autograd and LXT's AttnLRP in tests/methods/test_tokens.py): an optimized file's
 gradient / AttnLRP / integrated gradients equal the unoptimized file's. Quantized: the scores are the quantized
 file's own, bit for bit; quantize_dynamic's gradient equals autograd through the same BERT with the file's
 dequantized weights and tables and each MatMul input fake-quantized as DynamicQuantizeLinear does (uint8, per

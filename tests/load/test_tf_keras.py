@@ -2,7 +2,7 @@
 ``model.export(path, format="onnx")``, compile; the explainer's scores are the Keras model's own output and its
 gradient of the pre-softmax score matches ``tf.GradientTape`` (float64 copy of the same weights, tie-aware).
 
-Keras fixes its backend once per process, and this process may run Keras on torch (tests/test_keras.py), so every
+Keras fixes its backend once per process, and this process may run Keras on torch (tests/load/test_keras.py), so every
 TensorFlow step runs in a subprocess (model_zoo/tf_keras.py) and hands its arrays back as .npz files.
 
 Oracle: ``tf.GradientTape`` through a float64 copy of the Keras model (the float32 weights cast up). Where a ReLU /
@@ -30,7 +30,7 @@ import xcompile
 from model_zoo.tf_tie_oracle import save_decisions
 from model_zoo.tie_oracle import ProbedExplainer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HELPER = ROOT / "model_zoo" / "tf_keras.py"
 GRAD_TOL = 1e-4    # of max |reference gradient|
 # of max |output| of the float64 Keras copy: ResNet-50's float32 forward is 4.6e-5 (onnxruntime) / 7.3e-5 (TensorFlow)
@@ -117,7 +117,7 @@ def test_keras_applications(name, size, tmp_path):
 
 def test_tie_aware_oracle_on_a_constructed_float32_tie(tmp_path):
     """model_zoo/tf_keras.py's "tie" model: a ReLU input and a MaxPool window at float32 rounding of their kinks
-    (the construction of tests/test_tie_oracle.py, channels-last, through tf2onnx). Plain float64 differs from the
+    (the construction of tests/models/test_tie_oracle.py, channels-last, through tf2onnx). Plain float64 differs from the
     float32 explainer by whole terms; the tie-aware tape takes the explainer's branch at exactly those units and
     then agrees. A unit far from its kink on another branch is a violation, not excused."""
     out = tmp_path / "tie"

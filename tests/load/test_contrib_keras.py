@@ -15,7 +15,7 @@ import pytest
 
 import xcompile
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HELPER = ROOT / "model_zoo" / "tf_keras_text.py"
 
 pytestmark = pytest.mark.skipif(

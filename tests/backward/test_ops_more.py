@@ -81,7 +81,7 @@ def test_float16_model_explains_like_float32(keep_io_types):
     from pathlib import Path
 
     import onnxruntime as ort
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     m32 = onnx.load(str(root / "xcompile" / "data" / "digits_cnn.onnx"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

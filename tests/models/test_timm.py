@@ -19,7 +19,7 @@ import pytest
 timm = pytest.importorskip("timm")
 torch = pytest.importorskip("torch")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import xcompile  # noqa: E402
 from model_zoo.tie_oracle import ProbedExplainer, TieAware  # noqa: E402
@@ -110,7 +110,7 @@ def test_timm_resnet_lrp_epsilon_matches_zennit(tmp_path):
     modules, BatchNorm folded): LRP-epsilon of the compiled explainer agrees with it."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("xc_coverage_tool", Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("xc_coverage_tool", Path(__file__).resolve().parents[2]
                                                   / "tools" / "coverage.py")
     cov = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cov)

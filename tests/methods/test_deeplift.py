@@ -10,7 +10,7 @@ Captum's oracle needs a model copy in which
 Captum's MaxPool routes the output differences with ``max_unpool``, which keeps only one of several windows that
 pick the same input (overlapping pools, ResNet's 3x3 stride 2); the oracle gets an adding unpool, as ours.
 
-Errors are max|ours - Captum| / max|Captum|. Like tests/test_models.py, the oracle runs in float64 and in
+Errors are max|ours - Captum| / max|Captum|. Like tests/models/test_models.py, the oracle runs in float64 and in
 float32 and ours must agree with one of them. On the digits CNN float32 and float64 Captum differ by 1.7e-2
 themselves: the reference pass of a constant baseline is a constant image, so its MaxPool windows hold exact
 ties (1096 of 8192 windows at baseline 0) and which tied position gets the reference's switch depends on
@@ -40,7 +40,7 @@ MEASURED: dict = {}
 
 def _root():
     from pathlib import Path
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------------------- helpers

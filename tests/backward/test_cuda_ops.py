@@ -27,7 +27,7 @@ from onnx import TensorProto, defs, helper, shape_inference
 import xcompile
 from xcompile.methods import METHODS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "xcompile" / "data" / "digits_cnn.onnx"
 HELDOUT = ROOT / "xcompile" / "data" / "digits_heldout.npz"
 RULES = sorted((ROOT / "rules").glob("*.toml"))

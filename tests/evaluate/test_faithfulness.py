@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from xcompile.evaluate import flipping
 from xcompile.evaluate.faithfulness import RANDOM, faithfulness, summarize
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SIDE, CHANNELS, CLASSES = 4, 1, 3
 
 

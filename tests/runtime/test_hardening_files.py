@@ -20,7 +20,7 @@ from xcompile.errors import XCompileError
 from xcompile.write.writer import save
 
 DATA = Path(xcompile.__file__).parent / "data"
-ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
 
 
 class _Result:

@@ -19,7 +19,7 @@ from oracle import rel_err
 
 import xcompile
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GRAD_TOL = 1e-5
 MODELS = ("gru", "masked_lstm_nobias", "mask_zero_lstm")  # random biases except the masked LSTM (conservation)
 RULESETS = ["auto", "epsilon", "zero", "attnlrp", "cp-lrp", "epsilon-plus", "epsilon-alpha2-beta1", "epsilon-gamma-box"]
@@ -27,7 +27,7 @@ RULESETS = ["auto", "epsilon", "zero", "attnlrp", "cp-lrp", "epsilon-plus", "eps
 pytestmark = [pytest.mark.skipif(
     importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("tf2onnx") is None,
     reason="needs tensorflow and tf2onnx (pip install -e '.[test]')"),
-    pytest.mark.slow]  # ~35 s of TensorFlow start-up and conversion; tests/test_controlflow.py covers the Loop shape
+    pytest.mark.slow]  # ~35 s of TensorFlow start-up and conversion; tests/load/test_controlflow.py covers the Loop shape
 
 
 @pytest.fixture(scope="module")
