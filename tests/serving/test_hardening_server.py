@@ -28,7 +28,7 @@ from xcompile.serving.server import free_port  # noqa: E402
 DATA = Path(xcompile.__file__).parent / "data"
 KEY = "k3y-for-tests-0123456789"
 HOST = "127.0.0.1"
-ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
 
 
 class _Result:
