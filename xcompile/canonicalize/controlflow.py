@@ -32,7 +32,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import XCompileError
-from ..graph import defined_names, outer_reads, outer_reads_of, subgraphs
+from ..graph import attrs, defined_names, outer_reads, outer_reads_of, subgraphs
 from ..kinds import RANDOM_OPS, SHAPE_SOURCES
 from .rewrite import Decision, GraphIndex
 
@@ -254,7 +254,7 @@ class _Inliner:
     def Scan(self, node) -> list:
         body = next(x.g for x in node.attribute if x.name == "body")
         tag = node.name or node.output[0]
-        at = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+        at = attrs(node)
         m = at["num_scan_inputs"]
         n = len(node.input) - m
         xs = list(node.input[n:])

@@ -15,6 +15,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import XCompileError
+from ..graph import attrs
 
 FLOATS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 SINGLE_LOGIT_VIEW = "xc_single_logit_scores"
@@ -101,7 +102,7 @@ def linear_model_view(model: onnx.ModelProto, explained: str) -> str | None:
         return None
     if node.op_type == "LinearClassifier" and t != node.output[-1]:
         return None  # the label
-    a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+    a = attrs(node)
     coef = np.asarray(a.get("coefficients", []), np.float32)
     intercepts = np.asarray(a.get("intercepts", []), np.float32)
     rows = len(intercepts) if len(intercepts) else int(a.get("targets", 1))

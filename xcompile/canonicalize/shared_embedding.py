@@ -15,6 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import warn_once
+from ..graph import attr
 from ..sessions import session
 
 _BASES = (1_000_000, 2_000_000)
@@ -33,7 +34,7 @@ def share_embedding_uses(m: onnx.ModelProto, ids: str, gather: onnx.NodeProto, s
     for node in list(graph.node):
         if node is gather or node.op_type != "Gather" or len(node.input) != 2 or not _same_table(inits, table, node.input[0]):
             continue
-        if any(a.name == "axis" and a.i != 0 for a in node.attribute) or order[id(node)] < order[id(gather)]:
+        if attr(node, "axis", 0) != 0 or order[id(node)] < order[id(gather)]:
             continue
         index = node.input[1]
         mapping = _position_map(m, producer, inits, ids, index, sample_len, int(inits[table].dims[0]), specials)

@@ -11,6 +11,7 @@ from onnx import helper, version_converter
 from ..canonicalize.groupnorm import expand_groupnorm18
 from ..canonicalize.outputs import choose_score_output
 from ..errors import XCompileError
+from ..graph import attr
 from ..guards import check_initializers
 from ..protobuf_limit import check_model, infer_shapes, too_large
 from .quantized_ops import refuse_unsupported
@@ -172,7 +173,7 @@ def embedding_gather(model: onnx.ModelProto, name: str):
             found.append((tables[n.input[2]][0], n, n.input[2]))
         if n.op_type != "Gather" or len(n.input) != 2 or n.input[1] not in ids or n.input[0] not in tables:
             continue
-        if any(a.name == "axis" and a.i != 0 for a in n.attribute):
+        if attr(n, "axis", 0) != 0:
             continue
         rows, how = tables[n.input[0]]
         if how == "quantized":
