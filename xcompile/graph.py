@@ -106,6 +106,7 @@ class ForwardGraph:
     consumers: dict = field(init=False)
     virtual: dict = field(default_factory=dict)         # a quantized model's float view: tensor -> its node
     virtual_consts: dict = field(default_factory=dict)  # ... and its dequantized constants
+    virtual_alias: dict = field(default_factory=dict)   # forward tensor -> its recomputed copy (QDQ scores)
     single_logit: bool = False  # one logit shown as [-z, z] (load/forward.py)
     feed_plan: dict = field(default_factory=dict)  # how every input is fed (load/probe.py)
     derived: dict = field(default_factory=dict)         # computed once and kept: "value_ranges" (lrp/ranges.py), ...

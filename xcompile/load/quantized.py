@@ -365,6 +365,7 @@ def float_view(g, where: str = "model") -> None:
     g.virtual.update(v.dq_nodes)
     g.virtual_consts.update(v.consts)
 
+
 def dequantized_table(g, node, table: str) -> str:
     """The float values of a quantized word embedding (token models: the baseline token's embedding): the integer
     table dequantized by `node` (the DequantizeLinear of the Gather's output; a per-axis scale runs along the

@@ -90,7 +90,7 @@ class Method:
 def resolve_target(b: Builder, g: ForwardGraph, scores: str) -> str:
     """int64 [N]: the given target, or the predicted class where the target is -1."""
     with b.scope("target"):
-        if getattr(g, "single_logit", False):  # [-z, z] view of one logit: -1 explains the logit (class 1)
+        if g.single_logit:  # [-z, z] view of one logit: -1 explains the logit (class 1)
             pred = b.op("Add", [b.op("Mul", [TARGET, b.i64(0)], "zero"), b.i64(1)], "logit_class")
         else:
             pred = b.arg_extreme(scores, largest=True, hint="predicted")

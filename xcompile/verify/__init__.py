@@ -62,7 +62,7 @@ def prepare(g, m, common: dict, where: str) -> Optional[Probe]:
     feeds, rows = probe_feeds(g, common.get("probe"), where)
     p = Probe(feeds, rows)
     fd_ok = m.name in GRADIENT_METHODS
-    if fd_ok and getattr(g, "virtual", None):
+    if fd_ok and g.virtual:
         fd_ok, p.note = False, "quantized forward: finite differences see its steps; checked finite only"
     if fd_ok and np.dtype(g.dtypes.get(g.data_input, np.float32)) != np.float32:
         fd_ok, p.note = False, "float16 forward: finite differences too coarse; checked finite only"

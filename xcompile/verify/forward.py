@@ -23,7 +23,7 @@ MAX_ROWS = 4  # probe=FILE.npy: rows used (the explainer runs once on them)
 def probe_feeds(g, path, where: str) -> tuple[dict, int]:
     """{input: value} at the probe rows: the data input from `path` (probe=FILE.npy) or drawn as load/probe.py draws
     it, every other input by its feed rule. Returns (feeds, rows)."""
-    plan = getattr(g, "feed_plan", None)
+    plan = g.feed_plan or None
     if plan is None:
         raise XCompileError(f"{where}: internal error: the forward graph has no feed plan")
     rng = np.random.default_rng(0)

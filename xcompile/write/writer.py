@@ -121,11 +121,12 @@ def _finish(model: onnx.ModelProto, meta, where: str, guarded=()) -> onnx.ModelP
 def dequantized_view_part(g, emitted: list) -> tuple[list, list]:
     """The nodes and constants of a quantized model's dequantized view (load/quantized.py) that the emitted
     backward reads (DequantizeLinear of a forward tensor, a float op recomputed for its straight-through mask,
-    dequantized weights), in dependency order; placed between the forward and the backward."""
+    dequantized weights), in dependency order; placed between the forward and the backward. The emitted nodes that
+    read an aliased forward tensor (QDQ models' explained scores) are made to read its recomputed copy, in place."""
     virtual, consts = g.virtual, g.virtual_consts
     if not virtual and not consts:
         return [], []
-    alias = getattr(g, "virtual_alias", {})
+    alias = g.virtual_alias
     for n in emitted if alias else ():
         n.input[:] = [alias.get(i, i) for i in n.input]
     nodes, seen, used_consts = [], set(), {}
