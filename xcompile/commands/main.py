@@ -73,7 +73,7 @@ def run_cmd(
     ex = Explainer(explainer, device=device)
     from ..runtime.tabular import is_tabular, run_tabular
     if is_tabular(ex, input) and engine == "local":  # feature rows: one CSV + a bar chart per row (runtime/tabular.py)
-        return run_tabular(ex, input[0], target, out, batch_size, typer.echo)
+        return run_tabular(ex, input[0], target, out, batch_size, typer.echo, overwrite)
     batch = load_batch(input, ex, preprocess, tokenizer)
     batch.names[:] = unique_names(list(batch.names))  # before any worker draws a titled heatmap
     if batch.rows == 0:

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import XCompileError, clean
 from ..files import COMPLETE
 
-ROW_FILES = ("_relevance.npy", "_heatmap.png", "_heatmap.html", "_words.html")
+ROW_FILES = ("_relevance.npy", "_heatmap.png", "_heatmap.html", "_words.html", "_relevance.png")  # .png: tabular bars
 
 
 def unique_names(names: list) -> list:
@@ -68,7 +68,7 @@ def guarded_results(out, specs, overwrite: bool, batch):
     if marker.is_file():
         with contextlib.suppress(OSError, UnicodeDecodeError):
             ours = {line.strip() for line in marker.read_text(encoding="utf-8").splitlines() if line.strip()}
-    targets = [out / f"{n}{suffix}" for n in batch.names for suffix in ROW_FILES] + [out / "scores.npy", marker]
+    targets = [out / f"{n}{suffix}" for n in batch.names for suffix in ROW_FILES] + [out / "scores.npy", out / "relevance.csv", marker]
     inputs = _inputs(specs, batch)
     for t in targets:
         if not (t.exists() or t.is_symlink()):

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import XCompileError
-from ..files import atomic_write
+from ..errors import XCompileError, clean
+from ..files import atomic_write, completed_folder
+from ..guards import plain_text_plots
 
 TOP = 10
 
@@ -71,19 +72,17 @@ def write_tabular(out: Path, names: list, x: np.ndarray, res, stem: str) -> list
         s = scores[k].reshape(-1)
         w.writerow([f"{stem}_{k}", int(cls[k]), f"{float(s[int(cls[k])] if s.size > int(cls[k]) else s[0]):.6g}"]
                    + [f"{v:.6g}" for v in rel[k]])
-    paths = [out / "relevance.csv"]
-    atomic_write(paths[0], lambda t: t.write_text(buf.getvalue(), encoding="utf-8"))
-    for k in range(len(x)):
-        p = out / f"{stem}_{k}_relevance.png"
-        _bar_chart(p, names, x[k], rel[k], int(cls[k]))
-        paths.append(p)
+    with completed_folder(out) as paths:  # _COMPLETE lists the run's files once they are all written
+        paths.append(atomic_write(out / "relevance.csv", lambda t: t.write_text(buf.getvalue(), encoding="utf-8")))
+        for k in range(len(x)):
+            p = out / f"{stem}_{k}_relevance.png"
+            _bar_chart(p, names, x[k], rel[k], int(cls[k]))
+            paths.append(p)
     return paths
 
 
 def _bar_chart(path: Path, names: list, x: np.ndarray, r: np.ndarray, cls: int) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plain_text_plots()  # feature names from a CSV header are text, never mathtext
     order = np.argsort(-np.abs(r))[:TOP][::-1]
     fig, ax = plt.subplots(figsize=(6, 0.35 * len(order) + 1.2), dpi=100)
     ax.barh(range(len(order)), r[order], color=["#d62728" if v > 0 else "#1f77b4" for v in r[order]])
@@ -95,13 +94,18 @@ def _bar_chart(path: Path, names: list, x: np.ndarray, r: np.ndarray, cls: int) 
     plt.close(fig)
 
 
-def run_tabular(ex, path: str, target: int, out: Path, batch_size: int, echo) -> None:
+def run_tabular(ex, path: str, target: int, out: Path, batch_size: int, echo, overwrite: bool = False) -> None:
+    from types import SimpleNamespace
+
+    from .outputs import guarded_results
     shape = [i for i in ex.session.get_inputs() if i.name != "target"][0].shape
     x, names = read_rows(Path(path), shape[1] if isinstance(shape[1], int) else None)
     res = ex.explain(x, target, batch_size=batch_size)
-    paths = write_tabular(out, names, x, res, Path(path).stem)
+    stem = Path(path).stem
+    with guarded_results(out, [path], overwrite, SimpleNamespace(names=[f"{stem}_{k}" for k in range(len(x))])):
+        paths = write_tabular(Path(out), names, x, res, stem)  # never over the input or a file no run wrote
     for k, c in enumerate(np.asarray(res.predicted)):
         top = int(np.argmax(np.abs(np.asarray(res.relevance)[k])))
-        echo(f"{Path(path).stem}_{k}: explained class {int(c)}; top feature {names[top]} "
+        echo(f"{clean(stem)}_{k}: explained class {int(c)}; top feature {clean(names[top])} "
              f"({float(np.asarray(res.relevance)[k][top]):.4g})")
     echo(f"wrote {len(paths)} files to {out}")
