@@ -90,7 +90,7 @@ def _serialized(model):
 
 def _same_verify(a, b):
     import json
-    va, vb = ({p.key: json.loads(p.value) for p in m.metadata_props}["xcompile.verify"] for m in (a, b))
+    va, vb = (json.loads({p.key: p.value for p in m.metadata_props}["xcompile.verify"]) for m in (a, b))
     assert va["pass"] and vb["pass"] and va["check"] == vb["check"], (va, vb)
     assert abs(va.get("error", 0.0) - vb.get("error", 0.0)) <= 1e-3, (va, vb)
 

@@ -170,7 +170,8 @@ def load_forward(model, common: dict, where: str = "model") -> ForwardGraph:
     g.single_logit = view is not None
     g.canonicalization = decisions
     g.feed_plan = plan  # how every input is fed (load/probe.py): the self-check's probe rows
-    if token is None and "session" in kept:  # float input: the probe's session computes the self-check's forward rows
+    if token is None and "session" in kept and view is None:  # float input: the probe's session computes the
+        # self-check's forward rows (not after a single-logit view: its [-z, z] tensor is not in the probed graph)
         g.derived["verify_session"] = kept["session"]
     float_view(g, where)  # quantized ops: the backward walks their dequantized view (load/quantized.py)
     unfused_view(g, where)  # onnxruntime's fused contrib ops: the backward walks their expansion (load/contrib.py)

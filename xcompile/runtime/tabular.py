@@ -24,7 +24,8 @@ def is_tabular(ex, inputs: list) -> bool:
     if path.suffix.lower() == ".csv":
         return True
     data = [i for i in ex.session.get_inputs() if i.name != "target"]
-    return path.suffix.lower() == ".npy" and len(data) == 1 and len(data[0].shape) == 2
+    return (path.suffix.lower() == ".npy" and len(data) == 1 and len(data[0].shape) == 2
+            and "float" in data[0].type)  # [N, L] token ids are not feature rows
 
 
 def read_rows(path: Path, n_features: int | None) -> tuple[np.ndarray, list]:
