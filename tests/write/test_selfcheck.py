@@ -59,7 +59,7 @@ def test_correct_explainer_passes_and_is_recorded(method):
     v = _verify(xcompile.compile(_two_path_model(), method))
     assert v["check"] == "gradient-fd" and v["pass"] and v["error"] <= v["tolerance"]
     assert v["error"] < 1e-3  # float32 finite differences of a piecewise-linear model: nearly exact here
-    assert v["directions"] == 2 and v["steps"] == [2e-3]
+    assert v["directions"] == 2 and v["steps"] == [2e-3, 5e-4]
 
 
 @pytest.mark.parametrize("op, slot, factor, node", [

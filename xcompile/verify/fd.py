@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 DIRECTIONS = 2
-STEPS = (2e-3,)  # step sizes relative to the probe's RMS; a second, larger one adds its disagreement to the tolerance
+STEPS = (2e-3, 5e-4)  # relative to the probe's RMS: central differences at the last (smallest); the larger one's
+# disagreement with it (a kink crossed within the larger step) adds to the tolerance
 FD_SAFETY = 3.0  # x the disagreement between two step sizes (when STEPS has two)
 
 
