@@ -31,8 +31,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def build(out: Path) -> None:
     import numpy as np
     import tensorflow as tf
-    import tf_keras as keras
     import tf2onnx
+    import tf_keras as keras
 
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
