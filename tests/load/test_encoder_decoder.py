@@ -99,17 +99,69 @@ def test_missing_eos_at_run_time_is_one_line():
     assert "\n" not in str(e.value) and f"token id(s) [{eos}]" in str(e.value)
 
 
-def test_mbart_value_dependent_start_token_is_warned_not_rewritten(capfd):
-    """mBART's decoder starts with the last non-pad id: a rearrangement that moves with the padding. The rewrite
-    would be wrong on padded rows, so it is left as it is, with one warning line."""
+def test_mbart_start_token_that_moves_with_padding():
+    """mBART's decoder starts with the last non-pad id, a rearrangement that moves with the padding: no fixed map
+    exists, so a copy of it runs on position codes in the explainer. On padded rows the gradient sums the encoder's
+    use and the decoder's (its first position mapped back to the last non-pad id) as autograd does."""
     torch.manual_seed(0)
     cfg = tf.MBartConfig(vocab_size=100, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
                          decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32,
                          num_labels=3, attn_implementation="eager")
     m = tf.MBartForSequenceClassification(cfg).eval()
-    ids = torch.randint(5, 90, (2, L))
-    ids[:, -1] = cfg.eos_token_id
-    ex = xcompile.compile(_export(m, ids, 2), "gradient")
+    eos, pad = cfg.eos_token_id, cfg.pad_token_id
+    ids = torch.randint(5, 90, (3, L))
+    ids[:, -1] = eos
+    onnx_bytes = _export(m, ids, 2)
+    ids[1, 5], ids[1, 6:] = eos, pad  # padded rows: the decoder's start token moves
+    ids[2, 3], ids[2, 4:] = eos, pad
+    mask = (ids != pad).long()
+    target = np.array([0, 1, 2])
+    shared, calls = m.get_input_embeddings(), []
+
+    def hook(mod, inp, out):
+        z = torch.zeros_like(out, requires_grad=True)
+        calls.append((inp[0].numpy(), z))
+        return out + z
+    hooks = [mod.register_forward_hook(hook) for mod in m.modules()
+             if isinstance(mod, torch.nn.Embedding) and mod.weight.data_ptr() == shared.weight.data_ptr()]
+    logits = m(input_ids=ids, attention_mask=mask).logits
+    for h in hooks:
+        h.remove()
+    logits[torch.arange(3), torch.as_tensor(target)].sum().backward()
+    (enc_ids, enc), (dec_ids, dec) = [(i, z.grad.numpy()) for i, z in calls]
+    last = (enc_ids != pad).sum(1) - 1
+    assert (dec_ids[np.arange(3), 0] == enc_ids[np.arange(3), last]).all() and (dec_ids[:, 1:] == enc_ids[:, :-1]).all()
+    ref = enc.copy()
+    ref[np.arange(3), last] += dec[:, 0]
+    ref[:, :-1] += dec[:, 1:]
+    assert np.linalg.norm(dec) > 0.5 * np.linalg.norm(enc)
+    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    res = xcompile.Explainer(xcompile.compile(onnx_bytes, "gradient")).explain(feed, target)
+    assert np.abs(res.scores - logits.detach().numpy()).max() < 1e-4
+    err = np.abs(res.extras["embedding_relevance"] - ref).max() / np.abs(ref).max()
+    print(f"mBART padded rows, gradient over both uses: {err:.1e}")
+    assert err < 1e-4
+    for rules in ("epsilon", "attnlrp"):
+        rel = xcompile.Explainer(xcompile.compile(onnx_bytes, "lrp", rules=rules)).explain(feed, target).relevance
+        assert np.isfinite(rel).all() and np.abs(rel).max() > 0, rules
+
+
+def test_look_up_that_is_no_rearrangement_is_warned(capfd):
+    """A second look-up of the table at ids that are computed, not moved (2·id mod V), is left as it is: one warning
+    line, and the explainer still compiles with the first look-up's relevance."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    table, w = rng.normal(size=(50, 4)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32)
+    inits = [numpy_helper.from_array(table, "table"), numpy_helper.from_array(w, "w"),
+             numpy_helper.from_array(np.array(2, np.int64), "two"), numpy_helper.from_array(np.array(50, np.int64), "v")]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="encoder_lookup"),
+             helper.make_node("Mul", ["ids", "two"], ["ids2"]), helper.make_node("Mod", ["ids2", "v"], ["ids3"]),
+             helper.make_node("Gather", ["table", "ids3"], ["e2"], name="computed_lookup"),
+             helper.make_node("Add", ["e", "e2"], ["s"]), helper.make_node("ReduceMean", ["s"], ["p"], axes=[1], keepdims=0),
+             helper.make_node("MatMul", ["p", "w"], ["logits"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 6])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits)
+    ex = xcompile.compile(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), "gradient")
     err = capfd.readouterr().err
-    assert "not a fixed rearrangement" in err and "decoder" in err
+    assert "computed_lookup" in err and "not a rearrangement" in err
     assert not any("xc_shared" in n.name for n in ex.graph.node)
