@@ -17,10 +17,11 @@ def register(app: typer.Typer) -> None:
         examples: Optional[List[Path]] = typer.Option(None, "--examples", help="example inputs: .npy/.npz rows, image files, .txt lines (repeatable)"),
         n_examples: int = typer.Option(8, "--n-examples", help="examples per model taken from each source"),
         ort_web: Optional[Path] = typer.Option(None, "--ort-web", help="a folder with the onnxruntime-web files (default: npm pack into ~/.cache/xcompile)"),
+        tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="a WordPiece tokenizer.json (BERT family): the page encodes typed text with it"),
     ):
         """Write a static site that runs EXPLAINERS in the browser (onnxruntime-web: WASM, WebGPU where present)."""
         from ..web.site import export_site
-        index = export_site(explainers, out, info, examples, ort_web, n_examples, typer.echo)
+        index = export_site(explainers, out, info, examples, ort_web, n_examples, typer.echo, tokenizer=tokenizer)
         typer.echo(f"wrote {index} ({len(explainers)} explainer(s)); serve the folder from any static host, or "
                    f"`python -m http.server -d {out}`")
 
@@ -32,7 +33,9 @@ def register(app: typer.Typer) -> None:
         info: Optional[List[Path]] = typer.Option(None, "--info", help="as for export-web"),
         examples: Optional[List[Path]] = typer.Option(None, "--examples", help="as for export-web"),
         ort_web: Optional[Path] = typer.Option(None, "--ort-web", help="as for export-web"),
+        tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="as for export-web"),
     ):
         """Serve the export-web site of EXPLAINERS on 127.0.0.1 and open it in the browser."""
         from ..web.serve import view
-        view(explainers, port, not no_browser, typer.echo, infos=info, examples=examples, ort_web=ort_web)
+        view(explainers, port, not no_browser, typer.echo, infos=info, examples=examples, ort_web=ort_web,
+             tokenizer=tokenizer)

@@ -115,11 +115,18 @@ def _examples(paths: list, sig: tuple, token: bool, n: int) -> list:
     return out
 
 
-def model_groups(described: list, infos: list, examples: list, n: int, echo=None) -> list:
-    """One record per distinct explainer input; sets ``d["model"]`` (the record's index) on each explainer."""
-    for p in infos + examples:
+def model_groups(described: list, infos: list, examples: list, n: int, echo=None, tokenizer: Path | None = None) -> list:
+    """One record per distinct explainer input; sets ``d["model"]`` (the record's index) on each explainer.
+    ``tokenizer`` (a WordPiece tokenizer.json) encodes the text of every token-id model."""
+    for p in infos + examples + ([tokenizer] if tokenizer else []):
         if not p.exists():
             raise XCompileError(f"{p}: no such file or folder")
+    wordpiece = None
+    if tokenizer:
+        if not any(d["token"] for d in described):
+            raise XCompileError(f"--tokenizer {tokenizer}: none of the explainers takes token ids")
+        from .wordpiece import describe_tokenizer
+        wordpiece = describe_tokenizer(tokenizer)
     read = [(p, _read_info(p)) for p in infos]
     groups: dict = {}
     for d in described:
@@ -145,6 +152,8 @@ def model_groups(described: list, infos: list, examples: list, n: int, echo=None
         for i in given:
             info.update(i)
         tokenizer = {k: info[k] for k in TOKEN_KEYS if k in info} if token else None
+        if token and wordpiece:
+            tokenizer = wordpiece
         if token and not (tokenizer or {}).get("vocab"):
             tokenizer = None  # ids typed as numbers on the page; no text box without a vocabulary
         ex = _examples(examples, sig, token, n)

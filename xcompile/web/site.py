@@ -26,6 +26,18 @@ def _copy(src: Path, dst: Path) -> Path:
     return atomic_write(dst, lambda t: shutil.copyfile(src, t), "-o")
 
 
+_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32"}
+
+
+def _side_fill(inp) -> str | None:
+    """How the page fills a text model's other integer input: "mask" (1 on tokens, 0 on padding) or "zeros"
+    (token types of a single sequence); None for anything else. By name, as `xcompile run` does."""
+    name = inp.name.lower()
+    if inp.type.tensor_type.elem_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+        return None
+    return "mask" if "mask" in name else "zeros" if ("type" in name or "segment" in name) else None
+
+
 def describe(path: Path) -> dict:
     """What the page needs to know about one explainer, from the file itself (inputs, outputs, metadata)."""
     try:
@@ -41,12 +53,20 @@ def describe(path: Path) -> dict:
     if "target" not in [i.name for i in inputs] or "relevance" not in outputs:
         raise XCompileError(f"{path}: not an xcompile explainer (needs a 'target' input and a 'relevance' output)")
     data = [i for i in inputs if i.name != "target"]
+    side = []
+    if meta.token_input and len(data) > 1:  # a text model's attention mask / token types, filled as a tokenizer does
+        explained = next((i for i in data if i.name == meta.token_input), data[0])
+        for i in data:
+            fill = None if i is explained else _side_fill(i)
+            if fill:
+                side.append({"name": i.name, "dtype": _DTYPES.get(i.type.tensor_type.elem_type), "fill": fill})
+        data = [explained] + [i for i in data if i is not explained and not _side_fill(i)]
     if len(data) != 1:
         raise XCompileError(f"{path}: takes {len(data)} inputs besides 'target' ({[i.name for i in data]}); the "
-                            "page feeds explainers of one input (an image, a vector or token ids)")
+                            "page feeds explainers of one input (an image, a vector or token ids, with an attention "
+                            "mask and token type ids beside token ids)")
     tt = data[0].type.tensor_type
-    dtype = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64",
-             onnx.TensorProto.INT32: "int32"}.get(tt.elem_type)
+    dtype = _DTYPES.get(tt.elem_type)
     shape = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
     if dtype is None or len(shape) < 2 or any(s is None for s in shape[1:]):
         raise XCompileError(f"{path}: input {data[0].name!r} of type {onnx.TensorProto.DataType.Name(tt.elem_type)} "
@@ -54,11 +74,11 @@ def describe(path: Path) -> dict:
     params = dict(meta.params or {})
     return {"file": f"explainers/{path.name}", "source": path, "method": meta.method or "?", "params": params,
             "rules": meta.extra.get("rules") or params.get("rules"), "input": {"name": data[0].name, "dtype": dtype,
-            "shape": shape[1:]}, "outputs": outputs, "token": bool(meta.token_input), "meta": meta}
+            "shape": shape[1:]}, "outputs": outputs, "token": bool(meta.token_input), "side": side, "meta": meta}
 
 
 def export_site(explainers: list, out, infos: list | None = None, examples: list | None = None,
-                ort_web: Path | None = None, n_examples: int = 8, echo=None) -> Path:
+                ort_web: Path | None = None, n_examples: int = 8, echo=None, tokenizer: Path | None = None) -> Path:
     """Write the site into ``out``; returns the path of its index.html."""
     paths = [Path(p) for p in explainers]
     if not paths:
@@ -73,7 +93,7 @@ def export_site(explainers: list, out, infos: list | None = None, examples: list
     out = check_output(out, inputs=paths, what="-o", folder=True)
     described = [describe(p) for p in paths]
     models = model_groups(described, [Path(i) for i in infos or []], [Path(e) for e in examples or []], n_examples,
-                          echo)
+                          echo, tokenizer=Path(tokenizer) if tokenizer else None)
     ort_dir = ortweb.runtime_files(ort_web)  # before any write: no half site when npm is missing
     for d in described:
         _copy(d["source"], out / d["file"])

@@ -39,6 +39,7 @@ function className(k) {
 
 // ---------------------------------------------------------------- inputs
 function encodeText(text, tok, length) {
+  if (tok.level === "wordpiece") return encodeWordPiece(text, tok, length);
   // the vocabulary's own rule (xcompile/runtime/tokens.py PlainVocabulary.encode): one id per character (or
   // word), unknown -> unk_id, truncated to the input length, padded with pad_id on the right
   const index = new Map(tok.vocab.map((s, i) => [s, i]));
@@ -50,6 +51,75 @@ function encodeText(text, tok, length) {
     ids[i] = (k === undefined || k === tok.pad_id || k === tok.unk_id) ? tok.unk_id : k;
   });
   return ids;
+}
+
+// A WordPiece tokenizer.json as Hugging Face `tokenizers` encodes it (xcompile/web/wordpiece.py reads the file):
+// special added tokens matched verbatim, BertNormalizer, BertPreTokenizer, greedy longest-match WordPiece, the
+// [CLS] $A [SEP] template, truncated / padded to the input length. tests/serving/test_web_wordpiece.py compares it
+// with `tokenizers` on accents, CJK, punctuation, unknown and over-long words.
+const isCjk = (c) => { const u = c.codePointAt(0);
+  return (u >= 0x4E00 && u <= 0x9FFF) || (u >= 0x3400 && u <= 0x4DBF) || (u >= 0x20000 && u <= 0x2A6DF) ||
+    (u >= 0x2A700 && u <= 0x2B73F) || (u >= 0x2B740 && u <= 0x2B81F) || (u >= 0x2B820 && u <= 0x2CEAF) ||
+    (u >= 0xF900 && u <= 0xFAFF) || (u >= 0x2F800 && u <= 0x2FA1F); };
+const isPunct = (c) => /[!-\/:-@\[-`{-~]/.test(c) || /\p{P}/u.test(c);
+const isSpace = (c) => /\s/u.test(c);
+
+function bertNormalize(text, tok) {
+  let out = "";
+  for (const c of text) {
+    if (tok.clean_text) {
+      if (c === "\0" || c === "\uFFFD" || (/[\p{Cc}\p{Cf}]/u.test(c) && !"\t\n\r".includes(c))) continue;
+      if (isSpace(c)) { out += " "; continue; }
+    }
+    out += tok.handle_chinese_chars && isCjk(c) ? ` ${c} ` : c;
+  }
+  if (tok.lowercase) out = out.toLowerCase();
+  if (tok.strip_accents) out = out.normalize("NFD").replace(/\p{Mn}/gu, "");
+  return out;
+}
+
+function wordPieces(word, tok, index) {
+  const chars = Array.from(word);
+  if (chars.length > tok.max_chars) return [tok.unk_id];
+  const ids = [];
+  for (let start = 0; start < chars.length;) {
+    let end = chars.length, found = -1;
+    for (; end > start; end--) {
+      const piece = (start > 0 ? tok.prefix : "") + chars.slice(start, end).join("");
+      if (index.has(piece)) { found = index.get(piece); break; }
+    }
+    if (found < 0) return [tok.unk_id];
+    ids.push(found);
+    start = end;
+  }
+  return ids;
+}
+
+function encodeWordPiece(text, tok, length) {
+  if (!tok.index) tok.index = new Map(tok.vocab.map((s, i) => [s, i]));
+  const ids = [];
+  let rest = text;
+  while (rest.length) {  // special added tokens (e.g. [MASK]) are matched before normalization
+    let at = -1, hit = null;
+    for (const a of tok.added) { const k = rest.indexOf(a); if (k >= 0 && (at < 0 || k < at)) { at = k; hit = a; } }
+    const plain = at < 0 ? rest : rest.slice(0, at);
+    let word = "";
+    for (const c of bertNormalize(plain, tok)) {
+      if (isSpace(c) || isPunct(c)) {
+        if (word) ids.push(...wordPieces(word, tok, tok.index));
+        word = "";
+        if (isPunct(c)) ids.push(...wordPieces(c, tok, tok.index));
+      } else word += c;
+    }
+    if (word) ids.push(...wordPieces(word, tok, tok.index));
+    if (at < 0) break;
+    ids.push(tok.index.get(hit));
+    rest = rest.slice(at + hit.length);
+  }
+  const room = Math.max(0, length - tok.before.length - tok.after.length);
+  const row = [...tok.before, ...ids.slice(0, room), ...tok.after].slice(0, length);
+  while (row.length < length) row.push(tok.pad_id);
+  return row;
 }
 
 function imageToInput(img, m) {
@@ -128,23 +198,35 @@ async function session(e) {
     // one warm-up call on a zero input: the times shown are those of a loaded page, not of first-call set-up
     state.sessions[e.name] = ort.InferenceSession.create(e.file, { executionProviders: [state.ep] }).then(async (s) => {
       const m = model(), zeros = new Array(m.input.shape.reduce((a, b) => a * b, 1)).fill(0);
-      await s.run({ [m.input.name]: feedTensor(m, zeros), target: new ort.Tensor("int64", BigInt64Array.from([-1n]), [1]) });
+      await s.run(feedsFor(e, m, zeros, -1));
       return s;
     });
   }
   return state.sessions[e.name];
 }
 
-function feedTensor(m, data) {
+function feedTensor(m, data, dtype = m.input.dtype) {
   const dims = [1, ...m.input.shape];
-  if (m.input.dtype === "float32") return new ort.Tensor("float32", Float32Array.from(data), dims);
-  if (m.input.dtype === "int32") return new ort.Tensor("int32", Int32Array.from(data), dims);
+  if (dtype === "float32") return new ort.Tensor("float32", Float32Array.from(data), dims);
+  if (dtype === "int32") return new ort.Tensor("int32", Int32Array.from(data), dims);
   return new ort.Tensor("int64", BigInt64Array.from(Array.from(data, (v) => BigInt(Math.round(Number(v))))), dims);
+}
+
+// the explained input, the target, and a text model's side inputs as its tokenizer fills them: the attention mask
+// (1 on tokens, 0 on padding) and token types (0: one sequence)
+function feedsFor(e, m, data, target) {
+  const feeds = { [m.input.name]: feedTensor(m, data), target: new ort.Tensor("int64", BigInt64Array.from([BigInt(target)]), [1]) };
+  const pad = m.tokenizer ? m.tokenizer.pad_id : null;
+  for (const side of e.side || []) {
+    const values = Array.from(data, (v) => side.fill === "mask" ? (pad === null || Number(v) !== pad ? 1 : 0) : 0);
+    feeds[side.name] = feedTensor(m, values, side.dtype);
+  }
+  return feeds;
 }
 
 async function explain(e, target) {
   const m = model(), s = await session(e);
-  const feeds = { [m.input.name]: feedTensor(m, state.input.data), target: new ort.Tensor("int64", BigInt64Array.from([BigInt(target)]), [1]) };
+  const feeds = feedsFor(e, m, state.input.data, target);
   const t0 = performance.now();
   const out = await s.run(feeds);
   const ms = performance.now() - t0;
