@@ -46,3 +46,22 @@ def test_rule_sets_without_a_gradient_form_keep_the_relevance_form(bert):
     assert any("stabilized" in n.name for n in m.graph.node)
     with pytest.raises(XCompileError, match="form"):
         xcompile.compile(str(path), "lrp", rules="attnlrp", input_shape=TT.L, form="fast")
+
+
+@pytest.mark.parametrize("rules", ["attnlrp", "cp-lrp"])
+def test_vision_transformer_on_an_image_input_takes_the_gradient_form(tmp_path, rules):
+    """An image input (a graph input, not a probed tensor) of float32 qualifies too; the small torchvision ViT of
+    tests/lrp/test_lrp_transformers.py (legacy export: GELU as x * 0.5 * (1 + erf(x / sqrt 2)))."""
+    import test_lrp_transformers as VT
+    from model_zoo.zoo import export_onnx
+    torch.set_num_threads(2)
+    path = tmp_path / "vit.onnx"
+    export_onnx(VT.small_vit(), torch.tensor(VT.X), path, "legacy")
+    fast = xcompile.compile(str(path), "lrp", rules=rules)
+    slow = xcompile.compile(str(path), "lrp", rules=rules, form="relevance")
+    assert len(fast.graph.node) < 0.8 * len(slow.graph.node)
+    assert any("input_times_g" in n.name for n in fast.graph.node)
+    a = xcompile.Explainer(fast).explain(VT.X, VT.TARGET)
+    r = xcompile.Explainer(slow).explain(VT.X, VT.TARGET)
+    for got, ref in ((a.relevance, r.relevance), (a.extras["conservation"], r.extras["conservation"])):
+        assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()

@@ -96,13 +96,30 @@ def copying(node) -> Optional[Emitter]:
 
 
 def plan(choices: dict, nodes, live) -> Optional[dict]:
-    """{forward node (first output): gradient-form emitter} for every node on the path, or None if any rule has
-    none there."""
-    out = {}
+    """{forward node (first output): gradient-form emitter} for every node on the path that receives relevance, or
+    None if the rule of any such node has no gradient form. A node whose every use is a product share of weight 0
+    (or a node that receives none itself) receives none: CP-LRP's attention probabilities and what computes them,
+    whose rules (the softmax's gradient) need no gradient form. `nodes` are in forward order."""
+    uses: dict = {}
     for n in nodes:
+        for k, t in enumerate(n.input):
+            uses.setdefault(t, []).append((n, k))
+    silent: set = set()  # first outputs of nodes that receive no relevance
+    out = {}
+    for n in reversed(nodes):
+        used = [(c, k) for o in n.output for c, k in uses.get(o, [])]
+        if used and all(c.output[0] in silent or _share(choices.get(c.output[0]), k) == 0.0 for c, k in used):
+            silent.add(n.output[0])
+            continue
         rule = choices.get(n.output[0])
         e = None if rule is None else rule.gradient_form(n, live)
         if e is None:
             return None
         out[n.output[0]] = e
     return out
+
+
+def _share(rule, k) -> Optional[float]:
+    """The share of input k of a product's rule (None for any other rule)."""
+    w = getattr(rule, "weights", None)
+    return None if w is None or k >= len(w) else float(w[k])

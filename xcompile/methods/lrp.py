@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+from onnx import TensorProto
 
 from ..backward.builder import Builder
 from ..backward.table import TABLE, Backward
@@ -91,7 +92,7 @@ class LRP(Method):
         if form not in ("auto", "relevance"):
             raise XCompileError(f"option form={form!r}: expected auto or relevance")
         self.gradient_form = None
-        if form == "auto" and g.dtypes.get(g.data_input) == np.float32:  # (float16 / float64 keep the relevance form)
+        if form == "auto" and _float32(g, g.data_input):  # (float16 / float64 inputs keep the relevance form)
             self.gradient_form = gradform.plan(self.choices, nodes, live)
 
 
@@ -122,6 +123,13 @@ class DeepTaylor(LRP):
             raise XCompileError("deep_taylor: the first layer uses z^B and needs --set low=... --set high=... "
                                 "(or --set first=wsquare for unbounded inputs)")
         super().prepare(g, where)
+
+
+def _float32(g, name) -> bool:
+    """Is `name` float32: a probed tensor (a token model's embedding), else a graph input by its declared type?"""
+    if name in g.dtypes:
+        return g.dtypes[name] == np.float32
+    return any(i.name == name and i.type.tensor_type.elem_type == TensorProto.FLOAT for i in g.model.graph.input)
 
 
 _GRADIENT = Gradient()
