@@ -8,7 +8,7 @@ machine hits them alike.
     python tools/bench_text.py --batches 1,8,64 --length 128 --rounds 3          # batch scaling
     python tools/bench_text.py --before /path/to/other/checkout ...              # + that checkout's explainers
 
-Models and explainers are cached in model_zoo/build/bench_text (`--out`). `--before DIR` compiles the same
+Models and explainers are cached in model_zoo/build/bench_text (delete after_L* / before_L* after a code change). `--before DIR` compiles the same
 explainers with the xcompile of another checkout (a child process with that checkout on sys.path) and times them
 in the same rounds: a before / after table from one run."""
 from __future__ import annotations
@@ -79,8 +79,8 @@ def export(path: Path, length: int):
                           output_names=["logits"], dynamic_axes={k: {0: "N", 1: "L"} for k in NAMES} | {"logits": {0: "N"}})
 
 
-def compile_all(root: Path, model: Path, length: int, dest: Path) -> dict:
-    """Compile every method with the xcompile found under `root` (a child process: another checkout's code)."""
+def compile_all(root: Path, model: Path, length: int, dest: Path, methods=tuple(METHODS)) -> dict:
+    """Compile `methods` with the xcompile found under `root` (a child process: another checkout's code)."""
     dest.mkdir(parents=True, exist_ok=True)
     code = (
         "import sys, json, time; sys.path.insert(0, sys.argv[1]); import xcompile; from xcompile.write.writer import save\n"
@@ -89,7 +89,7 @@ def compile_all(root: Path, model: Path, length: int, dest: Path) -> dict:
         "    t = time.perf_counter(); m = xcompile.compile(sys.argv[2], meth, rules=rules, input_shape=int(sys.argv[3]))\n"
         "    out[name] = round(time.perf_counter() - t, 2); save(m, sys.argv[5] + '/' + name + '.onnx')\n"
         "print('@@' + json.dumps(out))\n")
-    todo = {k: v for k, v in METHODS.items() if not (dest / f"{k}.onnx").exists()}
+    todo = {k: v for k, v in METHODS.items() if k in methods and not (dest / f"{k}.onnx").exists()}
     if not todo:
         return {}
     p = subprocess.run([sys.executable, "-c", code, str(root), str(model), str(length), json.dumps(todo), str(dest)],
@@ -125,17 +125,18 @@ def torch_fwd_bwd(threads: int):
     return call
 
 
-def measure(batch: int, length: int, threads: int, rounds: int, before: Path | None, torch_ref: bool) -> dict:
+def measure(batch: int, length: int, threads: int, rounds: int, before: Path | None, torch_ref: bool,
+            before_methods=tuple(METHODS)) -> dict:
     model = OUT / "bert_base.onnx"  # dynamic batch and length: one export for every length
     if not model.exists():
         export(model, length)
     comp = {"after": compile_all(ROOT, model, length, OUT / f"after_L{length}")}
     if before is not None:
-        comp["before"] = compile_all(before, model, length, OUT / f"before_L{length}")
+        comp["before"] = compile_all(before, model, length, OUT / f"before_L{length}", before_methods)
     feeds = inputs(batch, length)
     sessions = {"forward": ort_session(model, threads)}
     for tag in comp:
-        for k in METHODS:
+        for k in (METHODS if tag == "after" else before_methods):
             sessions[f"{k} {tag}"] = ort_session(OUT / f"{tag}_L{length}" / f"{k}.onnx", threads)
     target = np.argmax(sessions["forward"].run(None, feeds)[0], 1).astype(np.int64)
     calls = {"forward": lambda: sessions["forward"].run(None, feeds)}
@@ -179,6 +180,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--before", default=None, help="another checkout whose xcompile compiles the 'before' explainers")
+    ap.add_argument("--before-methods", default=",".join(METHODS),
+                    help="the --before explainers to time (e.g. attnlrp where the gradient's graph is the same)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch forward+backward reference")
     ap.add_argument("--json", default=None, help="append the raw results to this JSON-lines file")
     a = ap.parse_args(argv)
@@ -187,7 +190,7 @@ def main(argv=None) -> int:
     grid = ([(int(b), a.length) for b in a.batches.split(",")] if a.batches else
             [(a.batch, int(n)) for n in a.lengths.split(",")] if a.lengths else [(a.batch, a.length)])
     for batch, length in grid:
-        r = measure(batch, length, a.threads, a.rounds, before, not a.no_torch)
+        r = measure(batch, length, a.threads, a.rounds, before, not a.no_torch, tuple(a.before_methods.split(",")))
         print(report(r), flush=True)
         if a.json:
             with open(a.json, "a") as f:
