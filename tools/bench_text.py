@@ -126,17 +126,17 @@ def torch_fwd_bwd(threads: int):
 
 
 def measure(batch: int, length: int, threads: int, rounds: int, before: Path | None, torch_ref: bool,
-            before_methods=tuple(METHODS)) -> dict:
+            before_methods=tuple(METHODS), methods=tuple(METHODS)) -> dict:
     model = OUT / "bert_base.onnx"  # dynamic batch and length: one export for every length
     if not model.exists():
         export(model, length)
-    comp = {"after": compile_all(ROOT, model, length, OUT / f"after_L{length}")}
+    comp = {"after": compile_all(ROOT, model, length, OUT / f"after_L{length}", methods)}
     if before is not None:
         comp["before"] = compile_all(before, model, length, OUT / f"before_L{length}", before_methods)
     feeds = inputs(batch, length)
     sessions = {"forward": ort_session(model, threads)}
     for tag in comp:
-        for k in (METHODS if tag == "after" else before_methods):
+        for k in (methods if tag == "after" else before_methods):
             sessions[f"{k} {tag}"] = ort_session(OUT / f"{tag}_L{length}" / f"{k}.onnx", threads)
     target = np.argmax(sessions["forward"].run(None, feeds)[0], 1).astype(np.int64)
     calls = {"forward": lambda: sessions["forward"].run(None, feeds)}
@@ -180,6 +180,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--before", default=None, help="another checkout whose xcompile compiles the 'before' explainers")
+    ap.add_argument("--methods", default=",".join(METHODS), help="the explainers to time (fewer sessions: less memory)")
     ap.add_argument("--before-methods", default=",".join(METHODS),
                     help="the --before explainers to time (e.g. attnlrp where the gradient's graph is the same)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch forward+backward reference")
@@ -190,7 +191,8 @@ def main(argv=None) -> int:
     grid = ([(int(b), a.length) for b in a.batches.split(",")] if a.batches else
             [(a.batch, int(n)) for n in a.lengths.split(",")] if a.lengths else [(a.batch, a.length)])
     for batch, length in grid:
-        r = measure(batch, length, a.threads, a.rounds, before, not a.no_torch, tuple(a.before_methods.split(",")))
+        r = measure(batch, length, a.threads, a.rounds, before, not a.no_torch, tuple(a.before_methods.split(",")),
+                    tuple(a.methods.split(",")))
         print(report(r), flush=True)
         if a.json:
             with open(a.json, "a") as f:
