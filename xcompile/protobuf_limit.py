@@ -31,6 +31,9 @@ SKELETON_MIN_BYTES = 1 << 16
 # the final file: the threshold onnx.save(size_threshold=1024) used before
 FILE_MIN_BYTES = 1024
 PLACEHOLDER = "weights.placeholder"
+# models whose weights pass this are checked and shape-inferred on their skeleton even below the limit: each
+# whole-model serialisation in and out of onnx's C++ costs ~1 s for ResNet-50's 100 MB (docs/benchmarks.md)
+SKELETON_CHECK_BYTES = 16 << 20
 
 
 def tensor_bytes(t: onnx.TensorProto) -> int:
@@ -55,6 +58,11 @@ def payload_bytes(model: onnx.ModelProto) -> int:
 
 def too_large(model: onnx.ModelProto) -> bool:
     return payload_bytes(model) >= SERIALIZE_LIMIT
+
+
+def heavy(model: onnx.ModelProto) -> bool:
+    """Weights worth keeping out of onnx's checker and shape inference (``skeleton=True``)."""
+    return payload_bytes(model) >= SKELETON_CHECK_BYTES
 
 
 _VALUE_FIELDS = {"raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data",
@@ -193,31 +201,32 @@ def restore_default_domain(model: onnx.ModelProto, opset_added: bool) -> onnx.Mo
     return model
 
 
-def check_model(model: onnx.ModelProto, full_check: bool = False) -> None:
-    """``onnx.checker.check_model`` for a model of any size (raises onnx.checker.ValidationError)."""
+def check_model(model: onnx.ModelProto, full_check: bool = False, skeleton: bool = False) -> None:
+    """``onnx.checker.check_model`` for a model of any size (raises onnx.checker.ValidationError); ``skeleton``: on
+    the skeleton whatever the size (no copy of the weights)."""
     with ort_default_domain(model):
-        _check_model(model, full_check)
+        _check_model(model, full_check, skeleton)
 
 
-def _check_model(model: onnx.ModelProto, full_check: bool) -> None:
-    if not too_large(model):
+def _check_model(model: onnx.ModelProto, full_check: bool, skeleton: bool = False) -> None:
+    if not too_large(model) and not skeleton:
         onnx.checker.check_model(model, full_check=full_check)
         return
     with skeleton_on_disk(model) as (p, _):
         onnx.checker.check_model(p, full_check=full_check)
 
 
-def infer_shapes(model: onnx.ModelProto, **kw) -> onnx.ModelProto:
-    """``onnx.shape_inference.infer_shapes`` for a model of any size: a large one is inferred on its skeleton and
-    gets the inferred value_info (its weights stay the caller's)."""
+def infer_shapes(model: onnx.ModelProto, skeleton: bool = False, **kw) -> onnx.ModelProto:
+    """``onnx.shape_inference.infer_shapes`` for a model of any size: a large one (any, with ``skeleton``) is
+    inferred on its skeleton and gets the inferred value_info (its weights stay the caller's)."""
     had = any(o.domain == "com.microsoft" for o in model.opset_import)
     with ort_default_domain(model) as swapped:
-        out = _infer_shapes(model, **kw)
+        out = _infer_shapes(model, skeleton, **kw)
     return restore_default_domain(out, not had) if swapped else out
 
 
-def _infer_shapes(model: onnx.ModelProto, **kw) -> onnx.ModelProto:
-    if not too_large(model):
+def _infer_shapes(model: onnx.ModelProto, skeleton: bool = False, **kw) -> onnx.ModelProto:
+    if not too_large(model) and not skeleton:
         return onnx.shape_inference.infer_shapes(model, **kw)
     with skeleton_on_disk(model) as (p, _):
         onnx.shape_inference.infer_shapes_path(p, p + ".inferred", **kw)

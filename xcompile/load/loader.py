@@ -13,7 +13,7 @@ from ..canonicalize.outputs import choose_score_output
 from ..errors import XCompileError
 from ..graph import attr
 from ..guards import check_initializers
-from ..protobuf_limit import check_model, infer_shapes, too_large
+from ..protobuf_limit import check_model, heavy, infer_shapes, too_large
 from .quantized_ops import refuse_unsupported
 
 MIN_OPSET = 7  # opsets below WORK_OPSET go through onnx.version_converter
@@ -75,7 +75,7 @@ def prepare(model: onnx.ModelProto, where: str = "model", copy: bool = True) -> 
     imply_default_domain(m)
     expand_groupnorm18(m)  # the deprecated GroupNormalization-18 fails onnx's checker: rewritten into what it computes
     try:
-        check_model(m)
+        check_model(m, skeleton=heavy(m))
     except onnx.checker.ValidationError as e:
         # the checker's message goes on over several lines (a cycle names its node on the second): keep all of it
         # on one line, without the ==> Context trailer
@@ -101,7 +101,7 @@ def prepare(model: onnx.ModelProto, where: str = "model", copy: bool = True) -> 
             raise XCompileError(f"{where}: cannot convert opset {opset} to {WORK_OPSET} with onnx.version_converter "
                                 f"({first}); re-export the model at opset {WORK_OPSET} or newer") from None
     try:
-        m = infer_shapes(m, data_prop=True)
+        m = infer_shapes(m, data_prop=True, skeleton=heavy(m))
     except Exception:  # noqa: BLE001 - shape info is a convenience; the probe measures shapes anyway
         pass
     return m

@@ -32,9 +32,11 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..backward.table import TABLE
 from ..kinds import LINEAR_OPS, linear_view
 from ..options import as_floats, like_default
 from . import emitters as E
+from . import gradform
 
 RULES: dict[str, type] = {}
 
@@ -131,6 +133,11 @@ class LRPRule:
     def emit(self, ctx, gy) -> list:
         raise NotImplementedError
 
+    def gradient_form(self, node, live) -> Optional[Callable]:
+        """This rule at `node` as an emitter of g = R / y (lrp/gradform.py), or None where it has no such form (then
+        the whole graph keeps the relevance form)."""
+        return None
+
     def describe(self) -> str:
         return self.name
 
@@ -170,6 +177,9 @@ class Zero(Rule):
     """LRP-0: z = W a + b; zero denominators are replaced by 1 (0/0 -> 0) instead of giving NaN."""
     eps = 0.0
 
+    def gradient_form(self, node, live):
+        return gradform.vjp if node.op_type in TABLE else None  # R_x = x * W^T (R / z) = x * W^T g
+
 
 @rule("epsilon")
 class Epsilon(Rule):
@@ -178,6 +188,11 @@ class Epsilon(Rule):
     def groups(self):
         return [Group([Part("x", _same, _same)], eps=float(self.p["epsilon"]),
                       norm_scale=bool(self.p["norm_scale"]))]
+
+    def gradient_form(self, node, live):
+        """LRP-0's where the stabilizer is negligible (AttnLRP's 1e-9 guards 0 / 0 only)."""
+        small = float(self.p["epsilon"]) <= gradform.TINY and not self.p["norm_scale"]
+        return gradform.vjp if small and node.op_type in TABLE else None
 
 
 @rule("gamma")

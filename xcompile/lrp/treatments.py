@@ -8,6 +8,7 @@ from ..backward.ops.normalization import normalization_vjp
 from ..backward.table import TABLE
 from ..kinds import LINEAR_OPS, PRODUCT_OPS
 from . import emitters as E
+from . import gradform
 from .rules import RULES, LRPRule, rule
 
 
@@ -18,6 +19,11 @@ class Treatment(LRPRule):
     def stabilizer(self) -> float:
         return float(self.p.get("stabilizer", E.STAB))
 
+    @property
+    def negligible(self) -> bool:
+        """Is the stabilizer small enough to drop (gradient form, lrp/gradform.py)?"""
+        return self.stabilizer <= gradform.TINY
+
 
 @rule("pass")
 class Pass(Treatment):
@@ -25,6 +31,9 @@ class Pass(Treatment):
 
     def emit(self, ctx, gy):
         return E.pass_through(ctx, gy)
+
+    def gradient_form(self, node, live):
+        return gradform.passing(node, live)
 
 
 @rule("gradient")
@@ -38,6 +47,9 @@ class Gradient(Treatment):
     def emit(self, ctx, gy):
         return TABLE[ctx.op_type].fn(ctx, gy)
 
+    def gradient_form(self, node, live):
+        return gradform.copying(node)
+
 
 @rule("proportional")
 class Proportional(Treatment):
@@ -50,6 +62,9 @@ class Proportional(Treatment):
 
     def emit(self, ctx, gy):
         return E.proportional(ctx, gy, stabilizer=self.stabilizer)
+
+    def gradient_form(self, node, live):
+        return gradform.vjp if self.negligible and node.op_type in TABLE else None
 
 
 @rule("std-constant")
@@ -66,6 +81,9 @@ class StdConstant(Treatment):
 
     def emit(self, ctx, gy):
         return E.std_constant(ctx, gy, stabilizer=self.stabilizer)
+
+    def gradient_form(self, node, live):
+        return gradform.std_constant if self.negligible and node.op_type == "LayerNormalization" else None
 
 
 @rule("instance-std-constant")
@@ -88,6 +106,9 @@ class InstanceStdConstant(StdConstant):
         gh = b.mul(b.div(gy[0], b.stabilize(ctx.y(0), self.stabilizer), "s"), scale, "s_scaled")
         g = normalization_vjp(b, ctx.x(0), gh, list(range(2, rank)), ctx.attr("epsilon", 1e-5), hold_std=True)
         return [b.mul(ctx.x(0), g, "r"), None, None]
+
+    def gradient_form(self, node, live):
+        return None  # (not needed by the transformer rule sets: kept in relevance form)
 
 
 @rule("product")
@@ -139,6 +160,14 @@ class Product(Treatment):
             return E.product_shares(ctx, gy, self.weights)
         return E.proportional(ctx, gy, self.weights, stabilizer=self.stabilizer)
 
+    def gradient_form(self, node, live):
+        """w_k times the VJP into operand k: exact for an elementwise product (w_k x_k VJP_k(g) = w_k y g = w_k R);
+        the bilinear / quotient cases divide by y in relevance form, so only with a negligible stabilizer."""
+        op = node.op_type
+        if self.weights is None or op not in TABLE or op not in ("Mul", "Div", "MatMul", "Gemm"):
+            return None
+        return gradform.weighted_vjp(list(self.weights)) if op == "Mul" or self.negligible else None
+
     def describe(self):
         return "product " + "/".join(f"{w:g}" for w in self.weights)
 
@@ -160,6 +189,13 @@ class Shares(Product):
 
     def emit(self, ctx, gy):
         return E.product_shares(ctx, gy, self.weights)
+
+    def gradient_form(self, node, live):
+        """R passed to one operand unchanged: x_k VJP_k(g) = y g for a product's factor or a quotient's numerator
+        (a denominator would get -R)."""
+        w = list(self.weights)
+        ok = node.op_type == "Mul" or (node.op_type == "Div" and w[1:] == [0.0] * (len(w) - 1))
+        return gradform.weighted_vjp(w) if ok and node.op_type in TABLE else None
 
     def describe(self):
         return "signal " + "/".join(f"{w:g}" for w in self.weights)

@@ -71,7 +71,7 @@ class Method:
 
     def build(self, g: ForwardGraph, b: Builder, where: str) -> Built:
         target = resolve_target(b, g, g.explained)
-        seed = make_seed(b, g.shape(g.explained)[1], float32_view(b, g, g.explained), target, self.seed)
+        seed = make_seed(b, g.shape(g.explained)[1], float32_view(b, g, g.explained), target, self.seed_kind())
         grads = self.engine(g, b).run(seed, where)
         self.grads = grads  # every tensor's emitted gradient: the self-check locates a wrong backward with them
         r = grads.get(g.data_input)
@@ -85,6 +85,11 @@ class Method:
 
     def finish(self, g: ForwardGraph, b: Builder, r: str) -> str:
         return r
+
+    def seed_kind(self) -> str:
+        """The seed this build starts from: the family's (`seed`), unless the method computes it otherwise (LRP in
+        gradient form starts from 1 and multiplies by the input in `finish`)."""
+        return self.seed
 
 
 def resolve_target(b: Builder, g: ForwardGraph, scores: str) -> str:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
+from onnx import TensorProto
+
 from ..backward.builder import Builder
 from ..backward.table import TABLE, Backward
 from ..errors import XCompileError
 from ..kinds import PASS_OPS
-from ..lrp import rulesets
+from ..lrp import gradform, rulesets
 from ..lrp.policy import NonNegInput, Policy, entries
 from ..lrp.rules import LRPRule, WSquare, ZBox, ZPlus
 from ..lrp.selectors import Position
@@ -36,10 +39,12 @@ class LRP(Method):
         "std": Param(None, "per-channel std to map low/high into a model that takes normalised input", _floats),
         "maxpool": Param(None, "MaxPool backward: winner (default) or proportional", as_str),
         "gate": Param(None, "product of two activations: signal (gate is a constant weight, default) or split", as_str),
+        "form": Param("auto", "auto (gradient form where every rule has one: lrp/gradform.py) or relevance", as_str),
     }
 
     blocks: dict = {}   # forward node (its first output) -> lrp.blocks.Block (its block type)
     choices: dict = {}  # forward node (its first output) -> the LRPRule chosen by prepare()
+    gradient_form: Optional[dict] = None  # forward node -> gradient-form emitter (lrp/gradform.py), when all have one
 
     def __init__(self, **given):
         super().__init__(**given)
@@ -65,7 +70,16 @@ class LRP(Method):
         op = node.op_type
         if op not in TABLE and op not in PASS_OPS:
             return None
-        return Backward(self.rule_for(node).emit, TABLE[op].inputs if op in TABLE else (0,))
+        emit = (self.gradient_form or {}).get(node.output[0]) or self.rule_for(node).emit
+        return Backward(emit, TABLE[op].inputs if op in TABLE else (0,))
+
+    def seed_kind(self) -> str:
+        """Gradient form: the modified backward pass starts from 1 at the target (R = score * 1 at the output)."""
+        return "one" if self.gradient_form is not None else self.seed
+
+    def finish(self, g, b, r):
+        """Gradient form: relevance = input * g (the relevance form's R arrives as is)."""
+        return b.mul(g.data_input, r, "input_times_g") if self.gradient_form is not None else r
 
     def prepare(self, g, where):
         self.choices = {}
@@ -74,6 +88,12 @@ class LRP(Method):
         self.ruleset_name = rs.name
         policy = Policy(g, live, nodes, rs, self.values, where)
         self.blocks, self.choices = policy.blocks, policy.choices
+        form = self.values["form"]
+        if form not in ("auto", "relevance"):
+            raise XCompileError(f"option form={form!r}: expected auto or relevance")
+        self.gradient_form = None
+        if form == "auto" and _float32(g, g.data_input):  # (float16 / float64 inputs keep the relevance form)
+            self.gradient_form = gradform.plan(self.choices, nodes, live)
 
 
 @register
@@ -103,6 +123,13 @@ class DeepTaylor(LRP):
             raise XCompileError("deep_taylor: the first layer uses z^B and needs --set low=... --set high=... "
                                 "(or --set first=wsquare for unbounded inputs)")
         super().prepare(g, where)
+
+
+def _float32(g, name) -> bool:
+    """Is `name` float32: a probed tensor (a token model's embedding), else a graph input by its declared type?"""
+    if name in g.dtypes:
+        return g.dtypes[name] == np.float32
+    return any(i.name == name and i.type.tensor_type.elem_type == TensorProto.FLOAT for i in g.model.graph.input)
 
 
 _GRADIENT = Gradient()

@@ -15,7 +15,7 @@ from ..graph import RELEVANCE, TARGET
 
 EXPLAINED_CLASS = "explained_class"
 CONSERVATION = "conservation"
-from ..protobuf_limit import check_model, infer_shapes, save_external, too_large
+from ..protobuf_limit import check_model, heavy, infer_shapes, save_external, too_large
 from .lower import lower_for_cuda
 from .precision import to_float16
 
@@ -172,11 +172,13 @@ def check(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     guarantees as ``check_model(full_check=True)`` without running inference twice. Returns the model with
     its inferred value_info (a convenience for viewers such as Netron)."""
     try:
-        if not too_large(model):
-            model = infer_shapes(model, check_type=True, strict_mode=True)  # (onnxruntime's default-domain
-            check_model(model)                                              # contrib ops checked as contrib ops)
-        else:  # on the weightless skeleton (protobuf_limit.py): no copy of the weights
+        if too_large(model):  # on the weightless skeleton (protobuf_limit.py): no copy of the weights
             check_model(model, full_check=True)
+        else:  # (onnxruntime's default-domain contrib ops checked as contrib ops); over 16 MB on the skeleton, its
+            # value_info copied back: four serialisations of the weights (infer_shapes in and out, check_model) were
+            # most of ResNet-50's compile time (docs/benchmarks.md)
+            model = infer_shapes(model, check_type=True, strict_mode=True, skeleton=heavy(model))
+            check_model(model, skeleton=heavy(model))
     except (onnx.checker.ValidationError, shape_inference.InferenceError) as e:
         raise RuntimeError(f"{where}: internal error, emitted model fails the ONNX checker: {str(e).splitlines()[0]}") from e
     return model
