@@ -13,15 +13,26 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
 @pytest.fixture(scope="session")
-def zoo_dir():
-    d = ROOT / "model_zoo" / "build" / "torchvision"
+def zoo_build(tmp_path_factory):
+    """Where the tests export zoo models: a folder of this session's pytest temporary directory (removed after a
+    green run: tmp_path_retention_policy in pyproject.toml), so a run leaves nothing in the clone; or the folder
+    named by XCOMPILE_ZOO_CACHE (e.g. model_zoo/build), kept between runs to skip the exports next time."""
+    cache = os.environ.get("XCOMPILE_ZOO_CACHE")
+    d = Path(cache).resolve() if cache else tmp_path_factory.mktemp("model_zoo")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="session")
+def zoo_dir(zoo_build):
+    d = zoo_build / "torchvision"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
 @pytest.fixture(scope="session")
 def torchvision_onnx(zoo_dir):
-    """build(name, exporter) -> path of the exported model (built once, cached in model_zoo/build)."""
+    """build(name, exporter) -> path of the exported model (built once per session, see zoo_build)."""
     from model_zoo.zoo import build_torchvision
 
     def build(name, exporter):

@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "xcompile" / "data" / "digits_cnn.onnx"
 HELDOUT = ROOT / "xcompile" / "data" / "digits_heldout.npz"
 RULES = sorted((ROOT / "rules").glob("*.toml"))
-ZOO = ROOT / "model_zoo" / "build" / "torchvision"
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 # op types seen in all explainers checked in this session (printed by the last test with -s)
@@ -285,7 +284,7 @@ TV_MODELS = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "densenet121"]
 
 
 def _torchvision(build, name: str, exporter: str, methods=TV_METHODS):
-    path = build(name, exporter)  # exported once per session (model_zoo/build cache), shared with test_models
+    path = build(name, exporter)  # exported once per session (tests/conftest.py zoo_build), shared with test_models
     base = onnx.load(str(path))
     exps = []
     for method, params in methods:

