@@ -11,7 +11,9 @@ Main entry points (importable from tests, e.g. ``from model_zoo.zoo import build
 - EfficientNet-Lite0 (pretrained, PyPI): ``efficientnet_lite0_torch()``, ``build_efficientnet_lite0(out_dir,
                  exporter)``, ``preprocess(image)``, ``imagenet_classes()``
 - scikit-learn:  ``build_sklearn(name, out_dir)`` -> (onnx_path, fitted_estimator, X)
-- helpers:       ``export_onnx(model, x, path, exporter, ...)``, ``normalize_onnx(path)``, ``op_types(path)``
+- helpers:       ``export_onnx(model, x, path, exporter, ...)``, ``normalize_onnx(path)``, ``op_types(path)``,
+                 ``export_calibrated(model, generator, size, path)`` (BatchNorm statistics on seeded images);
+                 token classifiers (ids -> logits): ``model_zoo.token_models``
 """
 from __future__ import annotations
 
@@ -225,6 +227,24 @@ def ort_run(path, x: np.ndarray, input_name: str = "input") -> np.ndarray:
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name if input_name is None else input_name
     return sess.run(None, {name: x})[0]
+
+
+def export_calibrated(model, generator, size: int, path, *, batches: int = 2, batch: int = 8) -> dict:
+    """Export a random-weight image classifier (3 x size x size) whose BatchNorm running statistics are the exact
+    mean / variance of their input over ``batches`` seeded N(0, 1) batches drawn from ``generator`` (the model as
+    constructed, in training mode; unlike ``calibrate_batchnorm`` the affine parameters keep their defaults), then
+    eval; the export's example row comes from ``generator`` too. The quantized and float16 tests' models."""
+    torch = _torch()
+    for b in model.modules():
+        if isinstance(b, torch.nn.BatchNorm2d):
+            b.reset_running_stats()
+            b.momentum = None  # cumulative moving average: the exact mean over the calibration batches
+            b.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.randn(batch, 3, size, size, generator=generator))
+    model.eval()
+    return export_onnx(model, torch.randn(1, 3, size, size, generator=generator), path)
 
 
 # --------------------------------------------------------------------------------------------------

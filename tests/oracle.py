@@ -1,4 +1,5 @@
-"""Test helpers: tiny ONNX graphs around one operator, and the PyTorch autograd oracle."""
+"""Test helpers: tiny ONNX graphs around one operator, the PyTorch autograd oracle, and numpy LRP references
+written from the formulas."""
 from __future__ import annotations
 
 import numpy as np
@@ -44,3 +45,29 @@ def explain(model, x, target, method="gradient", **params):
 
 def rel_err(a, b):
     return float(np.abs(np.asarray(a) - np.asarray(b)).max() / max(np.abs(np.asarray(b)).max(), 1e-12))
+
+
+def lrp_seed(scores, target):
+    """The relevance the backward starts from: the explained score at the target class, 0 elsewhere."""
+    R = np.zeros_like(scores)
+    R[np.arange(len(target)), target] = scores[np.arange(len(target)), target]
+    return R
+
+
+def lrp_stab(z, eps):
+    """The epsilon rule's stabilized denominator z + eps * sign(z) (sign(0) = +1); eps = 0: z with its zeros
+    replaced by 1 (0 / 0 -> 0)."""
+    if eps == 0:
+        return np.where(z == 0, 1.0, z)
+    return z + eps * np.where(z < 0, -1.0, 1.0)
+
+
+def layernorm_lrp_reference(x, w, b, target, eps=1e-5, stabilizer=1e-9):
+    """AttnLRP's LayerNorm rule over the last axis (float64): the std held constant, R_x = x * J^T(R / y) with
+    J^T g = (w g - mean(w g)) / std, R the seed of y = LN(x) * w + b at ``target``."""
+    x64 = x.astype(np.float64)
+    xc = x64 - x64.mean(1, keepdims=True)
+    std = np.sqrt((xc ** 2).mean(1, keepdims=True) + eps)
+    y = xc / std * w + b
+    g = w * (lrp_seed(y, target) / lrp_stab(y, stabilizer))
+    return x64 * (g - g.mean(1, keepdims=True)) / std

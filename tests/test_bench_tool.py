@@ -1,22 +1,16 @@
 """Smoke test of tools/bench.py on the shipped digits CNN (onnxruntime forward + two compiled explainers)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+
+from clirun import tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("xc_bench_tool", ROOT / "tools" / "bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_bench_digits_cnn(tmp_path):
-    bench = _bench()
+    bench = tool("bench")
     model = ROOT / "xcompile" / "data" / "digits_cnn.onnx"
     md, png, js = tmp_path / "bench.md", tmp_path / "bench.png", tmp_path / "r.json"
     rc = bench.main(["--models", f"digits_cnn={model}", "--frameworks", "ort,xcompile", "--batches", "2",

@@ -121,7 +121,8 @@ class ForwardGraph:
 
     def walk(self, nodes: list, constants: Optional[dict] = None) -> None:
         """Set the nodes the backward walks and index them (producer / consumers); `constants` join the
-        initializers. Used while loading: a quantized model's float view replaces its quantized nodes."""
+        initializers. Used while loading: a quantized model's float view replaces its quantized nodes, fused
+        contrib ops their expansion."""
         self.nodes = nodes
         self.initializers.update(constants or {})
         self.producer = {}

@@ -88,6 +88,16 @@ CASES = {
                              node("ReduceSumSquare", ["u", "ax2"], ["q"], keepdims=0), node("Mul", ["q", "q"])],
                             (3, 4, 5), (3, 4), [("ax", np.array([1], np.int64)), ("ax2", np.array([3], np.int64))],
                             lambda x: ((x / x.norm(dim=1, keepdim=True)) ** 2).sum(3) ** 2, 18),
+    "reduce_l2_no_keepdims": ([node("ReduceL2", ["x", "ax"], keepdims=0)], (3, 4, 5), (3, 4),
+                              [("ax", np.array([-1], np.int64))], lambda x: x.norm(dim=3), 18),
+    # noop_with_empty_axes and no axes: nothing is reduced, but onnxruntime still applies the elementwise part
+    # (|x|, x^2, log exp x = x, |x|): the forward the gradient must match
+    "reduce_noop_empty_axes": ([node("ReduceL2", ["x"], ["n"], noop_with_empty_axes=1),
+                                node("ReduceLogSumExp", ["n"], ["l"], noop_with_empty_axes=1),
+                                node("ReduceSumSquare", ["x"], ["q"], noop_with_empty_axes=1),
+                                node("ReduceL1", ["x"], ["a"], noop_with_empty_axes=1),
+                                node("Sum", ["l", "q", "a"])], (3, 4), (3, 4), [],
+                               lambda x: 2 * x.abs() + x ** 2, 18),
     "reshape_transpose_flatten": ([node("Reshape", ["x", "shp"], ["r"]), node("Transpose", ["r"], ["t"], perm=[0, 2, 1]),
                                    node("Flatten", ["t"], axis=1)], (2, 3, 4), (24,), [("shp", np.array([0, 6, 4], np.int64))],
                                   lambda x: x.reshape(-1, 6, 4).transpose(1, 2).flatten(1)),

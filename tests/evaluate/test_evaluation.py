@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from clirun import inproc
 from onnx import TensorProto, helper, numpy_helper
 
 import xcompile
@@ -220,28 +221,24 @@ def test_parse_specs():
 
 
 # ------------------------------------------------------------------ CLI
-def test_cli_commands(tmp_path):
-    from typer.testing import CliRunner
-
-    from xcompile.cli import app
-    run = CliRunner().invoke
+def test_cli_commands(tmp_path, capsys):
     x = np.load(HELDOUT)
     data = tmp_path / "d.npz"
     np.savez(data, x=x["x"][:40], y=x["y"][:40])
-    r = run(app, ["evaluate", str(DIGITS), "--methods", "gradient,occlusion{window=2,stride=2}", "--data", str(data),
-                  "--n", "6", "--metric", "both", "--patch-size", "2", "--regions", "4", "--out", str(tmp_path / "ev")])
-    assert r.exit_code == 0, r.output
+    r = inproc(capsys, "evaluate", DIGITS, "--methods", "gradient,occlusion{window=2,stride=2}", "--data", data,
+               "--n", "6", "--metric", "both", "--patch-size", "2", "--regions", "4", "--out", str(tmp_path / "ev"))
+    assert r.returncode == 0, r.stderr
     for f in ("pixel_flipping.png", "pixel_flipping.json", "pixel_flipping.csv", "region_perturbation.csv"):
         assert (tmp_path / "ev" / f).is_file()
     ex = tmp_path / "g.onnx"
     from xcompile.write.writer import save
     save(xcompile.compile(DIGITS, "gradient"), ex)
-    r = run(app, ["axioms", str(ex), "--data", str(data), "--n", "6", "--json", str(tmp_path / "ax.json")])
-    assert r.exit_code == 0, r.output
+    r = inproc(capsys, "axioms", str(ex), "--data", str(data), "--n", "6", "--json", str(tmp_path / "ax.json"))
+    assert r.returncode == 0, r.stderr
     assert "continuity" in (tmp_path / "ax.json").read_text()
-    r = run(app, ["pool-relevance", str(ex), "--data", str(data), "--box", "2,2,6,6", "--out", str(tmp_path / "pool")])
-    assert r.exit_code == 0 and "importance of context" in r.output, r.output
-    r = run(app, ["spray", str(ex), "--data", str(data), "--class", "3", "--select", "all", "--neighbors", "5",
-                  "--out", str(tmp_path / "sp")])
-    assert r.exit_code == 0, r.output
+    r = inproc(capsys, "pool-relevance", ex, "--data", data, "--box", "2,2,6,6", "--out", tmp_path / "pool")
+    assert r.returncode == 0 and "importance of context" in r.stdout, r.stderr
+    r = inproc(capsys, "spray", str(ex), "--data", str(data), "--class", "3", "--select", "all", "--neighbors", "5",
+               "--out", str(tmp_path / "sp"))
+    assert r.returncode == 0, r.stderr
     assert (tmp_path / "sp" / "eigengap.png").is_file() and (tmp_path / "sp" / "prototypes.png").is_file()

@@ -5,12 +5,12 @@ under a random order)."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from clirun import tool
 from onnx import TensorProto, helper, numpy_helper
 
 from xcompile.evaluate import flipping
@@ -93,17 +93,10 @@ def test_random_reference_is_the_mean_of_its_draws(linear):
     np.testing.assert_allclose(f1.curves["gradient"].curves, f2.curves["gradient"].curves)
 
 
-def _sweep():
-    spec = importlib.util.spec_from_file_location("xc_lrp_auto_sweep", ROOT / "tools" / "lrp_auto_sweep.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_sweep_faithfulness_column_on_a_tiny_model(tmp_path):
     """The sweep's --faithfulness path end to end on a 3-channel linear model: every method runs, the doc gets the
     per-rule-set column and the comparison table with the measured numbers."""
-    sweep = _sweep()
+    sweep = tool("lrp_auto_sweep")
     rng = np.random.default_rng(1)
     w = np.concatenate([rng.uniform(0.5, 1.5, (3 * SIDE * SIDE, 1)), rng.normal(0, 0.1, (3 * SIDE * SIDE, 2))], 1)
     path = linear_onnx(tmp_path / "lin3.onnx", w, np.zeros(3), channels=3)
@@ -136,7 +129,7 @@ def test_sweep_faithfulness_column_on_a_tiny_model(tmp_path):
 def test_leaders_are_the_best_and_its_statistical_ties():
     """Bold cells / verdict counts: the lowest mean AUC plus every method whose paired difference to it is within two
     standard errors over rows."""
-    sweep = _sweep()
+    sweep = tool("lrp_auto_sweep")
     base = np.linspace(1.0, 2.0, 10)
     noise = np.random.default_rng(0).normal(0, 0.05, 10)
     f = {"auc": {"a": base.tolist(), "b": (base + noise).tolist(), "c": (base + 0.3 + noise).tolist(),

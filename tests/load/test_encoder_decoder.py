@@ -4,8 +4,6 @@ both uses of the shared table (encoder at the ids, decoder at the ids shifted ri
 the gradient at every call of the shared embedding, the decoder's mapped back to the id positions it read."""
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 
@@ -13,6 +11,8 @@ import xcompile
 
 torch = pytest.importorskip("torch")
 tf = pytest.importorskip("transformers")
+from model_zoo.token_models import TokenLogits, export_token_classifier  # noqa: E402
+
 L = 8
 
 
@@ -29,22 +29,10 @@ def _model(kind):
     return tf.T5ForSequenceClassification(cfg).eval(), cfg.eos_token_id
 
 
-class _Logits(torch.nn.Module):
-    def __init__(self, m):
-        super().__init__()
-        self.m = m
-
-    def forward(self, input_ids, attention_mask):
-        return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
-
-
 def _export(m, ids, export_rows):
-    buf = io.BytesIO()
-    torch.onnx.export(_Logits(m).eval(), (ids[:export_rows], torch.ones_like(ids[:export_rows])), buf,
-                      input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                      dynamic_axes={"input_ids": {0: "N"}, "attention_mask": {0: "N"}}, opset_version=17, dynamo=False)
-    m.eval()  # the exporter restores the wrapper's training mode onto the model
-    return buf.getvalue()
+    # the logits keep the export's batch size: the explainer must still run at any batch size
+    return export_token_classifier(TokenLogits(m), (ids[:export_rows], torch.ones_like(ids[:export_rows])),
+                                   dynamic_logits=False, grad=True)
 
 
 def _oracle(m, ids, target):

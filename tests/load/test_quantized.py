@@ -36,21 +36,11 @@ def resnet(tmp_path_factory):
     """resnet18 (10 classes) at 3x64x64, BatchNorm statistics calibrated on seeded images, exported by zoo."""
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
-    from model_zoo.zoo import export_onnx
+    from model_zoo.zoo import export_calibrated
     d = tmp_path_factory.mktemp("quantized")
     torch.manual_seed(0)
     m = torchvision.models.resnet18(num_classes=10)
-    gen = torch.Generator().manual_seed(0)
-    bns = [b for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)]
-    for b in bns:
-        b.reset_running_stats()
-        b.momentum = None
-        b.train()
-    with torch.no_grad():
-        for _ in range(2):
-            m(torch.randn(8, 3, H, H, generator=gen))
-    m.eval()
-    export_onnx(m, torch.randn(1, 3, H, H, generator=gen), d / "float.onnx")
+    export_calibrated(m, torch.Generator().manual_seed(0), H, d / "float.onnx")
     return d
 
 
@@ -151,21 +141,12 @@ def small_models(tmp_path_factory):
     given seeded weights so the scores are not all 0), float ONNX."""
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
-    from model_zoo.zoo import export_onnx
+    from model_zoo.zoo import export_calibrated, export_onnx
     d = tmp_path_factory.mktemp("quantized_small")
     torch.manual_seed(0)
     mb = torchvision.models.mobilenet_v2(num_classes=10)
     gen = torch.Generator().manual_seed(0)
-    for b in [b for b in mb.modules() if isinstance(b, torch.nn.BatchNorm2d)]:
-        b.reset_running_stats()
-        b.momentum = None
-        b.train()
-    with torch.no_grad():
-        for _ in range(2):
-            mb(torch.randn(8, 3, 64, 64, generator=gen))
-    mb.eval()
-    (d / "mobilenet_v2").mkdir()
-    export_onnx(mb, torch.randn(1, 3, 64, 64, generator=gen), d / "mobilenet_v2" / "float.onnx")
+    export_calibrated(mb, gen, 64, d / "mobilenet_v2" / "float.onnx")
     vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
                                                mlp_dim=64, num_classes=10).eval()
     torch.nn.init.normal_(vit.heads.head.weight, std=0.2, generator=gen)

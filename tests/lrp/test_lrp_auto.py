@@ -12,6 +12,9 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from oracle import layernorm_lrp_reference
+from oracle import lrp_seed as _seed
+from oracle import lrp_stab as _stab
 
 import xcompile
 from model_zoo.timm_zoo import redraw_zero_parameters
@@ -130,16 +133,6 @@ def _graph(nodes, x_shape, out_shape, inits, opset=17):
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
 
 
-def _seed(y, t):
-    R = np.zeros_like(y)
-    R[np.arange(len(t)), t] = y[np.arange(len(t)), t]
-    return R
-
-
-def _stab(z, eps):
-    return z + eps * np.where(z < 0, -1.0, 1.0)
-
-
 def test_split_off_bias_absorbs_its_share():
     """MatMul + Add(bias) (how 3-D linear layers are exported): the bias Add used to pass all relevance, so the
     epsilon rule divided it by the bias-free z = x W, which cancels where x W ~ -b (1e35 / NaN on DeiT under ε+♭).
@@ -212,12 +205,7 @@ def test_written_out_layernorm_is_attnlrp_layernorm(rules, square):
                [("w", w), ("b", b), ("two", np.float32(2.0)), ("eps", np.float32(1e-5))])
     x = RNG.standard_normal((3, D)).astype(np.float32)
     t = np.array([0, 2, 5])
-    x64 = x.astype(np.float64)
-    xc = x64 - x64.mean(1, keepdims=True)
-    std = np.sqrt((xc ** 2).mean(1, keepdims=True) + 1e-5)
-    y = xc / std * w + b
-    g = w * _seed(y, t) / _stab(y, 1e-9)
-    ref = x64 * (g - g.mean(1, keepdims=True)) / std
+    ref = layernorm_lrp_reference(x, w, b, t)
     np.testing.assert_allclose(_explain(m, x, t, rules=rules).relevance, ref, rtol=1e-4, atol=1e-6)
 
 

@@ -1,12 +1,10 @@
 """The CLI rejects an unknown rule set or a malformed rule file with one clear line (exit 2)."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import onnx
 import pytest
+from clirun import cli, one_line_error
 from onnx import TensorProto, helper, numpy_helper
 
 
@@ -22,21 +20,10 @@ def model(tmp_path_factory):
     return p
 
 
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "xcompile.cli", *map(str, args)], capture_output=True, text=True)
-
-
-def _one_line(r, *words):
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
-
-
 def test_unknown_ruleset(model, tmp_path):
     out = tmp_path / "e.onnx"
-    _one_line(run("compile", model, "--method", "lrp", "--rules", "no-such-set", "-o", out), "no-such-set", "unknown rule set")
+    one_line_error(cli("compile", model, "--method", "lrp", "--rules", "no-such-set", "-o", out), "no-such-set",
+                   "unknown rule set")
     assert not out.exists()
 
 
@@ -52,18 +39,18 @@ def test_malformed_rule_file(model, tmp_path, text, word):
     f = tmp_path / "bad.toml"
     f.write_text(text)
     out = tmp_path / "e.onnx"
-    _one_line(run("compile", model, "--method", "lrp", "--rules", f, "-o", out), word)
+    one_line_error(cli("compile", model, "--method", "lrp", "--rules", f, "-o", out), word)
     assert not out.exists()
 
 
 def test_inspect_lists_rules(model):
-    r = run("inspect", model, "--method", "lrp", "--rules", "epsilon")
+    r = cli("inspect", model, "--method", "lrp", "--rules", "epsilon")
     assert r.returncode == 0, r.stderr
     assert "fc" in r.stdout and "epsilon" in r.stdout
 
 
 def test_compile_builtin(model, tmp_path):
     out = tmp_path / "e.onnx"
-    r = run("compile", model, "--method", "lrp", "--rules", "epsilon-plus-flat", "-o", out)
+    r = cli("compile", model, "--method", "lrp", "--rules", "epsilon-plus-flat", "-o", out)
     assert r.returncode == 0, r.stderr
     assert out.exists()

@@ -11,9 +11,6 @@ The Hugging Face and PyTorch models where this was found (BERT and Llama with sd
 nn.TransformerEncoder with src_key_padding_mask) are checked too, BERT against LXT on its eager twin."""
 from __future__ import annotations
 
-import contextlib
-import warnings
-
 import numpy as np
 import onnx
 import pytest
@@ -22,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from oracle import rel_err
 
 import xcompile
+from model_zoo.token_models import TokenLogits, export_token_classifier
 
 L, D, C = 6, 4, 5
 PADDED = 2   # row 1 is left-padded: its first PADDED tokens are padding
@@ -124,14 +122,6 @@ def test_masked_attention(name, dtype, causal):
 
 
 # ---------------------------------------------------------------------------------- the models it was found on
-def _export(model, args, names, path, grad=False):
-    # grad=True for nn.TransformerEncoder: under no_grad its fused fast path does not export
-    with torch.set_grad_enabled(grad), warnings.catch_warnings(), contextlib.redirect_stdout(None):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, args, str(path), dynamo=False, opset_version=17, input_names=names,
-                          output_names=["logits"], dynamic_axes={k: {0: "N"} for k in names + ["logits"]})
-
-
 def _check_rows(path, feeds, pad_slice, rulesets, input_shape=None, target=None):
     """Every rule set finite, padding <= 1e-6 of the padded row's max; returns {rule set: explanation}."""
     opts = {"input_shape": input_shape} if input_shape else {}
@@ -161,7 +151,7 @@ def test_transformer_encoder_key_padding_mask(tmp_path):
     net = Net().eval()
     x, pad = torch.randn(2, 6, 16), torch.zeros(2, 6, dtype=torch.bool)
     pad[1, 4:] = True
-    _export(net, (x, pad), ["x", "pad"], tmp_path / "enc.onnx", grad=True)
+    export_token_classifier(net, (x, pad), tmp_path / "enc.onnx", names=["x", "pad"], grad=True)
     _check_rows(tmp_path / "enc.onnx", {"x": x.numpy(), "pad": pad.numpy()}, slice(4, None), ["auto", "attnlrp", "cp-lrp", "epsilon"])
     g = xcompile.Explainer(xcompile.compile(str(tmp_path / "enc.onnx"), "gradient")).explain(
         {"x": x.numpy(), "pad": pad.numpy()}, np.array([0, 1]))
@@ -192,7 +182,7 @@ def test_bert_sdpa_legacy_matches_lxt(tokens, tmp_path):
     assert model.config._attn_implementation == "sdpa"
     args = T.example(names)
     path = tmp_path / "bert_sdpa.onnx"
-    _export(T.Wrap(model, names).eval(), tuple(args), names, path)
+    export_token_classifier(TokenLogits(model, names), args, path, names=names)
     feeds = T.feeds(names, args)
     t = torch.tensor([1, 2])
     res = _check_rows(path, feeds, slice(8, None), ["auto", "attnlrp", "cp-lrp", "epsilon"], T.L, t.numpy())
@@ -221,17 +211,10 @@ def test_llama_sdpa_legacy(tmp_path):
                         attn_implementation="sdpa", initializer_range=0.2)
     model = T.LlamaForSequenceClassification(cfg).eval()
 
-    class Wrap(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.m = model
-
-        def forward(self, ids, mask):
-            return self.m(input_ids=ids, attention_mask=mask).logits
     ids = torch.randint(2, 100, (2, 12), generator=torch.Generator().manual_seed(0))
     mask = torch.ones(2, 12, dtype=torch.long)
     ids[1, :4], mask[1, :4] = 0, 0  # left padding: with the causal mask the padded queries see no key (NaN rows
-    _export(Wrap().eval(), (ids, mask), ["ids", "mask"], tmp_path / "llama.onnx")  # that sdpa's export zeroes)
+    export_token_classifier(TokenLogits(model), (ids, mask), tmp_path / "llama.onnx", names=["ids", "mask"])  # that sdpa's export zeroes)
     feeds = {"ids": ids.numpy(), "mask": mask.numpy()}
     _check_rows(tmp_path / "llama.onnx", feeds, slice(0, 4), ["auto", "attnlrp", "cp-lrp", "epsilon"], input_shape=12)
     g = xcompile.Explainer(xcompile.compile(str(tmp_path / "llama.onnx"), "gradient", input_shape=12)).explain(

@@ -6,11 +6,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from clirun import inproc, one_line_error
 from torch import nn
 from torch.nn import functional as F
 
 from xcompile import compiler
-from xcompile.cli import main as cli_main
 from xcompile.errors import XCompileError
 from xcompile.patterns.fit import Fitter, fit_file, fit_patterns, load_stats, merge_stats
 from xcompile.runtime.explainer import Explainer
@@ -249,48 +249,37 @@ def test_shards_and_resume_equal_single_pass(cnn, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------- bad input
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        cli_main(args)
-    err = capsys.readouterr().err.strip()
-    return e.value.code, err
-
-
 def test_bad_inputs_exit_2_one_line(cnn, tmp_path, capsys):
     _, path, x, d = cnn
     np.save(tmp_path / "wrong.npy", np.zeros((4, 3, 10, 10), np.float32))
-    code, err = run_cli(["fit-patterns", str(path), "--data", str(tmp_path / "wrong.npy"), "-o", str(tmp_path / "p.npz"),
-                         "--no-progress"], capsys)
-    assert code == 2 and len(err.splitlines()) == 1 and "wrong.npy" in err and "[N, 2, 10, 10]" in err, err
+    one_line_error(inproc(capsys, "fit-patterns", path, "--data", tmp_path / "wrong.npy", "-o", tmp_path / "p.npz",
+                          "--no-progress"), "wrong.npy", "[N, 2, 10, 10]")
     assert not (tmp_path / "p.npz").exists()
     # a patterns file from another model
     other, _, _, _ = linear_toy(tmp_path, n=200)
     fit_file(other, tmp_path / "toy.npy", tmp_path / "toy_p.npz", progress=False)
-    code, err = run_cli(["compile", str(path), "-m", "patternnet", "--set", f"patterns={tmp_path / 'toy_p.npz'}",
-                         "-o", str(tmp_path / "ex.onnx")], capsys)
-    assert code == 2 and len(err.splitlines()) == 1 and "another model" in err, err
+    one_line_error(inproc(capsys, "compile", path, "-m", "patternnet", "--set", f"patterns={tmp_path / 'toy_p.npz'}",
+                          "-o", tmp_path / "ex.onnx"), "another model")
     assert not (tmp_path / "ex.onnx").exists()
     # not a patterns file / missing patterns option
-    code, err = run_cli(["compile", str(path), "-m", "patternattribution", "--set", f"patterns={d / 'data.npy'}",
-                         "-o", str(tmp_path / "ex.onnx")], capsys)
-    assert code == 2 and len(err.splitlines()) == 1 and "not an xcompile patterns file" in err, err
-    code, err = run_cli(["compile", str(path), "-m", "patternnet", "-o", str(tmp_path / "ex.onnx")], capsys)
-    assert code == 2 and len(err.splitlines()) == 1 and "patterns" in err, err
-    code, err = run_cli(["compile", str(path), "-m", "patternnet", "--set", "pattern=quadratic", "-o", str(tmp_path / "ex.onnx")], capsys)
-    assert code == 2 and len(err.splitlines()) == 1, err
+    one_line_error(inproc(capsys, "compile", path, "-m", "patternattribution", "--set", f"patterns={d / 'data.npy'}",
+                          "-o", tmp_path / "ex.onnx"), "not an xcompile patterns file")
+    one_line_error(inproc(capsys, "compile", path, "-m", "patternnet", "-o", tmp_path / "ex.onnx"), "patterns")
+    one_line_error(inproc(capsys, "compile", path, "-m", "patternnet", "--set", "pattern=quadratic",
+                          "-o", tmp_path / "ex.onnx"))
 
 
 def test_cli_fit_merge_compile(cnn, tmp_path, capsys):
     _, path, x, d = cnn
     for k in range(2):
-        code, _ = run_cli(["fit-patterns", str(path), "--data", str(d / "data.npy"), "-o", str(tmp_path / f"s{k}.npz"),
-                           "--shard", f"{k}/2", "--batch-size", "20"], capsys)
-        assert code == 0
-    code, _ = run_cli(["merge-patterns", str(tmp_path / "s0.npz"), str(tmp_path / "s1.npz"), "-o", str(tmp_path / "m.npz")], capsys)
-    assert code == 0
-    code, _ = run_cli(["compile", str(path), "-m", "patternattribution", "--set", f"patterns={tmp_path / 'm.npz'}",
-                       "-o", str(tmp_path / "ex.onnx")], capsys)
-    assert code == 0
+        r = inproc(capsys, "fit-patterns", path, "--data", d / "data.npy", "-o", tmp_path / f"s{k}.npz",
+                   "--shard", f"{k}/2", "--batch-size", "20")
+        assert r.returncode == 0, r.stderr
+    r = inproc(capsys, "merge-patterns", tmp_path / "s0.npz", tmp_path / "s1.npz", "-o", tmp_path / "m.npz")
+    assert r.returncode == 0, r.stderr
+    r = inproc(capsys, "compile", path, "-m", "patternattribution", "--set", f"patterns={tmp_path / 'm.npz'}",
+               "-o", tmp_path / "ex.onnx")
+    assert r.returncode == 0, r.stderr
     (tmp_path / "m.npz").unlink()  # the explainer is self-contained
     res = Explainer(tmp_path / "ex.onnx").explain(x[:3])
     assert res.relevance.shape == (3, 2, 10, 10) and np.isfinite(res.relevance).all()

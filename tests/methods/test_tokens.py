@@ -17,7 +17,6 @@ import functools
 import importlib.util
 import sys
 import types
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import xcompile  # noqa: E402
+from model_zoo.token_models import TokenLogits as Wrap  # noqa: E402  (test_contrib_models imports it from here)
+from model_zoo.token_models import export_token_classifier  # noqa: E402
 from xcompile.errors import XCompileError  # noqa: E402
 
 L, V, K, PAD = 12, 100, 3, 0
@@ -88,18 +89,6 @@ def build(kind):
     return m.eval(), names
 
 
-class Wrap(torch.nn.Module):
-    """Positional inputs in `names` order -> logits."""
-
-    def __init__(self, m, names):
-        super().__init__()
-        self.m, self.names = m, names
-
-    def forward(self, *args):
-        out = self.m(**dict(zip(self.names, args)))
-        return out if isinstance(out, torch.Tensor) else out.logits
-
-
 def example(names, seed=0):
     """Two rows; the second padded after 8 tokens (mask 0, pad id)."""
     g = torch.Generator().manual_seed(seed)
@@ -113,16 +102,7 @@ def example(names, seed=0):
 
 
 def export(wrap, names, path, exporter):
-    args = tuple(example(names))
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(None):
-        warnings.simplefilter("ignore")
-        if exporter == "legacy":
-            torch.onnx.export(wrap, args, str(path), dynamo=False, opset_version=17, input_names=names,
-                              output_names=["logits"], dynamic_axes={k: {0: "N"} for k in names + ["logits"]})
-        else:
-            n = torch.export.Dim("N", min=1, max=64)
-            torch.onnx.export(wrap, args, dynamo=True, input_names=names, output_names=["logits"],
-                              dynamic_shapes=(tuple({0: n} for _ in names),), verbose=False).save(str(path))
+    export_token_classifier(wrap, example(names), path, names=names, exporter=exporter)
 
 
 @pytest.fixture(scope="module")

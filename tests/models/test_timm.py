@@ -108,12 +108,8 @@ def test_timm_gradient_matches_autograd(case, tmp_path):
 def test_timm_resnet_lrp_epsilon_matches_zennit(tmp_path):
     """The sweep's Zennit oracle for the timm ResNet family (tools/coverage.py: residual sums as Zennit Sum
     modules, BatchNorm folded): LRP-epsilon of the compiled explainer agrees with it."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("xc_coverage_tool", Path(__file__).resolve().parents[2]
-                                                  / "tools" / "coverage.py")
-    cov = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cov)
+    from clirun import tool
+    cov = tool("coverage")
     torch.manual_seed(0)
     model = randomize(timm.create_model("test_resnet", pretrained=False, num_classes=10), 32)
     kind, why = cov.timm_zennit_plan({"family": "resnet"}, model)

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from clirun import inproc, one_line_error
 from onnx import TensorProto, helper
 
 import xcompile
-from xcompile.commands.main import main
 from xcompile.errors import XCompileError
 
 DATA = Path(xcompile.__file__).parent / "data"
@@ -79,16 +79,6 @@ def env(tmp_path_factory):
         (d / "rules" / name).write_text(text)
     (d / "afile").write_text("a file, not a folder")
     return d
-
-
-def run_cli(argv, capfd):
-    """-> (exit code, stdout, stderr at the file-descriptor level, so onnxruntime's own log lines count too); any
-    exception other than SystemExit is a traceback: the test fails."""
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    out, err = capfd.readouterr()
-    code = e.value.code if isinstance(e.value.code, int) else (0 if e.value.code is None else 1)
-    return code, out, err
 
 
 def listing(d: Path) -> set:
@@ -225,12 +215,9 @@ CASES = {
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, env, capfd):
     argv, code, fragment = CASES[case]
     before = listing(env)
-    rc, out, err = run_cli([a.format(d=env) for a in argv], capfd)
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert rc == code, (rc, out, err)
-    assert len(lines) == 1 and lines[0].startswith("xcompile: error: "), err
-    assert "Traceback" not in err + out
-    assert fragment in lines[0], (fragment, lines[0])
+    # capfd: stderr at the file-descriptor level, so onnxruntime's own log lines count too
+    assert code == 2
+    one_line_error(inproc(capfd, *(a.format(d=env) for a in argv)), fragment)
     assert listing(env) == before, listing(env) ^ before          # no file left (no partial output, no temp file)
 
 
@@ -282,7 +269,7 @@ def test_non_finite_weights_warn_once(env, tmp_path, capsys):
     a.flat[0] = np.nan
     w.CopyFrom(onnx.numpy_helper.from_array(a, w.name))
     onnx.save(m, tmp_path / "nan.onnx")
-    rc, _, err = run_cli(["compile", tmp_path / "nan.onnx", "-m", "gradient", "-o", tmp_path / "ex.onnx"], capsys)
+    rc, _, err = inproc(capsys, "compile", tmp_path / "nan.onnx", "-m", "gradient", "-o", tmp_path / "ex.onnx")
     assert rc == 0 and err.count("xcompile: warning:") == 1 and "NaN or Inf" in err and w.name in err, err
 
 
@@ -302,13 +289,13 @@ def test_infinite_mask_constant_does_not_warn_but_infinite_weight_does(tmp_path,
 
     w1 = rng.standard_normal((4, 4)).astype(np.float32)
     onnx.save(model(w1), tmp_path / "mask.onnx")
-    rc, _, err = run_cli(["compile", tmp_path / "mask.onnx", "-m", "gradient", "-o", tmp_path / "ex.onnx"], capsys)
+    rc, _, err = inproc(capsys, "compile", tmp_path / "mask.onnx", "-m", "gradient", "-o", tmp_path / "ex.onnx")
     assert rc == 0 and "warning" not in err, err
     out = xcompile.Explainer(tmp_path / "ex.onnx").explain(rng.standard_normal((2, 4)).astype(np.float32))
     assert np.isfinite(out.relevance).all() and np.isfinite(out.scores).all()
     w1[0, 0] = np.inf
     onnx.save(model(w1), tmp_path / "inf.onnx")
-    rc, _, err = run_cli(["compile", tmp_path / "inf.onnx", "-m", "gradient", "-o", tmp_path / "ex2.onnx"], capsys)
+    rc, _, err = inproc(capsys, "compile", tmp_path / "inf.onnx", "-m", "gradient", "-o", tmp_path / "ex2.onnx")
     assert rc == 0 and err.count("xcompile: warning:") == 1 and "'w1'" in err, err
 
 
@@ -320,7 +307,7 @@ def test_python_api_compile_and_options(env):
 
 
 def test_occlusion_memory_bound_and_inspect(env, monkeypatch, capsys):
-    rc, out, err = run_cli(["inspect", env / "model.onnx", "-m", "occlusion"], capsys)   # the shared support check
+    rc, out, err = inproc(capsys, "inspect", env / "model.onnx", "-m", "occlusion")   # the shared support check
     assert rc == 0 and "/fc2/Gemm" in out, err
     monkeypatch.setenv("XCOMPILE_MEMORY_CAP_MB", "0.001")
     with pytest.raises(XCompileError, match="occlusion with 64 windows: needs about"):
@@ -387,7 +374,7 @@ def test_three_concurrent_compiles_to_one_output(tmp_path):
 
 def test_run_out_folder_is_marked_complete(env, tmp_path, capfd):
     out = tmp_path / "r"
-    rc, _, err = run_cli(["run", env / "explainer.onnx", "-i", env / "x.npy", "--out", out], capfd)
+    rc, _, err = inproc(capfd, "run", env / "explainer.onnx", "-i", env / "x.npy", "--out", out)
     assert rc == 0, err
     listed = (out / "_COMPLETE").read_text().split()
     assert sorted(listed) == sorted(p.name for p in out.iterdir() if p.name != "_COMPLETE")
@@ -446,9 +433,7 @@ def test_usage_errors_are_found_by_class_name_not_import_path(monkeypatch, capsy
         pass
     for exc in errors:
         monkeypatch.setattr(cli_main, "app", _raise(exc))
-        rc, out, err = run_cli(["anything"], capsys)
-        lines = err.strip().splitlines()
-        assert rc == 2 and len(lines) == 1 and lines[0].startswith("xcompile: error: ") and "Traceback" not in err, err
+        one_line_error(inproc(capsys, "anything"))
     monkeypatch.setattr(cli_main, "app", _raise(RuntimeError("a bug")))   # a real bug still shows its traceback
     with pytest.raises(RuntimeError):
         cli_main.main(["anything"])

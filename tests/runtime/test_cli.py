@@ -1,32 +1,17 @@
 """The command line as a user meets it: the demo, compile -> run -> inspect, deterministic output, and bad input
 answered by ONE line naming the file/node/option at fault, exit code 2, no traceback, no partial output."""
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from clirun import cli, one_line_error
 from onnx import TensorProto, helper, numpy_helper
 
 import xcompile
 
 DATA = Path(xcompile.__file__).parent / "data"
 DIGITS = DATA / "digits_cnn.onnx"
-
-
-def cli(*args, cwd=None):
-    p = subprocess.run([sys.executable, "-m", "xcompile", *map(str, args)], capture_output=True, text=True, cwd=cwd)
-    return p.returncode, p.stdout, p.stderr
-
-
-def assert_one_line_error(rc, err, *fragments):
-    assert rc == 2, err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("xcompile: error: "), err
-    assert "Traceback" not in err
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +70,8 @@ def test_compiling_twice_gives_identical_bytes(tmp_path):
 def test_unsupported_operators_are_listed_all_at_once(unsupported_model, tmp_path):
     for method in ("gradient", "lrp"):
         out = tmp_path / f"{method}.onnx"
-        rc, _, err = cli("compile", unsupported_model, "-m", method, "-o", out)
-        assert_one_line_error(rc, err, str(unsupported_model), "3 unsupported", "tan0 (Tan)", "atan0 (Atan)", "asinh0 (Asinh)")
+        one_line_error(cli("compile", unsupported_model, "-m", method, "-o", out),
+                       str(unsupported_model), "3 unsupported", "tan0 (Tan)", "atan0 (Atan)", "asinh0 (Asinh)")
         assert not out.exists()
     rc, out, _ = cli("inspect", unsupported_model)
     assert "unsupported: tan0 (Tan)" in out and "unsupported: asinh0 (Asinh)" in out
@@ -105,16 +90,14 @@ def test_unsupported_operators_are_listed_all_at_once(unsupported_model, tmp_pat
 ])
 def test_bad_compile_input_is_one_line_exit_2_and_writes_nothing(args, fragments, tmp_path):
     out = tmp_path / "never.onnx"
-    rc, _, err = cli(*args, "-o", out)
-    assert_one_line_error(rc, err, *fragments)
+    one_line_error(cli(*args, "-o", out), *fragments)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_malformed_rule_file_names_the_file(tmp_path):
     rules = tmp_path / "mine.toml"
     rules.write_text('[[rule]]\nselect = { op = "Conv" }\nrule = "no-such-rule"\n')
-    rc, _, err = cli("compile", DIGITS, "-m", "lrp", "-r", rules, "-o", tmp_path / "x.onnx")
-    assert_one_line_error(rc, err, "mine.toml")
+    one_line_error(cli("compile", DIGITS, "-m", "lrp", "-r", rules, "-o", tmp_path / "x.onnx"), "mine.toml")
     assert not (tmp_path / "x.onnx").exists()
 
 
@@ -133,16 +116,14 @@ def gradient_explainer(tmp_path_factory):
 ])
 def test_bad_run_input_is_one_line_exit_2(gradient_explainer, array, extra, fragments, tmp_path):
     np.save(tmp_path / "bad.npy", array)
-    rc, _, err = cli("run", gradient_explainer, "-i", tmp_path / "bad.npy", "--out", tmp_path / "res", *extra)
-    assert_one_line_error(rc, err, *fragments)
+    one_line_error(cli("run", gradient_explainer, "-i", tmp_path / "bad.npy", "--out", tmp_path / "res", *extra),
+                   *fragments)
     assert not (tmp_path / "res").exists()
 
 
 def test_run_missing_explainer_and_missing_input(gradient_explainer, tmp_path):
-    rc, _, err = cli("run", tmp_path / "none.onnx", "-i", tmp_path / "x.npy")
-    assert_one_line_error(rc, err, "none.onnx", "no such explainer file")
-    rc, _, err = cli("run", gradient_explainer, "-i", tmp_path / "missing.npy", "--out", tmp_path / "res")
-    assert_one_line_error(rc, err, "missing.npy")
+    one_line_error(cli("run", tmp_path / "none.onnx", "-i", tmp_path / "x.npy"), "none.onnx", "no such explainer file")
+    one_line_error(cli("run", gradient_explainer, "-i", tmp_path / "missing.npy", "--out", tmp_path / "res"), "missing.npy")
 
 
 def test_python_api_validates_inputs(gradient_explainer):

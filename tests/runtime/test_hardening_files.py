@@ -4,15 +4,13 @@ import functools
 import json
 import os
 import stat
-import subprocess
-import sys
-import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from clirun import ENV, cli, inproc, one_line_error
 from onnx import TensorProto, helper
 
 import xcompile
@@ -20,41 +18,6 @@ from xcompile.errors import XCompileError
 from xcompile.write.writer import save
 
 DATA = Path(xcompile.__file__).parent / "data"
-ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-
-
-class _Result:
-    def __init__(self, returncode, stdout, stderr, seconds):
-        self.returncode, self.stdout, self.stderr, self.seconds = returncode, stdout, stderr, seconds
-
-
-def inproc(capsys, *args):
-    """The CLI in this process (no interpreter start-up per call): exit code, stdout, stderr."""
-    from xcompile.commands.main import main
-    capsys.readouterr()
-    t0 = time.monotonic()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out = capsys.readouterr()
-    return _Result(code, out.out, out.err, time.monotonic() - t0)
-
-
-def cli(*args, timeout=60, env=None):
-    t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "xcompile", *map(str, args)], capture_output=True, text=True,
-                       timeout=timeout, env=env or ENV)
-    r.seconds = time.monotonic() - t0
-    return r
-
-
-def one_line(r):
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert r.returncode == 2, (r.returncode, r.stdout[-1500:], r.stderr[-1500:])
-    assert len(lines) == 1 and lines[0].startswith("xcompile: error:"), r.stderr[-1500:]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +37,7 @@ def test_fifo_input_refused(explainer, tmp_path):
     fifo = tmp_path / "x.npy"
     os.mkfifo(fifo)
     r = cli("run", explainer, "-i", fifo, "--out", tmp_path / "o", timeout=30)
-    assert "FIFO" in one_line(r) and r.seconds < 30 and not (tmp_path / "o").exists()
+    assert "FIFO" in one_line_error(r) and r.seconds < 30 and not (tmp_path / "o").exists()
 
 
 def _png_header(w: int, h: int) -> bytes:
@@ -106,11 +69,9 @@ def test_memory_bombs_refused_before_allocating(explainer, tmp_path):
     env = dict(ENV, XCOMPILE_MEMORY_CAP_MB="200")
     for args, needle in (((explainer, "-i", bomb), "GB"), ((explainer, "-i", png), "megapixels")):
         # VmHWM is the child's own peak (ru_maxrss would keep the forking pytest process's size across exec)
-        code = ("import re, sys; sys.argv = ['xcompile', 'run', *sys.argv[1:]];"
-                "from xcompile.commands.main import main\ntry:\n main()\nfinally:\n"
-                " print('PEAK', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1), file=sys.stderr)")
-        r = subprocess.run([sys.executable, "-c", code, *map(str, args), "--out", str(tmp_path / "o")],
-                           capture_output=True, text=True, timeout=60, env=env)
+        probe = ("import atexit, re, sys; atexit.register(lambda: print('PEAK', re.search(r'VmHWM:\\s+(\\d+)', "
+                 "open('/proc/self/status').read()).group(1), file=sys.stderr))")
+        r = cli("run", *args, "--out", tmp_path / "o", timeout=60, env=env, prelude=probe)
         peak = int(r.stderr.split("PEAK")[1].split()[0])
         assert r.returncode == 2 and needle in r.stderr and peak < 600_000, (r.stderr[-800:], peak)  # kB
     from xcompile.runtime.tokens import load_vocabulary
@@ -123,13 +84,13 @@ def test_run_never_overwrites_inputs_or_foreign_files(explainer, sample, tmp_pat
     d.mkdir()
     np.save(d / "scores.npy", sample)
     before = (d / "scores.npy").read_bytes()
-    line = one_line(inproc(capsys, "run", explainer, "-i", d / "scores.npy", "--out", d))
+    line = one_line_error(inproc(capsys, "run", explainer, "-i", d / "scores.npy", "--out", d))
     assert "input" in line and (d / "scores.npy").read_bytes() == before
     other = tmp_path / "o"
     other.mkdir()
     (other / "x_0_relevance.npy").write_bytes(b"mine")
     np.save(tmp_path / "x.npy", sample)
-    line = one_line(inproc(capsys, "run", explainer, "-i", tmp_path / "x.npy", "--out", other))
+    line = one_line_error(inproc(capsys, "run", explainer, "-i", tmp_path / "x.npy", "--out", other))
     assert "--overwrite" in line and (other / "x_0_relevance.npy").read_bytes() == b"mine"
     assert inproc(capsys, "run", explainer, "-i", tmp_path / "x.npy", "--out", other, "--overwrite").returncode == 0
     assert inproc(capsys, "run", explainer, "-i", tmp_path / "x.npy", "--out", other).returncode == 0  # ours now
@@ -175,13 +136,14 @@ def test_rule_regex_linear_time(tmp_path, capsys):
     for pattern, ok in (("^(a+)+$", True), ("a{99999999999}", None), ("(" * 100_000, False)):
         rules = tmp_path / "r.toml"
         rules.write_text(f'[[rule]]\nname_regex = "{pattern}"\nrule = "epsilon"\n[[rule]]\nrule = "zero"\n')
-        run = cli if ok else functools.partial(inproc, capsys)  # the backtracking case in a child (bounded wait)
+        # the backtracking case in a child (bounded wait)
+        run = functools.partial(cli, timeout=60) if ok else functools.partial(inproc, capsys)
         r = run("compile", m, "-m", "lrp", "-r", rules, "-o", tmp_path / "e.onnx")
         assert r.seconds < 30
         if ok:
             assert r.returncode == 0, r.stderr
         elif ok is False:
-            assert "name_regex" in one_line(r)
+            assert "name_regex" in one_line_error(r)
         else:
             assert r.returncode in (0, 2) and "Traceback" not in r.stderr
 
@@ -217,36 +179,33 @@ def test_neuralized_run_and_predicted(tmp_path, capsys):
 
 def test_all_nan_input_names_the_input(explainer, sample, tmp_path, capsys):
     np.save(tmp_path / "nan.npy", np.full_like(sample, np.nan))
-    line = one_line(inproc(capsys, "run", explainer, "-i", tmp_path / "nan.npy", "--out", tmp_path / "o"))
+    line = one_line_error(inproc(capsys, "run", explainer, "-i", tmp_path / "nan.npy", "--out", tmp_path / "o"))
     assert "nan.npy" in line and "NaN" in line and not (tmp_path / "o").exists()
 
 
 def test_long_set_value_and_model_output_clash(tmp_path, capsys):
     r = inproc(capsys, "compile", DATA / "digits_cnn.onnx", "-m", "smoothgrad", "--set", "noise_level=" + "9" * 300,
             "-o", tmp_path / "e.onnx")
-    assert "noise_level" in one_line(r) and not (tmp_path / "e.onnx").exists()
+    assert "noise_level" in one_line_error(r) and not (tmp_path / "e.onnx").exists()
     m = onnx.load(DATA / "digits_cnn.onnx")
     out = m.graph.output[0].name
     m.graph.node.append(helper.make_node("Identity", [out], ["explained_class"]))
     m.graph.output.append(helper.make_tensor_value_info("explained_class", TensorProto.FLOAT, ["N", 10]))
     onnx.save(m, tmp_path / "clash.onnx")
-    assert "explained_class" in one_line(inproc(capsys, "compile", tmp_path / "clash.onnx", "-m", "gradient",
-                                             "-o", tmp_path / "c.onnx"))
+    assert "explained_class" in one_line_error(inproc(capsys, "compile", tmp_path / "clash.onnx", "-m", "gradient",
+                                                   "-o", tmp_path / "c.onnx"))
 
 
 def test_visualize_and_spray_without_scipy(tmp_path):
     """`pip install -e .` has no scipy / scikit-learn: visualize works (numpy blur, equal to scipy's), spray names its
     extra in one line."""
-    block = ("import sys; sys.modules['scipy'] = None; sys.modules['sklearn'] = None\n"
-             "from xcompile.commands.main import main; main()")
-    r = subprocess.run([sys.executable, "-c", block, "visualize", str(DATA / "digits_cnn.onnx"), "--class", "7",
-                        "--set", "low=0", "--set", "high=1", "--steps", "8", "-o", str(tmp_path / "s.npy")],
-                       capture_output=True, text=True, timeout=120, env=ENV)
+    block = "import sys; sys.modules['scipy'] = None; sys.modules['sklearn'] = None"
+    r = cli("visualize", DATA / "digits_cnn.onnx", "--class", "7", "--set", "low=0", "--set", "high=1", "--steps", "8",
+            "-o", tmp_path / "s.npy", timeout=120, prelude=block)
     assert r.returncode == 0 and (tmp_path / "s.npy").is_file(), r.stderr[-1500:]
-    r = subprocess.run([sys.executable, "-c", block, "spray", str(DATA / "digits_cnn.onnx"), "--data",
-                        str(DATA / "digits_heldout.npz"), "--class", "0", "--out", str(tmp_path / "sp")],
-                       capture_output=True, text=True, timeout=120, env=ENV)
-    assert "xcompile[analysis]" in one_line(r)
+    r = cli("spray", DATA / "digits_cnn.onnx", "--data", DATA / "digits_heldout.npz", "--class", "0",
+            "--out", tmp_path / "sp", timeout=120, prelude=block)
+    assert "xcompile[analysis]" in one_line_error(r)
     scipy_ndimage = pytest.importorskip("scipy.ndimage")
     from xcompile.visualize import gaussian_filter
     x = np.random.default_rng(0).normal(size=(2, 3, 17, 13)).astype(np.float32)
@@ -285,13 +244,14 @@ def test_evaluate_bad_values_and_telemetry(explainer, tmp_path, capsys):
     (tmp_path / "empty.npy").write_bytes(b"")
     r = inproc(capsys, "evaluate", DATA / "digits_cnn.onnx", "--data", tmp_path / "x.npy", "--methods", "gradient",
             "--batch-size", "0", "--out", tmp_path / "ev")
-    assert "--batch-size" in one_line(r)
+    assert "--batch-size" in one_line_error(r)
     for boxes in (tmp_path / "missing.npy", tmp_path / "empty.npy"):
         r = inproc(capsys, "pool-relevance", explainer, "--data", tmp_path / "x.npy", "--boxes", boxes)
-        assert "--boxes" in one_line(r) or "numpy" in one_line(r)
+        assert "--boxes" in one_line_error(r) or "numpy" in one_line_error(r)
     home = tmp_path / "home"
     home.write_text("a file, not a folder: onnxruntime cannot persist its telemetry id here")
-    r = cli("run", explainer, "-i", tmp_path / "x.npy", "--out", tmp_path / "o", env=dict(ENV, HOME=str(home)))
+    r = cli("run", explainer, "-i", tmp_path / "x.npy", "--out", tmp_path / "o", timeout=60,
+            env=dict(ENV, HOME=str(home)))
     assert r.returncode == 0 and "telemetry" not in r.stderr and r.stderr.strip() == "", r.stderr
 
 
@@ -308,7 +268,7 @@ def test_run_prints_class_names_from_metadata(tmp_path, capsys):
 
 
 def test_triton_export_ranges_and_atomic_folder(explainer, tmp_path, capsys):
-    line = one_line(inproc(capsys, "export-triton", explainer, "--repo", tmp_path / "repo", "--max-batch", 2**40))
+    line = one_line_error(inproc(capsys, "export-triton", explainer, "--repo", tmp_path / "repo", "--max-batch", 2**40))
     assert "--max-batch" in line and not (tmp_path / "repo" / "digits").exists()
     assert inproc(capsys, "export-triton", explainer, "--repo", tmp_path / "repo").returncode == 0
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["digits"]  # no temporary folder left

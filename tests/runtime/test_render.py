@@ -7,6 +7,7 @@ import io
 
 import numpy as np
 import pytest
+from clirun import inproc, one_line_error
 from PIL import Image
 
 import xcompile
@@ -65,8 +66,6 @@ def test_run_outputs_all_and_relevance_only(explainer, tmp_path):
 
 
 def test_outputs_option_is_checked(explainer, tmp_path, capfd):
-    from xcompile.commands.main import main
     np.save(tmp_path / "d.npy", np.zeros((1, 1, 8, 8), np.float32))
-    with pytest.raises(SystemExit) as e:
-        main(["run", str(explainer), "-i", str(tmp_path / "d.npy"), "--out", str(tmp_path / "o"), "--outputs", "png"])
-    assert e.value.code == 2 and "--outputs 'png'" in capfd.readouterr().err
+    r = inproc(capfd, "run", explainer, "-i", tmp_path / "d.npy", "--out", tmp_path / "o", "--outputs", "png")
+    one_line_error(r, "--outputs 'png'")

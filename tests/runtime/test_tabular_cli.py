@@ -1,23 +1,17 @@
 """`xcompile run` on feature rows (.csv with a header, .npy) and `xcompile demo --task tabular` (docs/tabular.md)."""
 import csv
-import subprocess
-import sys
 import warnings
 
 import numpy as np
 import onnx
 import pytest
+from clirun import cli, one_line_error
 
 from xcompile.runtime.explainer import Explainer
 
 skl2onnx = pytest.importorskip("skl2onnx")
 from sklearn.datasets import load_breast_cancer  # noqa: E402
 from sklearn.ensemble import RandomForestClassifier  # noqa: E402
-
-
-def cli(*args):
-    p = subprocess.run([sys.executable, "-m", "xcompile", *map(str, args)], capture_output=True, text=True)
-    return p.returncode, p.stdout, p.stderr
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +59,8 @@ def test_run_csv_with_header_and_npy(forest, tmp_path):
 def test_run_csv_bad_width_is_one_line(forest, tmp_path):
     d, X, names = forest
     (tmp_path / "bad.csv").write_text("1,2,3\n4,5,6\n")
-    rc, out, err = cli("run", d / "rf_shap.onnx", "--input", tmp_path / "bad.csv", "--out", tmp_path / "o")
-    assert rc == 2 and "expects [N, 30]" in err and len(err.strip().splitlines()) == 1
+    one_line_error(cli("run", d / "rf_shap.onnx", "--input", tmp_path / "bad.csv", "--out", tmp_path / "o"),
+                   "expects [N, 30]")
 
 
 def test_demo_tabular(tmp_path):

@@ -9,7 +9,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
+from clirun import cli
 from onnx import numpy_helper
 from PIL import Image
 
@@ -40,11 +40,6 @@ def has_token_core() -> bool:
 
 needs_tokens = pytest.mark.skipif(not has_token_core(), reason="token-id explainers (Explainer.token_input) "
                                   "are not in this checkout yet")
-
-
-def cli(*args):
-    p = subprocess.run([sys.executable, "-m", "xcompile", *map(str, args)], capture_output=True, text=True)
-    return p.returncode, p.stdout, p.stderr
 
 
 class Spans(HTMLParser):
@@ -374,19 +369,10 @@ def test_run_text_lines_through_a_tokenizer_on_a_two_input_bert(tokenizer_json, 
     def logits(input_ids, attention_mask):
         return bert(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    class Wrap(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask).logits
+    from model_zoo.token_models import TokenLogits, export_token_classifier
     model = tmp_path / "bert.onnx"
     ids0, mask0 = torch.randint(4, 14, (2, 12)), torch.ones(2, 12, dtype=torch.long)
-    with torch.no_grad():
-        torch.onnx.export(Wrap().eval(), (ids0, mask0), str(model), dynamo=False, opset_version=17,
-                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                          dynamic_axes={"input_ids": {0: "N"}, "attention_mask": {0: "N"}, "logits": {0: "N"}})
+    export_token_classifier(TokenLogits(bert), (ids0, mask0), model)
     explainer = tmp_path / "ixg.onnx"
     rc, _, err = cli("compile", model, "-m", "input_x_gradient", "-o", explainer)
     assert rc == 0, err

@@ -2,12 +2,11 @@
 softmax >= 0.9, a seed makes it reproducible, bad options give one line on stderr and exit code 2."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from clirun import cli, inproc, one_line_error
 
 import xcompile
 from xcompile.visualize import maximize
@@ -46,19 +45,14 @@ def test_mean_std_bounds_map_to_model_space():
     assert r.x.min() >= -2.0 - 1e-6 and r.x.max() <= 2.0 + 1e-6
 
 
-def run_cli(*args):
-    p = subprocess.run([sys.executable, "-m", "xcompile", "visualize", *map(str, args)], capture_output=True, text=True)
-    return p.returncode, p.stdout, p.stderr
-
-
 def test_cli_single_class_and_grid(tmp_path):
     out = tmp_path / "seven.npy"
-    rc, stdout, err = run_cli(DIGITS, "--class", 7, "--set", "low=0", "--set", "high=1", "-o", out)
+    rc, stdout, err = cli("visualize", DIGITS, "--class", 7, "--set", "low=0", "--set", "high=1", "-o", out)
     assert rc == 0, err
     x = np.load(out)
     assert x.shape == (1, 1, 8, 8) and out.with_suffix(".png").is_file()
     assert "class 7: score" in stdout and "softmax" in stdout
-    rc, stdout, err = run_cli(DIGITS, "--classes", "0,1,2", "--steps", 50, "--grid", tmp_path / "grid.png")
+    rc, stdout, err = cli("visualize", DIGITS, "--classes", "0,1,2", "--steps", 50, "--grid", tmp_path / "grid.png")
     assert rc == 0, err
     assert (tmp_path / "grid.png").is_file() and stdout.count("softmax") == 3
 
@@ -75,22 +69,11 @@ def test_cli_single_class_and_grid(tmp_path):
     (["--class", 1, "--set", "nope=1"], "nope"),
     (["--class", 1, "--set", "mean=0.1,0.2"], "mean"),
 ])
-def test_bad_options_one_line_exit_2(args, fragment, tmp_path):
-    from xcompile.cli import main
+def test_bad_options_one_line_exit_2(args, fragment, tmp_path, capsys):
     out = tmp_path / "x.npy"
-    import contextlib
-    import io
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as e:
-        main(["visualize", str(DIGITS), *map(str, args), "-o", str(out)])
-    lines = [ln for ln in err.getvalue().strip().splitlines() if ln.strip()]
-    assert e.value.code == 2, err.getvalue()
-    assert len(lines) == 1 and lines[0].startswith("xcompile: error: ") and fragment in lines[0], lines
-    assert "Traceback" not in err.getvalue()
+    one_line_error(inproc(capsys, "visualize", DIGITS, *args, "-o", out), fragment)
     assert not out.exists() and not out.with_suffix(".png").exists()
 
 
 def test_bad_model_path_one_line(tmp_path):
-    rc, _, err = run_cli(tmp_path / "missing.onnx", "--class", 1, "-o", tmp_path / "x.npy")
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert rc == 2 and len(lines) == 1 and "Traceback" not in err
+    one_line_error(cli("visualize", tmp_path / "missing.onnx", "--class", 1, "-o", tmp_path / "x.npy"))

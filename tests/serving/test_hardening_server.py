@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clirun import ENV, cli, inproc, one_line_error
 
 import xcompile
 from xcompile.write.writer import save
@@ -28,33 +29,6 @@ from xcompile.serving.server import free_port  # noqa: E402
 DATA = Path(xcompile.__file__).parent / "data"
 KEY = "k3y-for-tests-0123456789"
 HOST = "127.0.0.1"
-ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-
-
-class _Result:
-    def __init__(self, returncode, stdout, stderr, seconds):
-        self.returncode, self.stdout, self.stderr, self.seconds = returncode, stdout, stderr, seconds
-
-
-def inproc(capsys, *args):
-    """The CLI in this process (no interpreter start-up per call): exit code, stdout, stderr."""
-    from xcompile.commands.main import main
-    capsys.readouterr()
-    t0 = time.monotonic()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out = capsys.readouterr()
-    return _Result(code, out.out, out.err, time.monotonic() - t0)
-
-
-def one_line_error(r):
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
-    assert len(lines) == 1 and lines[0].startswith("xcompile: error:"), r.stderr[-2000:]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -320,10 +294,8 @@ def test_serve_refuses_in_one_line(explainer, tmp_path, capsys):
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         assert "CUDA" in one_line_error(inproc(capsys, "serve", explainer, "--device", "cuda", "--port", free_port(),
                                                "--grpc-port", free_port()))
-    block = ("import sys; sys.modules['mlserver'] = None\n"
-             "from xcompile.commands.main import main; main()")
-    r = subprocess.run([sys.executable, "-c", block, "serve", str(explainer), "--port", str(free_port()),
-                        "--grpc-port", str(free_port())], capture_output=True, text=True, timeout=60, env=ENV)
+    r = cli("serve", explainer, "--port", free_port(), "--grpc-port", free_port(), timeout=60,
+            prelude="import sys; sys.modules['mlserver'] = None")
     assert "xcompile[serve]" in one_line_error(r) and "serving" not in r.stdout
 
 

@@ -16,19 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clirun import inproc, one_line_error, tool
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("xc_conformance", ROOT / "tools" / "conformance.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-conformance = _tool()
+conformance = tool("conformance")
 
 
 def need(*what):
@@ -179,19 +173,12 @@ def test_view_serves_the_site_on_localhost(explainers):
 
 
 def test_export_web_errors_are_one_line(explainers, tmp_path, monkeypatch, capfd):
-    from xcompile.commands.main import main
-    ex = str(explainers[0]["path"])
-
-    def run(*argv):
-        with pytest.raises(SystemExit) as e:
-            main([str(a) for a in argv])
-        return e.value.code, capfd.readouterr().err
-    code, err = run("export-web", ROOT / "xcompile" / "data" / "digits_cnn.onnx", "-o", tmp_path / "a")
-    assert code == 2 and "not an xcompile explainer" in err and len(err.strip().splitlines()) == 1
+    ex = explainers[0]["path"]
+    one_line_error(inproc(capfd, "export-web", ROOT / "xcompile" / "data" / "digits_cnn.onnx", "-o", tmp_path / "a"),
+                   "not an xcompile explainer")
     monkeypatch.setenv("XCOMPILE_CACHE", str(tmp_path / "empty_cache"))
     monkeypatch.setenv("PATH", str(tmp_path / "no_bin"))
-    code, err = run("export-web", ex, "-o", tmp_path / "b")
-    assert code == 2 and "npm is not installed" in err and "--ort-web" in err and len(err.strip().splitlines()) == 1
+    one_line_error(inproc(capfd, "export-web", ex, "-o", tmp_path / "b"), "npm is not installed", "--ort-web")
     assert not (tmp_path / "b").exists()  # nothing written
-    code, err = run("export-web", ex, "-o", tmp_path / "c", "--ort-web", tmp_path)
-    assert code == 2 and "--ort-web" in err and not (tmp_path / "c").exists()
+    r = inproc(capfd, "export-web", ex, "-o", tmp_path / "c", "--ort-web", tmp_path)
+    assert r.returncode == 2 and "--ort-web" in r.stderr and not (tmp_path / "c").exists()

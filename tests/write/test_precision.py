@@ -81,19 +81,10 @@ def test_float16_explainer_of_resnet18(tmp_path):
     and correlates > 0.99 with it."""
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
-    from model_zoo.zoo import export_onnx
+    from model_zoo.zoo import export_calibrated
     torch.manual_seed(0)
     m = torchvision.models.resnet18(num_classes=10)
-    gen = torch.Generator().manual_seed(0)
-    for b in [b for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)]:
-        b.reset_running_stats()
-        b.momentum = None
-        b.train()
-    with torch.no_grad():
-        for _ in range(2):
-            m(torch.randn(8, 3, 64, 64, generator=gen))
-    m.eval()
-    export_onnx(m, torch.randn(1, 3, 64, 64, generator=gen), tmp_path / "r18.onnx")
+    export_calibrated(m, torch.Generator().manual_seed(0), 64, tmp_path / "r18.onnx")
     x = np.random.RandomState(5).randn(2, 3, 64, 64).astype(np.float32)
     target = np.array([-1, -1])
     full = xcompile(str(tmp_path / "r18.onnx"), "gradient")

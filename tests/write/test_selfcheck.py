@@ -4,12 +4,11 @@ verify=false, probe=FILE.npy, the metadata, `inspect` and the opt-in log."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnx
 import pytest
+from clirun import ENV, cli, one_line_error
 from onnx import TensorProto, helper, numpy_helper
 
 import xcompile
@@ -115,14 +114,12 @@ def test_log_cli_exit_code_and_inspect(tmp_path, monkeypatch):
     model = tmp_path / "m.onnx"
     onnx.save(_two_path_model(), model)
     log = tmp_path / "verify.jsonl"
-    env = {**__import__("os").environ, "XCOMPILE_VERIFY_LOG": str(log)}
     out = tmp_path / "x.onnx"
-    r = subprocess.run([sys.executable, "-m", "xcompile", "compile", str(model), "-m", "gradient", "-o", str(out)],
-                       capture_output=True, text=True, env=env)
+    r = cli("compile", model, "-m", "gradient", "-o", out, env=dict(ENV, XCOMPILE_VERIFY_LOG=str(log)))
     assert r.returncode == 0, r.stderr
     line = json.loads(log.read_text().splitlines()[-1])
     assert line["method"] == "gradient" and line["pass"] and {"error", "tolerance", "model"} <= set(line)
-    r = subprocess.run([sys.executable, "-m", "xcompile", "inspect", str(out)], capture_output=True, text=True)
+    r = cli("inspect", out)
     assert r.returncode == 0 and "self-check: passed (check gradient-fd" in r.stdout
 
 
@@ -130,13 +127,10 @@ def test_cli_refusal_is_one_line_exit_2(tmp_path):
     """A broken op table in a child process (the test double installed by a sitecustomize-like -c prelude)."""
     model = tmp_path / "m.onnx"
     onnx.save(_two_path_model(), model)
-    code = ("import sys; from xcompile.backward import table; from xcompile.backward.table import Backward;"
+    code = ("from xcompile.backward import table; from xcompile.backward.table import Backward;"
             "o = table.TABLE['Relu'];"
-            "table.TABLE['Relu'] = Backward(lambda ctx, gy: [ctx.b.mul(o.fn(ctx, gy)[0], ctx.b.f32(-1.0))], o.inputs);"
-            "from xcompile.commands.main import main; main(sys.argv[1:])")
+            "table.TABLE['Relu'] = Backward(lambda ctx, gy: [ctx.b.mul(o.fn(ctx, gy)[0], ctx.b.f32(-1.0))], o.inputs)")
     out = tmp_path / "x.onnx"
-    r = subprocess.run([sys.executable, "-c", code, "compile", str(model), "-m", "gradient", "-o", str(out)],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and not out.exists()
-    lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and "self-check failed" in lines[0] and "'relu' (Relu)" in lines[0]
+    one_line_error(cli("compile", model, "-m", "gradient", "-o", out, prelude=code),
+                   "self-check failed", "'relu' (Relu)")
+    assert not out.exists()

@@ -13,8 +13,6 @@ EmbedLayerNormalization's word look-up (``Gather(word_embedding, input_ids)``) b
 output E (``embedding_relevance``)."""
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, shape_inference
@@ -238,15 +236,6 @@ def unfused_view(g, where: str = "model") -> None:
     if refused:
         raise XCompileError(f"{where}: fused onnxruntime op(s) in a mode the explainer does not expand: "
                             f"{', '.join(refused)}; {ADVICE}")
-    for t in v.b.initializers:
-        g.initializers[t.name] = t
-        g.virtual_consts[t.name] = t
-    g.nodes = nodes
-    g.producer, g.consumers = {}, defaultdict(list)
-    for node in g.nodes:
-        for o in node.output:
-            if o:
-                g.producer[o] = node
-        for i in node.input:
-            if i:
-                g.consumers[i].append(node)
+    consts = {t.name: t for t in v.b.initializers}
+    g.virtual_consts.update(consts)
+    g.walk(nodes, consts)

@@ -255,12 +255,7 @@ def _recompute_data_path(g, v: _View) -> None:
                     v.consts[own].name = own
                     c.input[k] = own
         v.nodes[j] = c
-        for o, new in zip(n.output, c.output):
-            if o and new != o:
-                v.virtual[new] = c
-                g.shapes[new] = g.shapes.get(o)
-                if o in g.dtypes:
-                    g.dtypes[new] = g.dtypes[o]
+        _virtual_copy(g, v, n, c)
         if _with_indices(c, g):
             v.virtual[c.output[1]] = c
     _recomputed_scores(g, v)
@@ -277,13 +272,19 @@ def _recomputed_scores(g, v: _View) -> None:
     c.CopyFrom(node)
     c.name = f"{PREFIX}/{node.name or g.explained}/scores"
     c.output[:] = [f"{PREFIX}/{o}/scores" if o else "" for o in node.output]
+    _virtual_copy(g, v, node, c)
+    g.virtual_alias = {g.explained: c.output[list(node.output).index(g.explained)]}
+
+
+def _virtual_copy(g, v: _View, node, c) -> None:
+    """``c``, a recomputing copy of ``node``: its renamed outputs are virtual tensors with the shapes and dtypes of
+    the outputs they copy."""
     for o, new in zip(node.output, c.output):
-        if o:
+        if o and new != o:
             v.virtual[new] = c
             g.shapes[new] = g.shapes.get(o)
             if o in g.dtypes:
                 g.dtypes[new] = g.dtypes[o]
-    g.virtual_alias = {g.explained: c.output[list(node.output).index(g.explained)]}
 
 
 def _with_indices(c, g) -> bool:

@@ -6,6 +6,7 @@ Installed by ``limits.launch()`` in the MLServer process (no mlserver import at 
   a connection that has not sent a complete request head within it is closed, whether it is new or kept alive:
   slowloris), at most ``max_connections`` open connections (more are closed on arrival, so file descriptors stay
   free for served clients), and h11's bound on the header block (``MAX_HEADER_BYTES``).
+* ``HttpMiddleware``: the frame both ASGI middlewares share (``RequestGuard`` here, ``limits.BodyLimit``).
 * ``RequestGuard`` (ASGI, in front of ``BodyLimit``): at most ``MAX_HEADERS`` header lines (431: MLServer's
   header handling is quadratic in their number), the repository endpoints (``/v2/repository/...``: load /
   unload) answered 403 unless enabled, and, with an API key, 401 for any request without ``X-API-Key: KEY`` or
@@ -50,11 +51,13 @@ def key_matches(given, key: str) -> bool:
     return hmac.compare_digest(given.encode("latin-1", "replace"), key.encode("latin-1", "replace"))
 
 
-class RequestGuard:
-    """ASGI middleware: header count, repository endpoints, API key - checked before anything else runs."""
+class HttpMiddleware:
+    """An ASGI middleware's frame: scopes other than HTTP (lifespan) go straight to the app; an HTTP request goes
+    to ``http()``, which either refuses it with ``_reject`` (a one-line JSON error, the connection closed) or
+    hands it on to ``self.app``."""
 
-    def __init__(self, app, api_key: str | None = None, repository: bool = False):
-        self.app, self.api_key, self.repository = app, api_key, repository
+    def __init__(self, app):
+        self.app = app
 
     async def _reject(self, send, status: int, message: str) -> None:
         start, body = _json(status, message)
@@ -64,6 +67,20 @@ class RequestGuard:
     async def __call__(self, scope, receive, send):
         if scope.get("type") != "http":
             return await self.app(scope, receive, send)
+        return await self.http(scope, receive, send)
+
+    async def http(self, scope, receive, send):
+        raise NotImplementedError
+
+
+class RequestGuard(HttpMiddleware):
+    """ASGI middleware: header count, repository endpoints, API key - checked before anything else runs."""
+
+    def __init__(self, app, api_key: str | None = None, repository: bool = False):
+        super().__init__(app)
+        self.api_key, self.repository = api_key, repository
+
+    async def http(self, scope, receive, send):
         headers = scope.get("headers") or []
         if len(headers) > MAX_HEADERS:
             return await self._reject(send, 431, f"{len(headers)} header lines; at most {MAX_HEADERS}")

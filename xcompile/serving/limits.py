@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from .guard import _json
+from .guard import HttpMiddleware
 
 LIMITS_FILE = "xcompile-limits.json"
 DEFAULT_MAX_REQUEST_MB = 16.0
@@ -27,26 +27,20 @@ DEFAULT_MAX_CONNECTIONS = 1000
 MAX_REQUEST_MB = 2000.0          # gRPC's message length is an int32 (2147 MB)
 
 
-class BodyLimit:
+class BodyLimit(HttpMiddleware):
     """ASGI middleware: 413 for a body over ``max_bytes`` (Content-Length or streamed), before the app reads it;
     408 for a body not received within ``timeout`` seconds (a declared chunk of 2^72 bytes, a trickling client)."""
 
     def __init__(self, app, max_bytes: int, timeout: float = DEFAULT_REQUEST_TIMEOUT):
-        self.app, self.max_bytes, self.timeout = app, int(max_bytes), float(timeout)
+        super().__init__(app)
+        self.max_bytes, self.timeout = int(max_bytes), float(timeout)
 
     def _too_large(self, n: int | None) -> str:
         got = f"of {n} bytes " if n is not None else ""
         return (f"request body {got}is over the limit of {self.max_bytes} bytes "
                 f"({self.max_bytes / 1e6:g} MB, xcompile serve --max-request-mb)")
 
-    async def _reject(self, send, status: int, message: str) -> None:
-        start, body = _json(status, message)
-        await send(start)
-        await send(body)
-
-    async def __call__(self, scope, receive, send):
-        if scope.get("type") != "http":
-            return await self.app(scope, receive, send)
+    async def http(self, scope, receive, send):
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None:
             try:

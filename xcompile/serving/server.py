@@ -7,6 +7,7 @@ tools/serve_bench.py).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -108,8 +109,7 @@ def write_mlserver_dir(explainer, folder, name: str = "explainer", host: str = "
         api_key_file = str(Path(os.fspath(api_key_file)).resolve())
     folder = check_output(folder, what="--dir", folder=True).absolute()
     _check_reusable(folder)
-    final, folder = folder, _staging(folder)
-    model_dir = folder / name
+    final = folder
     settings = {"host": host, "http_port": http_port, "grpc_port": grpc_port, "parallel_workers": workers,
                 "metrics_endpoint": None, "debug": False, "load_models_at_startup": True,
                 "model_repository_root": str(final),
@@ -122,15 +122,12 @@ def write_mlserver_dir(explainer, folder, name: str = "explainer", host: str = "
              "parameters": {"uri": str(explainer), "extra": extra}}
     if max_batch > 0:
         model.update(max_batch_size=int(max_batch), max_batch_time=float(max_batch_time))
-    try:
+    with staged_folder(final, "--dir") as folder:
         write_text(folder / MARKER, "written by xcompile serve\n", "--dir")
         write_text(folder / "settings.json", json.dumps(settings, indent=2), "--dir")
         write_limits(folder, max_request_mb, max_rows, request_timeout=request_timeout,
                      max_connections=max_connections, api_key_file=api_key_file, repository=bool(repository))
-        write_text(model_dir / "model-settings.json", json.dumps(model, indent=2), "--dir")
-        replace_folder(folder, final, "--dir")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        write_text(folder / name / "model-settings.json", json.dumps(model, indent=2), "--dir")
     return final
 
 
@@ -142,12 +139,20 @@ def _check_reusable(folder: Path) -> None:
                             "would load every model-settings.json below it); give an empty or new folder")
 
 
-def _staging(folder: Path) -> Path:
+@contextlib.contextmanager
+def staged_folder(final: Path, what: str):
+    """A new folder beside ``final`` to write into; when the block ends without an error it replaces ``final``
+    (``replace_folder``); it is removed in every case: a full disk or a kill leaves the old folder or the new one,
+    never half of one."""
     import secrets
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.xc-{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    tmp.mkdir()
-    return tmp
+    final.parent.mkdir(parents=True, exist_ok=True)
+    folder = final.with_name(f".{final.name}.xc-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    folder.mkdir()
+    try:
+        yield folder
+        replace_folder(folder, final, what)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def replace_folder(tmp: Path, final: Path, what: str) -> None:

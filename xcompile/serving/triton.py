@@ -140,9 +140,8 @@ def export_triton(explainer_path, repo, name: str | None = None, max_batch: int 
         raise XCompileError(f"--repo {repo}: {final} is not a model folder this command can replace (or holds the input)")
     # the whole model folder is written beside its place, then renamed: a full disk or a kill leaves the old
     # folder or the new one, never a model folder without its config or version
-    from .server import _staging, replace_folder
-    folder = _staging(final)
-    try:
+    from .server import staged_folder
+    with staged_folder(final, "--repo") as folder:
         dst = folder / "1" / "model.onnx"
         if _has_external_data(header):  # re-save with the sidecar next to model.onnx
             from ..write.writer import save
@@ -150,9 +149,6 @@ def export_triton(explainer_path, repo, name: str | None = None, max_batch: int 
         else:
             atomic_write(dst, lambda t: shutil.copyfile(src, t), "--repo")
         write_text(folder / "config.pbtxt", text, "--repo")
-        replace_folder(folder, final, "--repo")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
     return final
 
 

@@ -52,8 +52,10 @@ def reduce_max(ctx, gy):
 
 
 def _keepdims(ctx, axes, *ts):
-    """The reduced tensors with the reduced axes restored (size 1) when keepdims=0."""
-    if ctx.attr("keepdims", 1):
+    """The reduced tensors with the reduced axes restored (size 1) when keepdims=0, so that they broadcast against
+    x; as they are when nothing is reduced (noop_with_empty_axes: onnxruntime still applies the elementwise part,
+    |x| for ReduceL2, x^2 for ReduceSumSquare, so the backward's formula holds there too)."""
+    if not axes or ctx.attr("keepdims", 1):
         return ts
     return tuple(ctx.b.unsqueeze(t, axes) for t in ts)
 
@@ -61,12 +63,8 @@ def _keepdims(ctx, axes, *ts):
 @backward("ReduceL2")
 def reduce_l2(ctx, gy):
     # y = sqrt(sum x^2): dy/dx = x / y (0 where y = 0, as torch.linalg.vector_norm's subgradient)
-    b, g = ctx.b, gy[0]
-    axes = reduce_axes(ctx)
-    y = ctx.y()
-    if not axes:  # noop_with_empty_axes: the identity
-        return [g]
-    g, y = _keepdims(ctx, axes, g, y)
+    b = ctx.b
+    g, y = _keepdims(ctx, reduce_axes(ctx), gy[0], ctx.y())
     zero = b.op("Equal", [y, b.f32(0.0)])
     safe = b.mark_divisor(b.where(zero, b.f32(1.0), y), zero)
     return [b.mul(ctx.x(0), b.div(g, safe))]
@@ -74,33 +72,23 @@ def reduce_l2(ctx, gy):
 
 @backward("ReduceSumSquare")
 def reduce_sum_square(ctx, gy):
-    b, g = ctx.b, gy[0]
-    axes = reduce_axes(ctx)
-    if not axes:  # noop_with_empty_axes: the identity
-        return [g]
-    g, = _keepdims(ctx, axes, g)
+    b = ctx.b
+    g, = _keepdims(ctx, reduce_axes(ctx), gy[0])
     return [b.mul(b.mul(ctx.x(0), b.f32(2.0)), g)]
 
 
 @backward("ReduceLogSumExp")
 def reduce_log_sum_exp(ctx, gy):
-    # y = log sum exp(x): dy/dx = softmax = exp(x - y)
-    b, g = ctx.b, gy[0]
-    axes = reduce_axes(ctx)
-    y = ctx.y()
-    if not axes:  # noop_with_empty_axes: the identity
-        return [g]
-    g, y = _keepdims(ctx, axes, g, y)
+    # y = log sum exp(x): dy/dx = softmax = exp(x - y) (1 where noop_with_empty_axes leaves y = x)
+    b = ctx.b
+    g, y = _keepdims(ctx, reduce_axes(ctx), gy[0], ctx.y())
     return [b.mul(b.op("Exp", [b.sub(ctx.x(0), y)], "softmax"), g)]
 
 
 @backward("ReduceL1")
 def reduce_l1(ctx, gy):
     b = ctx.b
-    axes = reduce_axes(ctx)
-    if not axes:
-        return [b.mul(gy[0], b.op("Sign", [ctx.x(0)]))]  # noop_with_empty_axes: |x|
-    g, = _keepdims(ctx, axes, gy[0])
+    g, = _keepdims(ctx, reduce_axes(ctx), gy[0])
     return [b.mul(b.op("Sign", [ctx.x(0)]), g)]
 
 
