@@ -91,7 +91,13 @@ def main(argv=None) -> int:
     current = out / "current.txt"
     current.write_text("(collection)")
     env = dict(os.environ, SUITE_MEMORY_CURRENT=str(current), XCOMPILE_TEST_MEMORY=str(out / "ledger.jsonl"))
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tools"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    # the plugin is this file, reached through a folder of its own: tools/ itself on the path would shadow
+    # packages by our tool names (tools/coverage.py hides coverage, which numba imports)
+    plugin = out / "plugin"
+    plugin.mkdir(exist_ok=True)
+    (plugin / "suite_memory.py").unlink(missing_ok=True)
+    (plugin / "suite_memory.py").symlink_to(Path(__file__).resolve())
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(plugin), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     (out / "ledger.jsonl").unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "pytest", "-p", "suite_memory", *a.pytest_args]
     t0 = time.perf_counter()

@@ -53,6 +53,7 @@ def test_vision_transformer_on_an_image_input_takes_the_gradient_form(tmp_path, 
     """An image input (a graph input, not a probed tensor) of float32 qualifies too; the small torchvision ViT of
     tests/lrp/test_lrp_transformers.py (legacy export: GELU as x * 0.5 * (1 + erf(x / sqrt 2)))."""
     import test_lrp_transformers as VT
+
     from model_zoo.zoo import export_onnx
     torch.set_num_threads(2)
     path = tmp_path / "vit.onnx"
