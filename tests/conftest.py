@@ -70,6 +70,16 @@ def _release_module_memory():
     _trim()
 
 
+@pytest.fixture(autouse=True)
+def _release_test_memory():
+    """Within a module of whole models (tests/models/test_models.py) each test's explainers and float64 copies are
+    garbage once it ends: trimming then keeps them from raising the next test's base (reading statm is cheap; the
+    collection runs only above 2 GB)."""
+    yield
+    if _rss_mb() > 2048:
+        _trim()
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item, nextitem):
     if not _MEMORY_LOG:
