@@ -177,8 +177,9 @@ def check(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
         else:  # (onnxruntime's default-domain contrib ops checked as contrib ops); over 16 MB on the skeleton, its
             # value_info copied back: four serialisations of the weights (infer_shapes in and out, check_model) were
             # most of ResNet-50's compile time (docs/benchmarks.md)
-            model = infer_shapes(model, check_type=True, strict_mode=True, skeleton=heavy(model))
-            check_model(model, skeleton=heavy(model))
+            skeleton = heavy(model)
+            model = infer_shapes(model, check_type=True, strict_mode=True, skeleton=skeleton)
+            check_model(model, skeleton=skeleton)
     except (onnx.checker.ValidationError, shape_inference.InferenceError) as e:
         raise RuntimeError(f"{where}: internal error, emitted model fails the ONNX checker: {str(e).splitlines()[0]}") from e
     return model
