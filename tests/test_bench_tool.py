@@ -28,3 +28,30 @@ def test_bench_digits_cnn(tmp_path):
     text = md.read_text()
     assert "| digits_cnn | 2 | gradient |" in text and "Compile time" in text
     assert png.stat().st_size > 1000
+
+
+def test_bench_floor_accounts_for_every_linear_layer(tmp_path):
+    """tools/bench_floor.py splits an explainer's kernel time into the model's own linear layers, the adjoints the
+    backward pass adds and LRP's modified forwards (z+ = W+ a): on the digits CNN (3 Conv + 2 Gemm) the gradient has
+    exactly one adjoint per linear layer and no modified forward; z+ LRP adds one modified forward per z+ layer."""
+    import xcompile
+    from xcompile.write.writer import save
+    floor = tool("bench_floor")
+    model = ROOT / "xcompile" / "data" / "digits_cnn.onnx"
+    grad, lrp, js = tmp_path / "gradient.onnx", tmp_path / "lrp.onnx", tmp_path / "floor.json"
+    save(xcompile.compile(str(model), "gradient"), grad)
+    save(xcompile.compile(str(model), "lrp", rules="epsilon-plus-flat"), lrp)
+    rc = floor.main([str(model), str(grad), str(lrp), "--batch", "2", "--runs", "2", "--warmup", "1",
+                     "--threads", "1", "--json", str(js)])
+    assert rc == 0
+    data = json.loads(js.read_text())
+    assert data["forward_kernel_ms"] > 0 and data["forward_linear_ms"] > 0
+    g = data["explainers"][str(grad)]
+    assert g["categories"]["forward linear"][1] == 5, g["categories"]
+    assert g["categories"]["adjoint linear"][1] == 5, g["categories"]
+    assert "modified forward" not in g["categories"]
+    assert 0 < g["linear_floor_ratio"] <= g["ratio"]
+    assert data["forward_alone_kernel_ms"] > 0 and 0 < g["linear_floor_ratio_alone"] <= g["ratio_alone"]
+    cats = data["explainers"][str(lrp)]["categories"]
+    # epsilon-plus-flat: z+ on the two inner convolutions (the first is flat, the dense layers epsilon on z itself)
+    assert cats["forward linear"][1] == 5 and cats["modified forward"][1] == 2, cats
