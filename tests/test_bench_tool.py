@@ -55,3 +55,12 @@ def test_bench_floor_accounts_for_every_linear_layer(tmp_path):
     cats = data["explainers"][str(lrp)]["categories"]
     # epsilon-plus-flat: z+ on the two inner convolutions (the first is flat, the dense layers epsilon on z itself)
     assert cats["forward linear"][1] == 5 and cats["modified forward"][1] == 2, cats
+
+
+def test_bench_floor_refuses_a_file_that_is_no_model(tmp_path, capsys):
+    floor = tool("bench_floor")
+    bad = tmp_path / "empty.onnx"
+    bad.write_bytes(b"")
+    assert floor.main([str(ROOT / "xcompile" / "data" / "digits_cnn.onnx"), str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"bench_floor: {bad}: not an ONNX model file"]
